@@ -1,0 +1,173 @@
+//! The difficulty rule: ASERT (absolutely scheduled exponentially rising
+//! targets), as in Bitcoin Cash's aserti3-2d, anchored at block 1.
+//!
+//! The target of block `n >= 2` depends only on the anchor (block 1: its
+//! height, timestamp and target) and block `n`'s parent:
+//!
+//! ```text
+//! exponent = floor((parent.time - anchor.time - interval * (parent.height - anchor.height))
+//!                  * 65536 / half_life)                       (16.16 fixed point)
+//! target   = anchor.target * 2^(exponent / 65536)
+//! ```
+//!
+//! with `2^frac` for the fractional part approximated by the same cubic
+//! polynomial as aserti3-2d, all in integers. The result is clamped to
+//! `[1, pow_limit]` and rounded down to its compact form. Block 1 uses the
+//! genesis target. Being one half-life behind schedule doubles the target
+//! (halves the difficulty); one half-life ahead halves it. Because the rule
+//! is a pure function of two headers, a light client recomputes it exactly.
+//!
+//! The anchor is block 1 rather than genesis because genesis is fixed in
+//! code long before a network starts: anchored there, a network started
+//! later would be "behind schedule" and mine at minimum difficulty until it
+//! caught up.
+
+use crate::params::Params;
+use crate::pow::{CompactTarget, U256, U512};
+
+/// The difficulty anchor: block 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Anchor {
+    /// Anchor height (1).
+    pub height: u64,
+    /// Anchor timestamp.
+    pub time: u64,
+    /// Anchor target (compact).
+    pub bits: CompactTarget,
+}
+
+/// ASERT target for a block whose parent has `parent_time`/`parent_height`.
+pub fn asert_target(params: &Params, anchor: &Anchor, parent_time: u64, parent_height: u64) -> U256 {
+    let anchor_target = anchor.bits.to_target().unwrap_or(params.pow_limit);
+    let time_delta = i128::from(parent_time) - i128::from(anchor.time);
+    let height_delta = i128::from(parent_height) - i128::from(anchor.height);
+    let interval = i128::from(params.block_interval);
+    let half_life = i128::from(params.asert_half_life.max(1));
+    // Floor division: the rule is defined with floor, not truncation.
+    let exponent = ((time_delta - interval * height_delta) * 65536).div_euclid(half_life);
+    let shifts = exponent >> 16; // floor
+    let frac = (exponent & 0xffff) as u128; // 0..65536
+    let factor: u128 = 65536
+        + ((195_766_423_245_049u128 * frac
+            + 971_821_376u128 * frac * frac
+            + 5_127u128 * frac * frac * frac
+            + (1u128 << 47))
+            >> 48);
+    // anchor_target < 2^256, factor < 2^17: the product fits in 512 bits.
+    let mut t = U512::from_big_endian(&anchor.target_bytes(anchor_target)) * U512::from(factor);
+    let shift = shifts - 16;
+    if shift <= 0 {
+        let s = (-shift).min(512) as usize;
+        t = if s >= 512 { U512::zero() } else { t >> s };
+    } else if shift > 256 || t.bits() as i128 + shift > 512 {
+        return params.pow_limit;
+    } else {
+        t <<= shift as usize;
+    }
+    let limit = U512::from_big_endian(&params.pow_limit.to_be_bytes());
+    if t > limit {
+        return params.pow_limit;
+    }
+    if t.is_zero() {
+        return U256::one();
+    }
+    let mut be = [0u8; 64];
+    t.write_as_big_endian(&mut be);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&be[32..]);
+    U256::from_be_bytes(out)
+}
+
+impl Anchor {
+    fn target_bytes(&self, target: U256) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[32..].copy_from_slice(&target.to_be_bytes());
+        b
+    }
+}
+
+/// The compact target required of block `parent_height + 1`.
+pub fn next_bits(
+    params: &Params,
+    anchor: Option<&Anchor>,
+    parent_time: u64,
+    parent_height: u64,
+) -> CompactTarget {
+    match anchor {
+        // Block 1 (and, defensively, anything without an anchor) uses the
+        // genesis target.
+        None => params.genesis_bits,
+        Some(a) => CompactTarget::from_target(asert_target(params, a, parent_time, parent_height)),
+    }
+}
+
+/// Median of the given timestamps (the upper middle for an even count);
+/// 0 for none.
+pub fn median_time(times: &[u64]) -> u64 {
+    let mut t: Vec<u64> = times.to_vec();
+    t.sort_unstable();
+    t.get(t.len() / 2).copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::LOCAL;
+
+    fn anchor() -> Anchor {
+        Anchor {
+            height: 1,
+            time: 1000,
+            bits: CompactTarget::from_target(U256::MAX >> 20),
+        }
+    }
+
+    #[test]
+    fn on_schedule_keeps_the_target() {
+        let a = anchor();
+        let t0 = a.bits.to_target().expect("valid");
+        for n in [1u64, 2, 100, 10_000] {
+            let t = asert_target(&LOCAL, &a, a.time + LOCAL.block_interval * (n - 1), n);
+            // On schedule: exponent 0, factor exactly 65536.
+            assert_eq!(t, t0, "height {n}");
+        }
+    }
+
+    #[test]
+    fn one_half_life_late_doubles_one_early_halves() {
+        let a = anchor();
+        let t0 = a.bits.to_target().expect("valid");
+        let late = asert_target(&LOCAL, &a, a.time + 10 * 2 + LOCAL.asert_half_life, 11);
+        assert_eq!(late, t0 * 2);
+        let early = asert_target(&LOCAL, &a, a.time + 10 * 2 - LOCAL.asert_half_life, 11);
+        assert_eq!(early, t0 / 2);
+    }
+
+    #[test]
+    fn clamps_to_limits() {
+        let a = anchor();
+        // Far behind schedule: easiest allowed.
+        assert_eq!(asert_target(&LOCAL, &a, u64::MAX, 2), LOCAL.pow_limit);
+        // Far ahead of schedule: hardest possible, never zero.
+        assert_eq!(asert_target(&LOCAL, &a, 0, u64::MAX), U256::one());
+    }
+
+    #[test]
+    fn monotonic_in_time() {
+        let a = anchor();
+        let mut prev = U256::zero();
+        for dt in (0..4000u64).step_by(7) {
+            let t = asert_target(&LOCAL, &a, a.time + dt, 50);
+            assert!(t >= prev);
+            prev = t;
+        }
+    }
+
+    #[test]
+    fn median() {
+        assert_eq!(median_time(&[]), 0);
+        assert_eq!(median_time(&[5]), 5);
+        assert_eq!(median_time(&[3, 1, 2]), 2);
+        assert_eq!(median_time(&[4, 1, 3, 2]), 3);
+    }
+}

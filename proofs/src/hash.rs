@@ -1,0 +1,212 @@
+//! BLAKE3 hashes with domain separation.
+//!
+//! Every hash in the protocol is `BLAKE3(len(tag) || tag || data)` where `tag`
+//! is one of the ASCII strings in [`tag`] and `len(tag)` is one byte. The
+//! length prefix makes the tags prefix-free, so no two domains can produce the
+//! same hash input. `docs/protocol.md` lists every tag and what it covers.
+
+use core::fmt;
+
+use bincode::{Decode, Encode};
+
+/// Domain tags: one per kind of hashed or signed object. Never reuse a tag
+/// for a different structure; bump the `/vN` suffix when a layout changes.
+pub mod tag {
+    /// Header hash (also the proof-of-work hash).
+    pub const HEADER: &str = "xirtam/header/v1";
+    /// Op id: hash of the signed part of an op (what a stamp is bound to).
+    pub const OP_ID: &str = "xirtam/op-id/v1";
+    /// Full op hash (signature and stamp included): the `ops_root` leaf.
+    pub const OP: &str = "xirtam/op/v1";
+    /// Op stamp proof of work.
+    pub const STAMP: &str = "xirtam/stamp/v1";
+    /// Ed25519 message prefix for op signatures.
+    pub const SIG_OP: &str = "xirtam/sig/op/v1";
+    /// Inner node of the `ops_root` binary Merkle tree.
+    pub const OPS_NODE: &str = "xirtam/ops-node/v1";
+    /// `ops_root` itself: op count plus the Merkle root.
+    pub const OPS_ROOT: &str = "xirtam/ops-root/v1";
+    /// Key of a name in the state tree: `H(name)`.
+    pub const STATE_KEY: &str = "xirtam/state-key/v1";
+    /// Hash of a record stored in the state tree.
+    pub const RECORD: &str = "xirtam/record/v1";
+    /// State-tree leaf.
+    pub const STATE_LEAF: &str = "xirtam/state-leaf/v1";
+    /// State-tree inner node.
+    pub const STATE_NODE: &str = "xirtam/state-node/v1";
+    /// History MMR leaf (one previous header and its work).
+    pub const HISTORY_LEAF: &str = "xirtam/history-leaf/v1";
+    /// History MMR inner node.
+    pub const HISTORY_NODE: &str = "xirtam/history-node/v1";
+    /// History MMR root (leaf count plus bagged peaks).
+    pub const HISTORY_ROOT: &str = "xirtam/history-root/v1";
+
+    /// Every tag, for the uniqueness test and the docs.
+    pub const ALL: &[&str] = &[
+        HEADER,
+        OP_ID,
+        OP,
+        STAMP,
+        SIG_OP,
+        OPS_NODE,
+        OPS_ROOT,
+        STATE_KEY,
+        RECORD,
+        STATE_LEAF,
+        STATE_NODE,
+        HISTORY_LEAF,
+        HISTORY_NODE,
+        HISTORY_ROOT,
+    ];
+}
+
+/// A 32-byte BLAKE3 digest.
+///
+/// Read as a number (for proof of work) it is **big-endian**: byte 0 is the
+/// most significant, so a hash that meets a hard target starts with zeros in
+/// hex.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Encode, Decode)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// The all-zero hash. Used as "empty" (no parent, empty subtree).
+    pub const ZERO: Hash = Hash([0; 32]);
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parse 64 hex digits.
+    pub fn from_hex(s: &str) -> Result<Self, HexError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|e| HexError(e.to_string()))?;
+        Ok(Hash(out))
+    }
+
+    /// Bit `i` of the hash, most significant bit of byte 0 first. Used as the
+    /// path of a key in the state tree. `i` must be below 256.
+    #[inline]
+    pub fn bit(&self, i: usize) -> bool {
+        (self.0[i / 8] >> (7 - (i % 8))) & 1 == 1
+    }
+}
+
+/// A hex string that is not 32 bytes of hex.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid 32-byte hex: {0}")]
+pub struct HexError(String);
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl From<[u8; 32]> for Hash {
+    fn from(b: [u8; 32]) -> Self {
+        Hash(b)
+    }
+}
+
+/// An incremental hasher already primed with a domain tag.
+#[derive(Clone)]
+pub struct Hasher(blake3::Hasher);
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hasher")
+    }
+}
+
+impl Hasher {
+    /// Start a hash in domain `tag` (one of [`tag`]).
+    #[inline]
+    pub fn new(tag: &str) -> Self {
+        debug_assert!(tag.len() < 256, "domain tags are shorter than 256 bytes");
+        let mut h = blake3::Hasher::new();
+        h.update(&[tag.len() as u8]);
+        h.update(tag.as_bytes());
+        Hasher(h)
+    }
+
+    /// Feed bytes.
+    #[inline]
+    pub fn update(&mut self, data: &[u8]) -> &mut Self {
+        self.0.update(data);
+        self
+    }
+
+    /// Finish.
+    #[inline]
+    pub fn finalize(&self) -> Hash {
+        Hash(*self.0.finalize().as_bytes())
+    }
+}
+
+/// `BLAKE3(len(tag) || tag || data)`.
+#[inline]
+pub fn hash_tagged(tag: &str, data: &[u8]) -> Hash {
+    Hasher::new(tag).update(data).finalize()
+}
+
+/// `BLAKE3(len(tag) || tag || a || b)`: the two-child node hash used by all
+/// Merkle structures here.
+#[inline]
+pub fn hash_pair(tag: &str, a: &Hash, b: &Hash) -> Hash {
+    Hasher::new(tag).update(&a.0).update(&b.0).finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_unique_and_short() {
+        let mut seen = std::collections::BTreeSet::new();
+        for t in tag::ALL {
+            assert!(t.len() < 256 && t.is_ascii());
+            assert!(seen.insert(*t), "duplicate tag {t}");
+        }
+    }
+
+    #[test]
+    fn domain_separation_changes_the_hash() {
+        assert_ne!(hash_tagged(tag::OP, b"x"), hash_tagged(tag::OP_ID, b"x"));
+        // The length prefix keeps tags prefix-free: moving a byte between the
+        // tag and the data must change the hash.
+        let a = Hasher::new("ab").update(b"c").finalize();
+        let b = Hasher::new("a").update(b"bc").finalize();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn hex_round_trip_and_errors() {
+        let h = hash_tagged(tag::HEADER, b"");
+        assert_eq!(Hash::from_hex(&h.to_hex()), Ok(h));
+        assert!(Hash::from_hex("zz").is_err());
+        assert!(Hash::from_hex(&"00".repeat(31)).is_err());
+    }
+
+    #[test]
+    fn bits_are_msb_first() {
+        let mut b = [0u8; 32];
+        b[0] = 0b1000_0001;
+        let h = Hash(b);
+        assert!(h.bit(0));
+        assert!(!h.bit(1));
+        assert!(h.bit(7));
+        assert!(!h.bit(8));
+    }
+}

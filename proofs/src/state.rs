@@ -1,0 +1,552 @@
+//! The name-state tree and its proofs.
+//!
+//! A compressed sparse Merkle tree over 256-bit keys (`key = H(STATE_KEY,
+//! name)`, path = key bits, most significant first), content-addressed:
+//! every node is stored under its own hash, so every old root stays readable
+//! until its nodes are garbage-collected and a reorg is just switching roots
+//! (see `docs/adr/0001-state-tree.md` for why this tree).
+//!
+//! ```text
+//! empty subtree = 0^32
+//! leaf          = H(STATE_LEAF, key || value_hash)      value_hash = H(RECORD, encode(record))
+//! inner node    = H(STATE_NODE, left || right)
+//! ```
+//!
+//! A subtree holding exactly one leaf is that leaf (placed as high as it can
+//! be); an inner node therefore always has at least two leaves below it. A
+//! proof lists the siblings on the path from the root down to where the
+//! key's path ends: at the key's own leaf (inclusion), at an empty subtree,
+//! or at another key's leaf that shares the path so far (both exclusion).
+//!
+//! Proof verification ([`verify_state`]) is pure and is what light clients
+//! run; the tree itself ([`update`], [`prove`]) reads nodes through the
+//! [`NodeStore`] trait, which the node implements on RocksDB and
+//! [`MemoryNodeStore`] implements for tests and benchmarks.
+
+use std::collections::HashMap;
+
+use bincode::{Decode, Encode};
+
+use crate::encoding::invalid;
+use crate::hash::{Hash, Hasher, hash_pair, tag};
+use crate::name::Name;
+use crate::op::Record;
+
+/// Root of the empty tree.
+pub const EMPTY_ROOT: Hash = Hash::ZERO;
+
+/// Keys are 256 bits, so no path is longer.
+pub const MAX_DEPTH: usize = 256;
+
+/// A stored tree node.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Encode, Decode)]
+pub enum Node {
+    /// A key and the hash of its record.
+    Leaf {
+        /// Key hash (the path).
+        key: Hash,
+        /// Record hash.
+        value: Hash,
+    },
+    /// Two children (either may be [`EMPTY_ROOT`], never both).
+    Inner {
+        /// Child on bit 0.
+        left: Hash,
+        /// Child on bit 1.
+        right: Hash,
+    },
+}
+
+/// Leaf hash.
+#[inline]
+pub fn leaf_hash(key: &Hash, value: &Hash) -> Hash {
+    Hasher::new(tag::STATE_LEAF)
+        .update(&key.0)
+        .update(&value.0)
+        .finalize()
+}
+
+/// Inner-node hash.
+#[inline]
+pub fn inner_hash(left: &Hash, right: &Hash) -> Hash {
+    hash_pair(tag::STATE_NODE, left, right)
+}
+
+impl Node {
+    /// The node's hash (its address in the store).
+    pub fn hash(&self) -> Hash {
+        match self {
+            Node::Leaf { key, value } => leaf_hash(key, value),
+            Node::Inner { left, right } => inner_hash(left, right),
+        }
+    }
+}
+
+/// Read access to stored nodes, by hash.
+pub trait NodeStore {
+    /// The store's own error (I/O, corruption).
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The node with this hash, if stored.
+    fn get_node(&self, hash: &Hash) -> Result<Option<Node>, Self::Error>;
+}
+
+/// Nodes in a `HashMap`: for tests, benchmarks and tools.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryNodeStore {
+    nodes: HashMap<Hash, Node>,
+}
+
+impl MemoryNodeStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Store the nodes produced by [`update`].
+    pub fn insert_batch(&mut self, batch: Vec<(Hash, Node)>) {
+        self.nodes.extend(batch);
+    }
+
+    /// Number of stored nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// No nodes?
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+impl NodeStore for MemoryNodeStore {
+    type Error = std::convert::Infallible;
+    fn get_node(&self, hash: &Hash) -> Result<Option<Node>, Self::Error> {
+        Ok(self.nodes.get(hash).copied())
+    }
+}
+
+/// The tree could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TreeError {
+    /// A node the root refers to is not in the store (pruned or corrupt).
+    #[error("state-tree node {0} is missing from the store")]
+    MissingNode(Hash),
+    /// A stored node does not hash to its address.
+    #[error("state-tree node stored under {0} has a different hash")]
+    CorruptNode(Hash),
+    /// The path ran past 256 levels (corrupt store).
+    #[error("state-tree path deeper than 256 levels")]
+    TooDeep,
+    /// The store failed.
+    #[error("state-tree store: {0}")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn load<S: NodeStore>(store: &S, hash: &Hash) -> Result<Node, TreeError> {
+    match store.get_node(hash) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(TreeError::MissingNode(*hash)),
+        Err(e) => Err(TreeError::Store(Box::new(e))),
+    }
+}
+
+/// Insert or replace `(key, value_hash)` pairs under `root`. Returns the new
+/// root and the nodes to store (nothing is removed: the old root stays
+/// valid). Later duplicates of a key win.
+pub fn update<S: NodeStore>(
+    store: &S,
+    root: Hash,
+    updates: &[(Hash, Hash)],
+) -> Result<(Hash, Vec<(Hash, Node)>), TreeError> {
+    let mut items: Vec<(Hash, Hash)> = updates.to_vec();
+    // Stable sort keeps input order among equal keys; keep the last.
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut deduped: Vec<(Hash, Hash)> = Vec::with_capacity(items.len());
+    for it in items {
+        match deduped.last_mut() {
+            Some(last) if last.0 == it.0 => *last = it,
+            _ => deduped.push(it),
+        }
+    }
+    let mut out = Vec::with_capacity(deduped.len() * 8);
+    let new_root = insert(store, root, 0, &deduped, &mut out)?;
+    Ok((new_root, out))
+}
+
+fn put(node: Node, out: &mut Vec<(Hash, Node)>) -> Hash {
+    let h = node.hash();
+    out.push((h, node));
+    h
+}
+
+fn insert<S: NodeStore>(
+    store: &S,
+    node: Hash,
+    depth: usize,
+    items: &[(Hash, Hash)],
+    out: &mut Vec<(Hash, Node)>,
+) -> Result<Hash, TreeError> {
+    if items.is_empty() {
+        return Ok(node);
+    }
+    if node == EMPTY_ROOT {
+        if let [(key, value)] = items {
+            return Ok(put(Node::Leaf { key: *key, value: *value }, out));
+        }
+        return split(store, EMPTY_ROOT, EMPTY_ROOT, depth, items, out);
+    }
+    match load(store, &node)? {
+        Node::Leaf { key, value } => {
+            if let [(k, v)] = items {
+                if *k == key {
+                    return Ok(put(Node::Leaf { key, value: *v }, out));
+                }
+            }
+            match items.binary_search_by(|(k, _)| k.cmp(&key)) {
+                // The existing key is being replaced.
+                Ok(_) => insert(store, EMPTY_ROOT, depth, items, out),
+                // Push the existing leaf down alongside the new ones.
+                Err(pos) => {
+                    let mut merged = Vec::with_capacity(items.len() + 1);
+                    merged.extend_from_slice(&items[..pos]);
+                    merged.push((key, value));
+                    merged.extend_from_slice(&items[pos..]);
+                    insert(store, EMPTY_ROOT, depth, &merged, out)
+                }
+            }
+        }
+        Node::Inner { left, right } => split(store, left, right, depth, items, out),
+    }
+}
+
+fn split<S: NodeStore>(
+    store: &S,
+    left: Hash,
+    right: Hash,
+    depth: usize,
+    items: &[(Hash, Hash)],
+    out: &mut Vec<(Hash, Node)>,
+) -> Result<Hash, TreeError> {
+    if depth >= MAX_DEPTH {
+        return Err(TreeError::TooDeep);
+    }
+    // Items share their first `depth` bits and are sorted, so those with
+    // bit `depth` = 0 come first.
+    let mid = items.partition_point(|(k, _)| !k.bit(depth));
+    let l = insert(store, left, depth + 1, &items[..mid], out)?;
+    let r = insert(store, right, depth + 1, &items[mid..], out)?;
+    Ok(put(Node::Inner { left: l, right: r }, out))
+}
+
+/// Where a key's path ends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Terminal {
+    /// An empty subtree: the key is absent.
+    Empty,
+    /// The key's own leaf: the key is present (the verifier supplies the
+    /// record).
+    Leaf,
+    /// Another key's leaf on the same path: the key is absent.
+    Other {
+        /// That leaf's key.
+        key: Hash,
+        /// That leaf's record hash.
+        value: Hash,
+    },
+}
+
+/// A state proof: siblings from the root down, and where the path ends.
+///
+/// Encoded compressed: `terminal: u8` (0 empty, 1 leaf, 2 other, then the
+/// other leaf's key and value hash), `depth: u16`, a bitmap of
+/// `ceil(depth / 8)` bytes (bit `i`, most significant first, set when
+/// sibling `i` is non-empty; padding bits zero), then the non-empty siblings.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StateProof {
+    /// Siblings from depth 0 (next to the root) down; [`EMPTY_ROOT`] for
+    /// empty subtrees.
+    pub siblings: Vec<Hash>,
+    /// Where the path ends.
+    pub terminal: Terminal,
+}
+
+impl Encode for StateProof {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        e: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        match self.terminal {
+            Terminal::Empty => 0u8.encode(e)?,
+            Terminal::Leaf => 1u8.encode(e)?,
+            Terminal::Other { key, value } => {
+                2u8.encode(e)?;
+                key.encode(e)?;
+                value.encode(e)?;
+            }
+        }
+        let depth = u16::try_from(self.siblings.len())
+            .map_err(|_| bincode::error::EncodeError::Other("state proof deeper than 256"))?;
+        depth.encode(e)?;
+        let mut bitmap = vec![0u8; self.siblings.len().div_ceil(8)];
+        for (i, s) in self.siblings.iter().enumerate() {
+            if *s != EMPTY_ROOT {
+                bitmap[i / 8] |= 0x80 >> (i % 8);
+            }
+        }
+        bincode::enc::write::Writer::write(e.writer(), &bitmap)?;
+        for s in self.siblings.iter().filter(|s| **s != EMPTY_ROOT) {
+            s.encode(e)?;
+        }
+        Ok(())
+    }
+}
+
+impl<C> Decode<C> for StateProof {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        d: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let terminal = match <u8 as Decode<C>>::decode(d)? {
+            0 => Terminal::Empty,
+            1 => Terminal::Leaf,
+            2 => Terminal::Other {
+                key: Hash::decode(d)?,
+                value: Hash::decode(d)?,
+            },
+            t => return Err(invalid(format!("unknown state-proof terminal {t}"))),
+        };
+        let depth = usize::from(<u16 as Decode<C>>::decode(d)?);
+        if depth > MAX_DEPTH {
+            return Err(invalid(format!("state proof depth {depth} exceeds 256")));
+        }
+        let bitmap = crate::encoding::decode_bytes(d, depth.div_ceil(8))?;
+        if depth % 8 != 0 {
+            let pad_mask = 0xffu8 >> (depth % 8);
+            if bitmap.last().is_some_and(|b| b & pad_mask != 0) {
+                return Err(invalid("state-proof bitmap padding is not zero".into()));
+            }
+        }
+        let mut siblings = Vec::with_capacity(depth);
+        for i in 0..depth {
+            if bitmap[i / 8] & (0x80 >> (i % 8)) != 0 {
+                let h = Hash::decode(d)?;
+                if h == EMPTY_ROOT {
+                    return Err(invalid("state proof lists an empty sibling as non-empty".into()));
+                }
+                siblings.push(h);
+            } else {
+                siblings.push(EMPTY_ROOT);
+            }
+        }
+        Ok(StateProof { siblings, terminal })
+    }
+}
+bincode::impl_borrow_decode!(StateProof);
+
+/// The value hash stored for `key` under `root`, if any.
+pub fn get<S: NodeStore>(store: &S, root: Hash, key: &Hash) -> Result<Option<Hash>, TreeError> {
+    prove(store, root, key).map(|(v, _)| v)
+}
+
+/// The value hash for `key` under `root` (if present) and its proof.
+pub fn prove<S: NodeStore>(
+    store: &S,
+    root: Hash,
+    key: &Hash,
+) -> Result<(Option<Hash>, StateProof), TreeError> {
+    let mut siblings = Vec::new();
+    let mut node = root;
+    loop {
+        if node == EMPTY_ROOT {
+            return Ok((None, StateProof { siblings, terminal: Terminal::Empty }));
+        }
+        match load(store, &node)? {
+            Node::Leaf { key: k, value } => {
+                let proof = if k == *key {
+                    (Some(value), StateProof { siblings, terminal: Terminal::Leaf })
+                } else {
+                    (None, StateProof { siblings, terminal: Terminal::Other { key: k, value } })
+                };
+                return Ok(proof);
+            }
+            Node::Inner { left, right } => {
+                let depth = siblings.len();
+                if depth >= MAX_DEPTH {
+                    return Err(TreeError::TooDeep);
+                }
+                if key.bit(depth) {
+                    siblings.push(left);
+                    node = right;
+                } else {
+                    siblings.push(right);
+                    node = left;
+                }
+            }
+        }
+    }
+}
+
+/// A state proof that does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateProofError {
+    /// A record was given but the proof shows absence.
+    #[error("proof shows the name absent, but a record was claimed")]
+    ExpectedInclusion,
+    /// No record was given but the proof shows a leaf for the key.
+    #[error("proof shows the name present, but absence was claimed")]
+    ExpectedExclusion,
+    /// The other leaf in an exclusion proof is not on the key's path.
+    #[error("exclusion leaf is not on the key's path")]
+    OtherLeafOffPath,
+    /// More than 256 siblings.
+    #[error("proof deeper than 256 levels")]
+    TooDeep,
+    /// The recomputed root differs from the header's `state_root`.
+    #[error("proof does not lead to the state root")]
+    RootMismatch,
+}
+
+/// Verify that under state root `root`, `name` maps to `record` (or, with
+/// `None`, that `name` is absent).
+pub fn verify_state(
+    root: &Hash,
+    name: &Name,
+    record: Option<&Record>,
+    proof: &StateProof,
+) -> Result<(), StateProofError> {
+    verify_state_hashed(root, &name.key_hash(), record.map(Record::hash).as_ref(), proof)
+}
+
+/// [`verify_state`] on a key hash and record hash.
+pub fn verify_state_hashed(
+    root: &Hash,
+    key: &Hash,
+    value: Option<&Hash>,
+    proof: &StateProof,
+) -> Result<(), StateProofError> {
+    let depth = proof.siblings.len();
+    if depth > MAX_DEPTH {
+        return Err(StateProofError::TooDeep);
+    }
+    let mut h = match (value, proof.terminal) {
+        (Some(v), Terminal::Leaf) => leaf_hash(key, v),
+        (Some(_), _) => return Err(StateProofError::ExpectedInclusion),
+        (None, Terminal::Leaf) => return Err(StateProofError::ExpectedExclusion),
+        (None, Terminal::Empty) => EMPTY_ROOT,
+        (None, Terminal::Other { key: k, value: v }) => {
+            if k == *key {
+                return Err(StateProofError::ExpectedExclusion);
+            }
+            if (0..depth).any(|i| k.bit(i) != key.bit(i)) {
+                return Err(StateProofError::OtherLeafOffPath);
+            }
+            leaf_hash(&k, &v)
+        }
+    };
+    for i in (0..depth).rev() {
+        let s = &proof.siblings[i];
+        h = if key.bit(i) { inner_hash(s, &h) } else { inner_hash(&h, s) };
+    }
+    if h == *root {
+        Ok(())
+    } else {
+        Err(StateProofError::RootMismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::hash_tagged;
+
+    fn k(i: u32) -> Hash {
+        hash_tagged("k", &i.to_le_bytes())
+    }
+    fn v(i: u32) -> Hash {
+        hash_tagged("v", &i.to_le_bytes())
+    }
+
+    fn build(n: u32) -> (MemoryNodeStore, Hash) {
+        let mut s = MemoryNodeStore::new();
+        let items: Vec<_> = (0..n).map(|i| (k(i), v(i))).collect();
+        let (root, batch) = update(&s, EMPTY_ROOT, &items).expect("memory store");
+        s.insert_batch(batch);
+        (s, root)
+    }
+
+    #[test]
+    fn empty_tree_proves_absence() {
+        let s = MemoryNodeStore::new();
+        let (val, p) = prove(&s, EMPTY_ROOT, &k(1)).expect("ok");
+        assert_eq!(val, None);
+        assert_eq!(verify_state_hashed(&EMPTY_ROOT, &k(1), None, &p), Ok(()));
+        assert_eq!(
+            verify_state_hashed(&EMPTY_ROOT, &k(1), Some(&v(1)), &p),
+            Err(StateProofError::ExpectedInclusion)
+        );
+    }
+
+    #[test]
+    fn single_leaf_is_the_root() {
+        let (_, root) = build(1);
+        assert_eq!(root, leaf_hash(&k(0), &v(0)));
+    }
+
+    #[test]
+    fn incremental_equals_batch_and_order_does_not_matter() {
+        let (_, batch_root) = build(300);
+        let mut s = MemoryNodeStore::new();
+        let mut root = EMPTY_ROOT;
+        for i in (0..300).rev() {
+            let (r, b) = update(&s, root, &[(k(i), v(i))]).expect("ok");
+            s.insert_batch(b);
+            root = r;
+        }
+        assert_eq!(root, batch_root);
+    }
+
+    #[test]
+    fn update_replaces_and_old_root_stays_readable() {
+        let (mut s, root) = build(50);
+        let (root2, b) = update(&s, root, &[(k(7), v(1000))]).expect("ok");
+        s.insert_batch(b);
+        assert_ne!(root, root2);
+        assert_eq!(get(&s, root, &k(7)).expect("ok"), Some(v(7)));
+        assert_eq!(get(&s, root2, &k(7)).expect("ok"), Some(v(1000)));
+        // last duplicate wins
+        let (root3, _) = update(&s, root, &[(k(7), v(1)), (k(7), v(1000))]).expect("ok");
+        assert_eq!(root3, root2);
+    }
+
+    #[test]
+    fn proofs_verify_and_reject() {
+        let (s, root) = build(200);
+        for i in 0..260 {
+            let (val, p) = prove(&s, root, &k(i)).expect("ok");
+            let bytes = crate::encoding::encode(&p);
+            assert_eq!(crate::encoding::decode::<StateProof>(&bytes).as_ref(), Ok(&p));
+            if i < 200 {
+                assert_eq!(val, Some(v(i)));
+                assert_eq!(verify_state_hashed(&root, &k(i), Some(&v(i)), &p), Ok(()));
+                assert!(verify_state_hashed(&root, &k(i), Some(&v(i + 1)), &p).is_err());
+                assert!(verify_state_hashed(&root, &k(i), None, &p).is_err());
+            } else {
+                assert_eq!(val, None);
+                assert_eq!(verify_state_hashed(&root, &k(i), None, &p), Ok(()));
+                assert!(verify_state_hashed(&root, &k(i), Some(&v(i)), &p).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn missing_node_is_an_error_not_a_panic() {
+        let (_, root) = build(10);
+        let empty = MemoryNodeStore::new();
+        assert!(matches!(prove(&empty, root, &k(1)), Err(TreeError::MissingNode(_))));
+        assert!(matches!(
+            update(&empty, root, &[(k(1), v(2))]),
+            Err(TreeError::MissingNode(_))
+        ));
+    }
+}
