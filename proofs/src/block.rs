@@ -277,6 +277,17 @@ mod tests {
         assert_ne!(ops_root(&[]), ops_root(&hashes(1)));
         // A single op's root is not the op hash itself.
         assert_ne!(ops_root(&hashes(1)), hashes(1)[0]);
-        assert!(verify_op(&ops_root(&[]), &Hash::ZERO, &OpProof { index: 0, count: 0, siblings: vec![] }).is_err());
+        assert!(
+            verify_op(
+                &ops_root(&[]),
+                &Hash::ZERO,
+                &OpProof {
+                    index: 0,
+                    count: 0,
+                    siblings: vec![]
+                }
+            )
+            .is_err()
+        );
     }
 }

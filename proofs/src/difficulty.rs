@@ -37,7 +37,12 @@ pub struct Anchor {
 }
 
 /// ASERT target for a block whose parent has `parent_time`/`parent_height`.
-pub fn asert_target(params: &Params, anchor: &Anchor, parent_time: u64, parent_height: u64) -> U256 {
+pub fn asert_target(
+    params: &Params,
+    anchor: &Anchor,
+    parent_time: u64,
+    parent_height: u64,
+) -> U256 {
     let anchor_target = anchor.bits.to_target().unwrap_or(params.pow_limit);
     let time_delta = i128::from(parent_time) - i128::from(anchor.time);
     let height_delta = i128::from(parent_height) - i128::from(anchor.height);

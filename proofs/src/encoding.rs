@@ -11,7 +11,7 @@
 //! (unsorted sets, invalid names, bad booleans) and rejects trailing bytes, so
 //! every value has exactly one encoding.
 
-use bincode::config::{Configuration, Fixint, LittleEndian, Limit};
+use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use bincode::de::Decoder;
 use bincode::{Decode, Encode};
 

@@ -227,7 +227,12 @@ impl ChainState {
 
     /// The `bits` the next header must carry.
     pub fn next_bits(&self, params: &Params) -> CompactTarget {
-        next_bits(params, self.anchor.as_ref(), self.tip_time(), self.tip_height)
+        next_bits(
+            params,
+            self.anchor.as_ref(),
+            self.tip_time(),
+            self.tip_height,
+        )
     }
 
     /// The `history_root` the next header must carry.
@@ -341,11 +346,13 @@ pub fn validate_header_chain(
     now: u64,
 ) -> Result<(), HeaderChainError> {
     for (index, h) in headers.iter().enumerate() {
-        state.push(params, h, now).map_err(|error| HeaderChainError {
-            index,
-            height: h.height,
-            error,
-        })?;
+        state
+            .push(params, h, now)
+            .map_err(|error| HeaderChainError {
+                index,
+                height: h.height,
+                error,
+            })?;
     }
     Ok(())
 }

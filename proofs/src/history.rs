@@ -304,7 +304,10 @@ mod tests {
             for i in 0..n {
                 let p = prove_history(&ls, i).expect("in range");
                 let leaf_hash = hash_tagged("t", &i.to_le_bytes());
-                assert_eq!(verify_history(&root, &leaf_hash, U256::from(i + 1), &p), Ok(()));
+                assert_eq!(
+                    verify_history(&root, &leaf_hash, U256::from(i + 1), &p),
+                    Ok(())
+                );
                 // wrong work, wrong index, wrong root
                 assert!(verify_history(&root, &leaf_hash, U256::from(i + 2), &p).is_err());
                 let mut q = p.clone();

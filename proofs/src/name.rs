@@ -151,7 +151,14 @@ mod tests {
 
     #[test]
     fn valid_names() {
-        for n in ["@alice", "~lobby", "@a", "@0day", "@a_b-c9", &format!("@{}", "a".repeat(31))] {
+        for n in [
+            "@alice",
+            "~lobby",
+            "@a",
+            "@0day",
+            "@a_b-c9",
+            &format!("@{}", "a".repeat(31)),
+        ] {
             assert!(Name::new(n).is_ok(), "{n}");
         }
         assert_eq!(Name::new("@bob").map(|n| n.kind()), Ok(NameKind::User));

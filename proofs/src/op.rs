@@ -238,7 +238,9 @@ pub enum OpError {
     #[error("stamp names block {0}, which is not on this chain")]
     StampBlockUnknown(Hash),
     /// The stamp's block is too old (or not below the including block).
-    #[error("stamp block at height {stamp_height} is not within {window} blocks below height {height}")]
+    #[error(
+        "stamp block at height {stamp_height} is not within {window} blocks below height {height}"
+    )]
     StaleStamp {
         /// Height of the stamp's block.
         stamp_height: u64,
@@ -287,7 +289,13 @@ impl Op {
     /// Canonical bytes of the signed content:
     /// `encode(key) || encode(nonce) || encode(signer) || encode(owners) || encode(value)`.
     pub fn content_bytes(&self) -> Vec<u8> {
-        encode(&(&self.key, self.nonce, &self.signer, &self.owners, &self.value))
+        encode(&(
+            &self.key,
+            self.nonce,
+            &self.signer,
+            &self.owners,
+            &self.value,
+        ))
     }
 
     /// What the signature covers (after the `SIG_OP` tag):
@@ -414,4 +422,3 @@ pub fn apply(before: Option<&Record>, op: &Op) -> Result<Record, OpError> {
         value: op.value.clone(),
     })
 }
-

@@ -72,7 +72,7 @@ pub const fn target_for_zero_bits(zero_bits: u32) -> U256 {
 /// The `local` network.
 pub const LOCAL: Params = Params {
     name: "local",
-    genesis_time: 1_767_225_600, // 2026-01-01T00:00:00Z
+    genesis_time: 1_767_225_600,              // 2026-01-01T00:00:00Z
     genesis_bits: CompactTarget(0x1f0f_ffff), // ~2^12 hashes per block
     genesis_nonce: LOCAL_GENESIS_NONCE,
     genesis_hash: Hash(LOCAL_GENESIS_HASH),
@@ -94,7 +94,7 @@ pub const LOCAL: Params = Params {
 /// The public `testnet`.
 pub const TESTNET: Params = Params {
     name: "testnet",
-    genesis_time: 1_798_761_600, // 2027-01-01T00:00:00Z
+    genesis_time: 1_798_761_600,              // 2027-01-01T00:00:00Z
     genesis_bits: CompactTarget(0x1e0f_ffff), // ~2^20 hashes per block
     genesis_nonce: TESTNET_GENESIS_NONCE,
     genesis_hash: Hash(TESTNET_GENESIS_HASH),
@@ -189,7 +189,11 @@ mod tests {
         for p in [&LOCAL, &TESTNET] {
             let g = p.genesis_header();
             let target = p.genesis_bits.to_target().expect("canonical genesis bits");
-            assert!(target <= p.pow_limit, "{}: genesis target above pow limit", p.name);
+            assert!(
+                target <= p.pow_limit,
+                "{}: genesis target above pow limit",
+                p.name
+            );
             assert!(
                 g.check_pow().is_ok(),
                 "{}: genesis nonce {} does not meet the target",

@@ -5,7 +5,11 @@
 //! block is the expected number of hashes to find it, `2^256 / (target + 1)`;
 //! chains are compared by the sum of their blocks' work.
 
-#![allow(clippy::assign_op_pattern, clippy::ptr_offset_with_cast, clippy::manual_div_ceil)]
+#![allow(
+    clippy::assign_op_pattern,
+    clippy::ptr_offset_with_cast,
+    clippy::manual_div_ceil
+)]
 
 use bincode::{Decode, Encode};
 
@@ -170,10 +174,7 @@ mod tests {
             CompactTarget(0).to_target(),
             Err(TargetError::Zero(0))
         ));
-        assert_eq!(
-            CompactTarget(0x0112_0000).to_target(),
-            Ok(U256::from(0x12))
-        );
+        assert_eq!(CompactTarget(0x0112_0000).to_target(), Ok(U256::from(0x12)));
     }
 
     #[test]

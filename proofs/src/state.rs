@@ -192,7 +192,13 @@ fn insert<S: NodeStore>(
     }
     if node == EMPTY_ROOT {
         if let [(key, value)] = items {
-            return Ok(put(Node::Leaf { key: *key, value: *value }, out));
+            return Ok(put(
+                Node::Leaf {
+                    key: *key,
+                    value: *value,
+                },
+                out,
+            ));
         }
         return split(store, EMPTY_ROOT, EMPTY_ROOT, depth, items, out);
     }
@@ -331,7 +337,9 @@ impl<C> Decode<C> for StateProof {
             if bitmap[i / 8] & (0x80 >> (i % 8)) != 0 {
                 let h = Hash::decode(d)?;
                 if h == EMPTY_ROOT {
-                    return Err(invalid("state proof lists an empty sibling as non-empty".into()));
+                    return Err(invalid(
+                        "state proof lists an empty sibling as non-empty".into(),
+                    ));
                 }
                 siblings.push(h);
             } else {
@@ -358,14 +366,32 @@ pub fn prove<S: NodeStore>(
     let mut node = root;
     loop {
         if node == EMPTY_ROOT {
-            return Ok((None, StateProof { siblings, terminal: Terminal::Empty }));
+            return Ok((
+                None,
+                StateProof {
+                    siblings,
+                    terminal: Terminal::Empty,
+                },
+            ));
         }
         match load(store, &node)? {
             Node::Leaf { key: k, value } => {
                 let proof = if k == *key {
-                    (Some(value), StateProof { siblings, terminal: Terminal::Leaf })
+                    (
+                        Some(value),
+                        StateProof {
+                            siblings,
+                            terminal: Terminal::Leaf,
+                        },
+                    )
                 } else {
-                    (None, StateProof { siblings, terminal: Terminal::Other { key: k, value } })
+                    (
+                        None,
+                        StateProof {
+                            siblings,
+                            terminal: Terminal::Other { key: k, value },
+                        },
+                    )
                 };
                 return Ok(proof);
             }
@@ -415,7 +441,12 @@ pub fn verify_state(
     record: Option<&Record>,
     proof: &StateProof,
 ) -> Result<(), StateProofError> {
-    verify_state_hashed(root, &name.key_hash(), record.map(Record::hash).as_ref(), proof)
+    verify_state_hashed(
+        root,
+        &name.key_hash(),
+        record.map(Record::hash).as_ref(),
+        proof,
+    )
 }
 
 /// [`verify_state`] on a key hash and record hash.
@@ -446,7 +477,11 @@ pub fn verify_state_hashed(
     };
     for i in (0..depth).rev() {
         let s = &proof.siblings[i];
-        h = if key.bit(i) { inner_hash(s, &h) } else { inner_hash(&h, s) };
+        h = if key.bit(i) {
+            inner_hash(s, &h)
+        } else {
+            inner_hash(&h, s)
+        };
     }
     if h == *root {
         Ok(())
@@ -525,7 +560,10 @@ mod tests {
         for i in 0..260 {
             let (val, p) = prove(&s, root, &k(i)).expect("ok");
             let bytes = crate::encoding::encode(&p);
-            assert_eq!(crate::encoding::decode::<StateProof>(&bytes).as_ref(), Ok(&p));
+            assert_eq!(
+                crate::encoding::decode::<StateProof>(&bytes).as_ref(),
+                Ok(&p)
+            );
             if i < 200 {
                 assert_eq!(val, Some(v(i)));
                 assert_eq!(verify_state_hashed(&root, &k(i), Some(&v(i)), &p), Ok(()));
@@ -543,7 +581,10 @@ mod tests {
     fn missing_node_is_an_error_not_a_panic() {
         let (_, root) = build(10);
         let empty = MemoryNodeStore::new();
-        assert!(matches!(prove(&empty, root, &k(1)), Err(TreeError::MissingNode(_))));
+        assert!(matches!(
+            prove(&empty, root, &k(1)),
+            Err(TreeError::MissingNode(_))
+        ));
         assert!(matches!(
             update(&empty, root, &[(k(1), v(2))]),
             Err(TreeError::MissingNode(_))
