@@ -1,1 +1,81 @@
-fn main() {}
+//! Header-chain validation throughput (target: >= 1,000,000 headers/s on one
+//! core), plus the per-op stateless check.
+//!
+//! `cargo bench -p xirtam-proofs --bench headers`
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use xirtam_proofs::header::{ChainState, Header, header_template, mine, validate_header_chain};
+use xirtam_proofs::op::{Op, Owners, Value};
+use xirtam_proofs::params::{LOCAL, Params};
+use xirtam_proofs::pow::{CompactTarget, U256};
+use xirtam_proofs::{Name, SecretKey};
+
+const CHAIN: usize = 100_000;
+
+/// `local` with the easiest possible targets, so building a long valid chain
+/// for the benchmark costs ~1 hash per header. Validation does exactly the
+/// same work as on any network (every check runs; only the odds of meeting
+/// the target change).
+fn bench_params() -> Params {
+    Params {
+        genesis_bits: CompactTarget::from_target(U256::MAX),
+        pow_limit: U256::MAX,
+        ..LOCAL.clone()
+    }
+}
+
+fn build_chain(p: &Params, n: usize) -> Vec<Header> {
+    let mut state = ChainState::genesis(p);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut h = header_template(p, &state, state.tip_time() + p.block_interval);
+        assert!(mine(&mut h, 0, u64::MAX));
+        state.push(p, &h, u64::MAX / 2).expect("valid");
+        out.push(h);
+    }
+    out
+}
+
+fn headers(c: &mut Criterion) {
+    let p = bench_params();
+    let chain = build_chain(&p, CHAIN);
+    let genesis = ChainState::genesis(&p);
+    let mut g = c.benchmark_group("header_chain");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(CHAIN as u64));
+    g.bench_function("validate_100k_headers", |b| {
+        b.iter_batched(
+            || genesis.clone(),
+            |mut s| {
+                validate_header_chain(&p, &mut s, black_box(&chain), u64::MAX / 2).expect("valid");
+                s
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    let h = chain[CHAIN / 2];
+    c.bench_function("header_hash", |b| b.iter(|| black_box(&h).hash()));
+}
+
+fn ops(c: &mut Criterion) {
+    let k = SecretKey::from_seed([1; 32]);
+    let mut op = Op::sign(
+        &LOCAL,
+        Name::new("@alice").expect("valid"),
+        1,
+        Owners::single(k.public()),
+        Value::new(vec![7; 64]).expect("small"),
+        &k,
+    );
+    assert!(op.solve_stamp(&LOCAL, LOCAL.genesis_hash, 0, 1 << 24));
+    c.bench_function("op_check_stateless", |b| {
+        b.iter(|| black_box(&op).check_stateless(&LOCAL).expect("valid"))
+    });
+}
+
+criterion_group!(benches, headers, ops);
+criterion_main!(benches);

@@ -12,7 +12,7 @@ use bincode::{Decode, Encode};
 use rs_merkle::{MerkleProof, MerkleTree};
 
 use crate::encoding::{decode_len, encode};
-use crate::hash::{Hash, Hasher, hash_tagged, tag};
+use crate::hash::{Hash, hash_parts, hash_tagged, tag};
 use crate::header::Header;
 use crate::op::{Op, OpError};
 use crate::params::Params;
@@ -31,10 +31,10 @@ impl rs_merkle::Hasher for OpsHasher {
 }
 
 fn commit(count: usize, merkle_root: &Hash) -> Hash {
-    Hasher::new(tag::OPS_ROOT)
-        .update(&(count as u64).to_le_bytes())
-        .update(&merkle_root.0)
-        .finalize()
+    hash_parts(
+        tag::OPS_ROOT,
+        &[&(count as u64).to_le_bytes(), &merkle_root.0],
+    )
 }
 
 /// `ops_root` over op hashes, in block order.

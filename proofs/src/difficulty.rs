@@ -58,8 +58,12 @@ pub fn asert_target(
             + 5_127u128 * frac * frac * frac
             + (1u128 << 47))
             >> 48);
-    // anchor_target < 2^256, factor < 2^17: the product fits in 512 bits.
-    let mut t = U512::from_big_endian(&anchor.target_bytes(anchor_target)) * U512::from(factor);
+    // anchor_target < 2^256, factor < 2^17: the product fits in 512 bits
+    // (and in 256 bits for any realistic target, the fast path).
+    let mut t = match anchor_target.checked_mul(U256::from(factor)) {
+        Some(p) => U512::from_big_endian(&anchor.target_bytes(p)),
+        None => U512::from_big_endian(&anchor.target_bytes(anchor_target)) * U512::from(factor),
+    };
     let shift = shifts - 16;
     if shift <= 0 {
         let s = (-shift).min(512) as usize;
@@ -107,9 +111,12 @@ pub fn next_bits(
 }
 
 /// Median of the given timestamps (the upper middle for an even count);
-/// 0 for none.
+/// 0 for none. Only the last 64 are considered.
 pub fn median_time(times: &[u64]) -> u64 {
-    let mut t: Vec<u64> = times.to_vec();
+    let times = &times[times.len().saturating_sub(64)..];
+    let mut buf = [0u64; 64];
+    let t = &mut buf[..times.len()];
+    t.copy_from_slice(times);
     t.sort_unstable();
     t.get(t.len() / 2).copied().unwrap_or(0)
 }

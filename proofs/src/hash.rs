@@ -34,8 +34,6 @@ pub mod tag {
     pub const STATE_LEAF: &str = "xirtam/state-leaf/v1";
     /// State-tree inner node.
     pub const STATE_NODE: &str = "xirtam/state-node/v1";
-    /// History MMR leaf (one previous header and its work).
-    pub const HISTORY_LEAF: &str = "xirtam/history-leaf/v1";
     /// History MMR inner node.
     pub const HISTORY_NODE: &str = "xirtam/history-node/v1";
     /// History MMR root (leaf count plus bagged peaks).
@@ -54,7 +52,6 @@ pub mod tag {
         RECORD,
         STATE_LEAF,
         STATE_NODE,
-        HISTORY_LEAF,
         HISTORY_NODE,
         HISTORY_ROOT,
     ];
@@ -155,17 +152,43 @@ impl Hasher {
     }
 }
 
+/// Inputs up to this size are hashed from a stack buffer in one call (the
+/// incremental hasher is ~2 KB, and moving it around dominated small hashes).
+const STACK_INPUT: usize = 256;
+
 /// `BLAKE3(len(tag) || tag || data)`.
 #[inline]
 pub fn hash_tagged(tag: &str, data: &[u8]) -> Hash {
-    Hasher::new(tag).update(data).finalize()
+    hash_parts(tag, &[data])
+}
+
+/// `BLAKE3(len(tag) || tag || parts[0] || parts[1] || ...)`.
+#[inline]
+pub fn hash_parts(tag: &str, parts: &[&[u8]]) -> Hash {
+    let len = 1 + tag.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+    if len > STACK_INPUT || tag.len() > 255 {
+        let mut h = Hasher::new(tag);
+        for p in parts {
+            h.update(p);
+        }
+        return h.finalize();
+    }
+    let mut buf = [0u8; STACK_INPUT];
+    buf[0] = tag.len() as u8; // checked above: at most 255
+    let mut at = 1 + tag.len();
+    buf[1..at].copy_from_slice(tag.as_bytes());
+    for p in parts {
+        buf[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    Hash(*blake3::hash(&buf[..at]).as_bytes())
 }
 
 /// `BLAKE3(len(tag) || tag || a || b)`: the two-child node hash used by all
 /// Merkle structures here.
 #[inline]
 pub fn hash_pair(tag: &str, a: &Hash, b: &Hash) -> Hash {
-    Hasher::new(tag).update(&a.0).update(&b.0).finalize()
+    hash_parts(tag, &[&a.0, &b.0])
 }
 
 #[cfg(test)]
@@ -189,6 +212,16 @@ mod tests {
         let a = Hasher::new("ab").update(b"c").finalize();
         let b = Hasher::new("a").update(b"bc").finalize();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn stack_and_incremental_paths_agree() {
+        for n in [0usize, 1, 100, 229, 230, 231, 300, 5000] {
+            let data = vec![7u8; n];
+            let a = hash_parts(tag::OP, &[&data[..n / 2], &data[n / 2..]]);
+            let b = Hasher::new(tag::OP).update(&data).finalize();
+            assert_eq!(a, b, "length {n}");
+        }
     }
 
     #[test]

@@ -1,24 +1,28 @@
 //! `history_root`: a Merkle Mountain Range over all previous headers.
 //!
-//! Leaf `i` is header `i`'s hash and work; an inner node commits to both
-//! children's hashes and works and carries the sum of their work, so the
-//! root commits to the total work too (what a FlyClient-style super-light
-//! client samples against). The header at height `h` carries the root of the
-//! MMR over headers `0..h`.
+//! Leaf `i` is header `i` itself (its hash, which is already domain-tagged,
+//! and its work); an inner node commits to both children and the sum of
+//! their work, so every node's hash binds the work below it and the root
+//! commits to the total work of the chain (what a FlyClient-style
+//! super-light client samples against). The header at height `h` carries the
+//! root of the MMR over headers `0..h`.
 //!
 //! ```text
-//! leaf   = H(HISTORY_LEAF, header_hash || work_be32)            work = block work
-//! node   = H(HISTORY_NODE, l.hash || l.work_be32 || r.hash || r.work_be32)
-//!                                                               work = l.work + r.work
+//! leaf   = (hash: header_hash, work: block work)            no extra hashing
+//! node   = H(HISTORY_NODE, l.hash || r.hash || (l.work + r.work)_be32)
 //! peaks  = perfect subtrees, largest first (one per set bit of the leaf count)
-//! bagged = node(p0, node(p1, ... node(p_{k-2}, p_{k-1})))      (right to left)
+//! bagged = node(...node(node(p0, p1), p2)..., p_{k-1})      (left to right)
 //! root   = H(HISTORY_ROOT, leaf_count_le8 || bagged.hash || bagged.work_be32)
 //! empty  = H(HISTORY_ROOT, 0u64_le8 || 0^32 || 0^32)
 //! ```
+//!
+//! Bagging left to right lets [`HistoryPeaks`] cache the bag of every peak
+//! prefix: an append changes only the last peaks, so it costs amortised two
+//! node hashes plus the root, not a re-bag of all ~log2(n) peaks.
 
 use bincode::{Decode, Encode};
 
-use crate::hash::{Hash, Hasher, tag};
+use crate::hash::{Hash, hash_parts, tag};
 use crate::pow::U256;
 
 /// One MMR node: a hash and the total work below it.
@@ -33,33 +37,42 @@ pub struct HistoryNode {
 impl HistoryNode {
     /// Leaf for a header with hash `header` and work `work`.
     pub fn leaf(header: &Hash, work: U256) -> Self {
-        let hash = Hasher::new(tag::HISTORY_LEAF)
-            .update(&header.0)
-            .update(&work.to_be_bytes())
-            .finalize();
-        HistoryNode { hash, work }
+        HistoryNode {
+            hash: *header,
+            work,
+        }
     }
 
     /// Parent of two nodes.
     pub fn parent(l: &HistoryNode, r: &HistoryNode) -> Self {
-        let hash = Hasher::new(tag::HISTORY_NODE)
-            .update(&l.hash.0)
-            .update(&l.work.to_be_bytes())
-            .update(&r.hash.0)
-            .update(&r.work.to_be_bytes())
-            .finalize();
-        HistoryNode {
-            hash,
-            work: l.work.saturating_add(r.work),
-        }
+        let work = l.work.saturating_add(r.work);
+        let hash = hash_parts(
+            tag::HISTORY_NODE,
+            &[&l.hash.0, &r.hash.0, &work.to_be_bytes()],
+        );
+        HistoryNode { hash, work }
     }
 }
 
 /// The peaks of the MMR: enough to append and to compute the root.
-#[derive(Clone, PartialEq, Eq, Debug, Default, Encode)]
+/// Encoded as `leaves: u64` then the peaks (a `u64` count, which must equal
+/// the number of set bits of `leaves`, then each node).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct HistoryPeaks {
     leaves: u64,
     peaks: Vec<HistoryNode>,
+    /// `bags[i]` = peaks `0..=i` bagged left to right (derived, not encoded).
+    bags: Vec<HistoryNode>,
+}
+
+impl Encode for HistoryPeaks {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        e: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.leaves.encode(e)?;
+        self.peaks.encode(e)
+    }
 }
 
 impl<C> Decode<C> for HistoryPeaks {
@@ -73,11 +86,15 @@ impl<C> Decode<C> for HistoryPeaks {
                 "{n} history peaks for {leaves} leaves"
             )));
         }
-        let mut peaks = Vec::with_capacity(n);
+        let mut m = HistoryPeaks {
+            leaves,
+            peaks: Vec::with_capacity(n),
+            bags: Vec::with_capacity(n),
+        };
         for _ in 0..n {
-            peaks.push(HistoryNode::decode(d)?);
+            m.push_peak(HistoryNode::decode(d)?);
         }
-        Ok(HistoryPeaks { leaves, peaks })
+        Ok(m)
     }
 }
 bincode::impl_borrow_decode!(HistoryPeaks);
@@ -109,13 +126,23 @@ impl HistoryPeaks {
             node = HistoryNode::parent(&left, &node);
             n >>= 1;
         }
-        self.peaks.push(node);
+        self.bags.truncate(self.peaks.len());
+        self.push_peak(node);
         self.leaves += 1;
+    }
+
+    fn push_peak(&mut self, node: HistoryNode) {
+        let bag = match self.bags.last() {
+            Some(prev) => HistoryNode::parent(prev, &node),
+            None => node,
+        };
+        self.peaks.push(node);
+        self.bags.push(bag);
     }
 
     /// The root.
     pub fn root(&self) -> Hash {
-        root_of(self.leaves, &self.peaks)
+        root_hash(self.leaves, self.bags.last())
     }
 
     /// Total work of all leaves.
@@ -129,18 +156,24 @@ impl HistoryPeaks {
 fn root_of(leaves: u64, peaks: &[HistoryNode]) -> Hash {
     let bagged = peaks
         .iter()
-        .rev()
         .copied()
-        .reduce(|acc, p| HistoryNode::parent(&p, &acc))
-        .unwrap_or(HistoryNode {
-            hash: Hash::ZERO,
-            work: U256::zero(),
-        });
-    Hasher::new(tag::HISTORY_ROOT)
-        .update(&leaves.to_le_bytes())
-        .update(&bagged.hash.0)
-        .update(&bagged.work.to_be_bytes())
-        .finalize()
+        .reduce(|acc, p| HistoryNode::parent(&acc, &p));
+    root_hash(leaves, bagged.as_ref())
+}
+
+fn root_hash(leaves: u64, bagged: Option<&HistoryNode>) -> Hash {
+    let bagged = bagged.copied().unwrap_or(HistoryNode {
+        hash: Hash::ZERO,
+        work: U256::zero(),
+    });
+    hash_parts(
+        tag::HISTORY_ROOT,
+        &[
+            &leaves.to_le_bytes(),
+            &bagged.hash.0,
+            &bagged.work.to_be_bytes(),
+        ],
+    )
 }
 
 /// Proof that a header (hash and work) is leaf `index` of an MMR with
@@ -301,6 +334,12 @@ mod tests {
             }
             assert_eq!(mmr.total_work(), U256::from(n * (n + 1) / 2));
             let root = mmr.root();
+            // The cached bags give the same root as bagging from scratch,
+            // and a decoded copy rebuilds them.
+            assert_eq!(root, root_of(n, mmr.peaks()));
+            let copy: HistoryPeaks =
+                crate::encoding::decode(&crate::encoding::encode(&mmr)).expect("round trip");
+            assert_eq!(copy.root(), root);
             for i in 0..n {
                 let p = prove_history(&ls, i).expect("in range");
                 let leaf_hash = hash_tagged("t", &i.to_le_bytes());

@@ -13,7 +13,7 @@
 use bincode::{Decode, Encode};
 
 use crate::encoding::{decode_bytes, decode_len, encode, invalid};
-use crate::hash::{Hash, Hasher, hash_tagged, tag};
+use crate::hash::{Hash, hash_parts, hash_tagged, tag};
 use crate::keys::{PublicKey, SecretKey, Signature, SignatureError};
 use crate::name::Name;
 use crate::params::Params;
@@ -170,11 +170,10 @@ pub struct Stamp {
 impl Stamp {
     /// The stamp's proof-of-work hash for op id `op_id`.
     pub fn pow_hash(&self, op_id: &Hash) -> Hash {
-        Hasher::new(tag::STAMP)
-            .update(&op_id.0)
-            .update(&self.block.0)
-            .update(&self.nonce.to_le_bytes())
-            .finalize()
+        hash_parts(
+            tag::STAMP,
+            &[&op_id.0, &self.block.0, &self.nonce.to_le_bytes()],
+        )
     }
 }
 

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use bincode::{Decode, Encode};
 
 use crate::encoding::invalid;
-use crate::hash::{Hash, Hasher, hash_pair, tag};
+use crate::hash::{Hash, hash_pair, hash_parts, tag};
 use crate::name::Name;
 use crate::op::Record;
 
@@ -60,10 +60,7 @@ pub enum Node {
 /// Leaf hash.
 #[inline]
 pub fn leaf_hash(key: &Hash, value: &Hash) -> Hash {
-    Hasher::new(tag::STATE_LEAF)
-        .update(&key.0)
-        .update(&value.0)
-        .finalize()
+    hash_parts(tag::STATE_LEAF, &[&key.0, &value.0])
 }
 
 /// Inner-node hash.
