@@ -103,6 +103,16 @@ pub enum HeaderError {
     },
 }
 
+impl HeaderError {
+    /// True when the header may become valid later without changing:
+    /// only [`HeaderError::TimeTooNew`] (the validator's clock may catch up).
+    /// Nodes must not remember such a header as invalid or penalise its
+    /// sender as for a consensus violation.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, HeaderError::TimeTooNew { .. })
+    }
+}
+
 impl Header {
     /// The only header version so far.
     pub const VERSION: u32 = 1;

@@ -68,7 +68,14 @@ impl fmt::Debug for SecretKey {
 
 impl PublicKey {
     /// Verify `sig` over `payload` in domain `tag`.
+    ///
+    /// Besides `verify_strict`'s checks, the key's encoding must be
+    /// canonical (`y < 2^255 - 19`), so that implementations that differ in
+    /// how leniently they decompress points cannot disagree.
     pub fn verify(&self, tag: &str, payload: &[u8], sig: &Signature) -> Result<(), SignatureError> {
+        if !self.is_canonical() {
+            return Err(SignatureError::BadKey);
+        }
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| SignatureError::BadKey)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         key.verify_strict(&tagged_message(tag, payload), &sig)
@@ -83,6 +90,15 @@ impl PublicKey {
     /// Parse 64 hex digits.
     pub fn from_hex(s: &str) -> Result<Self, crate::hash::HexError> {
         crate::hash::Hash::from_hex(s).map(|h| PublicKey(h.0))
+    }
+
+    /// Is the y coordinate (the low 255 bits, little-endian) below the field
+    /// prime `2^255 - 19`? Non-canonical encodings are `y` in
+    /// `[2^255 - 19, 2^255)`: top byte `0x7f` (sign bit masked), bytes 1..=30
+    /// all `0xff`, byte 0 at least `0xed`.
+    fn is_canonical(&self) -> bool {
+        let b = &self.0;
+        !(b[31] & 0x7f == 0x7f && b[1..31].iter().all(|&x| x == 0xff) && b[0] >= 0xed)
     }
 }
 
@@ -137,6 +153,27 @@ mod tests {
             other.verify(tag::SIG_OP, b"hello", &s),
             Err(SignatureError::Invalid)
         );
+    }
+
+    #[test]
+    fn non_canonical_key_encodings_are_rejected() {
+        let s = SecretKey::from_seed([7; 32]).sign(tag::SIG_OP, b"x");
+        // y = p (encodes y = 0) and y = p + 1 (encodes y = 1), both signs.
+        for first in [0xedu8, 0xee] {
+            for top in [0x7fu8, 0xff] {
+                let mut k = [0xffu8; 32];
+                k[0] = first;
+                k[31] = top;
+                assert_eq!(
+                    PublicKey(k).verify(tag::SIG_OP, b"x", &s),
+                    Err(SignatureError::BadKey)
+                );
+            }
+        }
+        let mut below = [0xffu8; 32];
+        below[0] = 0xec;
+        below[31] = 0x7f;
+        assert!(PublicKey(below).is_canonical());
     }
 
     #[test]

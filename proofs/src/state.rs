@@ -90,7 +90,40 @@ pub trait NodeStore {
 /// Nodes in a `HashMap`: for tests, benchmarks and tools.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryNodeStore {
-    nodes: HashMap<Hash, Node>,
+    nodes: HashMap<Hash, Node, BuildHashPrefix>,
+}
+
+/// Keys are BLAKE3 outputs, already uniform: fold their bytes into the
+/// table hash instead of running SipHash over them. (This store is for
+/// tests, benchmarks and tools; addresses are hashes of node contents, so
+/// choosing colliding addresses means searching BLAKE3 preimages.)
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BuildHashPrefix;
+
+/// The hasher behind [`BuildHashPrefix`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HashPrefixHasher(u64);
+
+impl std::hash::BuildHasher for BuildHashPrefix {
+    type Hasher = HashPrefixHasher;
+    fn build_hasher(&self) -> HashPrefixHasher {
+        HashPrefixHasher(0)
+    }
+}
+
+impl std::hash::Hasher for HashPrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `Hash` derives `Hash` over `[u8; 32]`, which writes a length
+        // prefix (8 bytes) then the 32 bytes; fold everything in cheaply.
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
 }
 
 impl MemoryNodeStore {
@@ -158,7 +191,7 @@ pub fn update<S: NodeStore>(
 ) -> Result<(Hash, Vec<(Hash, Node)>), TreeError> {
     let mut items: Vec<(Hash, Hash)> = updates.to_vec();
     // Stable sort keeps input order among equal keys; keep the last.
-    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items.sort_by_key(|it| it.0);
     let mut deduped: Vec<(Hash, Hash)> = Vec::with_capacity(items.len());
     for it in items {
         match deduped.last_mut() {
@@ -201,10 +234,10 @@ fn insert<S: NodeStore>(
     }
     match load(store, &node)? {
         Node::Leaf { key, value } => {
-            if let [(k, v)] = items {
-                if *k == key {
-                    return Ok(put(Node::Leaf { key, value: *v }, out));
-                }
+            if let [(k, v)] = items
+                && *k == key
+            {
+                return Ok(put(Node::Leaf { key, value: *v }, out));
             }
             match items.binary_search_by(|(k, _)| k.cmp(&key)) {
                 // The existing key is being replaced.

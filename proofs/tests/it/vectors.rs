@@ -251,3 +251,94 @@ fn difficulty_vectors() {
         assert_eq!(next_bits(&LOCAL, Some(&anchor), t, h), CompactTarget(bits));
     }
 }
+
+/// The worked examples in docs/protocol.md section 18 (computed there by an
+/// independent Python transcription of the spec) match the code.
+#[test]
+fn protocol_md_examples() {
+    use xirtam_proofs::op::{Owners, Value};
+    let alice = Name::new("@alice").expect("valid");
+    assert_eq!(
+        alice.key_hash().to_hex(),
+        "8c27260cd387719bc78c7f50a50a80deca81b1d0a8705a44cb97f9cd3845a3e6"
+    );
+    let k = key(1);
+    assert_eq!(
+        k.public().to_hex(),
+        "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
+    );
+    let rec = Record {
+        nonce: 1,
+        owners: Owners::single(k.public()),
+        value: Value::new(b"hi".to_vec()).expect("small"),
+    };
+    assert_eq!(encode(&rec).len(), 58);
+    assert_eq!(
+        rec.hash().to_hex(),
+        "68cc3bf79b29838a2e7c071d15a683cce542cbd7ebe65e4d0e6a1a2b9d1f0928"
+    );
+    assert_eq!(
+        tree(&[(alice.clone(), rec)]).1.to_hex(),
+        "f5c17da801ef6dbbd140d5fbbf722d47aa3797f34a238b064e0fdd5fc786ce17"
+    );
+
+    let mut o = Op::sign(
+        &LOCAL,
+        alice,
+        1,
+        Owners::single(k.public()),
+        Value::new(b"hi".to_vec()).expect("small"),
+        &k,
+    );
+    assert!(o.solve_stamp(&LOCAL, LOCAL.genesis_hash, 0, 1 << 20));
+    assert_eq!(o.content_bytes().len(), 104);
+    assert_eq!(
+        hex::encode(o.signature.0),
+        "4e421318f2ff190ed95d9448dc5c6a5bc4809e183d9e09a09473a1f33e7b3f29745b60982492317bc8699b391f47cfd3fa7d15b9cadf13040b4be84b50665e0b"
+    );
+    assert_eq!(
+        o.id().to_hex(),
+        "5a25cd924cf6ec1f6deb559c2909110fde647b1ea9b16300eb06b79d0e47cb35"
+    );
+    assert_eq!(o.stamp.nonce, 520);
+    assert_eq!(
+        o.stamp.pow_hash(&o.id()).to_hex(),
+        "003e4aa44b223a1b26369022a92dcd9ba2605db45ba6aab42bf326d382467cdf"
+    );
+    assert_eq!(encode(&o).len(), 208);
+    assert_eq!(
+        o.hash().to_hex(),
+        "ba03bce4b684201531b29d5089cdd128a63faf38e899c2dd8db139b4c36ad2e7"
+    );
+    assert_eq!(
+        xirtam_proofs::ops_root(&[o.hash()]).to_hex(),
+        "ef9006993b196dd9ee18cb06401d99567c2a80473adc5af2f74d7d2cd79ea69d"
+    );
+
+    let g = ChainState::genesis(&LOCAL);
+    assert_eq!(
+        g.next_history_root().to_hex(),
+        "3e63b74de6c9a8c754fafe9f0ed04775aafb28525c55c100cec9c5a653f371c2"
+    );
+    assert_eq!(encode(&g).len(), 137);
+
+    let anchor = Anchor {
+        height: 1,
+        time: 1_767_225_700,
+        bits: CompactTarget(0x1f0f_ffff),
+    };
+    for (dt, bits) in [
+        (18i64, 0x1f0f_ffffu32),
+        (19, 0x1f10_5ffe),
+        (33, 0x1f16_a01e),
+        (48, 0x1f1f_fffe),
+        (-12, 0x1f07_ffff),
+    ] {
+        let t = anchor.time.checked_add_signed(dt).expect("in range");
+        assert_eq!(
+            next_bits(&LOCAL, Some(&anchor), t, 10),
+            CompactTarget(bits),
+            "T{dt:+}"
+        );
+    }
+}
