@@ -28,6 +28,13 @@ fn record(i: usize, owner: &SecretKey) -> Record {
     }
 }
 
+/// Peak resident memory (Linux `VmHWM`), for the report.
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.trim_start_matches("VmHWM:").trim().to_owned())
+}
+
 fn stats(mut v: Vec<usize>) -> (usize, usize, usize) {
     v.sort_unstable();
     (v[0], v[v.len() / 2], v[v.len() - 1])
@@ -58,6 +65,10 @@ fn bench(c: &mut Criterion) {
         n as f64 / secs,
         store.len()
     );
+
+    if let Some(rss) = peak_rss() {
+        println!("peak RSS after the bulk build: {rss}");
+    }
 
     // Proofs for 1,000 present and 1,000 absent names.
     let present: Vec<(Name, Record, StateProof)> = (0..1000)

@@ -58,12 +58,17 @@ pub fn asert_target(
             + 5_127u128 * frac * frac * frac
             + (1u128 << 47))
             >> 48);
-    // anchor_target < 2^256, factor < 2^17: the product fits in 512 bits
-    // (and in 256 bits for any realistic target, the fast path).
-    let mut t = match anchor_target.checked_mul(U256::from(factor)) {
-        Some(p) => U512::from_big_endian(&anchor.target_bytes(p)),
-        None => U512::from_big_endian(&anchor.target_bytes(anchor_target)) * U512::from(factor),
-    };
+    // anchor_target < 2^256 and factor < 2^17, so the product fits in five
+    // 64-bit limbs; multiply limb-wise (exact) rather than in 512 bits.
+    let mut limbs = [0u64; 8];
+    let mut carry: u128 = 0;
+    for (i, l) in anchor_target.0.iter().enumerate() {
+        let p = u128::from(*l) * factor + carry;
+        limbs[i] = p as u64; // low 64 bits
+        carry = p >> 64;
+    }
+    limbs[4] = carry as u64; // < 2^17
+    let mut t = U512(limbs);
     let shift = shifts - 16;
     if shift <= 0 {
         let s = (-shift).min(512) as usize;
@@ -73,26 +78,17 @@ pub fn asert_target(
     } else {
         t <<= shift as usize;
     }
-    let limit = U512::from_big_endian(&params.pow_limit.to_be_bytes());
-    if t > limit {
+    if t.0[4..].iter().any(|l| *l != 0) {
+        return params.pow_limit; // at least 2^256, above any limit
+    }
+    let t = U256([t.0[0], t.0[1], t.0[2], t.0[3]]);
+    if t > params.pow_limit {
         return params.pow_limit;
     }
     if t.is_zero() {
         return U256::one();
     }
-    let mut be = [0u8; 64];
-    t.write_as_big_endian(&mut be);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&be[32..]);
-    U256::from_be_bytes(out)
-}
-
-impl Anchor {
-    fn target_bytes(&self, target: U256) -> [u8; 64] {
-        let mut b = [0u8; 64];
-        b[32..].copy_from_slice(&target.to_be_bytes());
-        b
-    }
+    t
 }
 
 /// The compact target required of block `parent_height + 1`.
@@ -125,6 +121,7 @@ pub fn median_time(times: &[u64]) -> u64 {
 mod tests {
     use super::*;
     use crate::params::LOCAL;
+    use crate::pow::U512;
 
     fn anchor() -> Anchor {
         Anchor {
@@ -172,6 +169,69 @@ mod tests {
             let t = asert_target(&LOCAL, &a, a.time + dt, 50);
             assert!(t >= prev);
             prev = t;
+        }
+    }
+
+    /// The obvious 512-bit formulation of the same rule.
+    fn reference(params: &Params, anchor_target: U256, dt: i128, dh: i128) -> U256 {
+        let e = ((dt - i128::from(params.block_interval) * dh) * 65536)
+            .div_euclid(i128::from(params.asert_half_life));
+        let (shifts, frac) = (e >> 16, (e & 0xffff) as u128);
+        let factor = 65536
+            + ((195_766_423_245_049u128 * frac
+                + 971_821_376u128 * frac * frac
+                + 5_127u128 * frac * frac * frac
+                + (1u128 << 47))
+                >> 48);
+        let mut be = [0u8; 64];
+        be[32..].copy_from_slice(&anchor_target.to_be_bytes());
+        let t = U512::from_big_endian(&be) * U512::from(factor);
+        let s = shifts - 16;
+        let t = if s <= 0 {
+            if -s >= 512 {
+                U512::zero()
+            } else {
+                t >> (-s) as usize
+            }
+        } else if t.bits() as i128 + s > 512 {
+            return params.pow_limit;
+        } else {
+            t << s as usize
+        };
+        let mut lim = [0u8; 64];
+        lim[32..].copy_from_slice(&params.pow_limit.to_be_bytes());
+        if t > U512::from_big_endian(&lim) {
+            return params.pow_limit;
+        }
+        if t.is_zero() {
+            return U256::one();
+        }
+        let mut out = [0u8; 64];
+        t.write_as_big_endian(&mut out);
+        U256::from_big_endian(&out[32..])
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn matches_512_bit_reference(
+            bits in proptest::prelude::any::<u32>(),
+            dt in 0u64..100_000,
+            dh in 1u64..100_000,
+            easiest in proptest::prelude::any::<bool>(),
+        ) {
+            let bits = CompactTarget::from_target(
+                CompactTarget(bits).to_target().unwrap_or(U256::MAX >> (bits % 256)),
+            );
+            let a = Anchor { height: 1, time: 1000, bits };
+            let mut p = LOCAL.clone();
+            if easiest {
+                p.pow_limit = U256::MAX;
+            }
+            let at = bits.to_target().expect("canonical by construction");
+            proptest::prop_assert_eq!(
+                asert_target(&p, &a, a.time + dt, 1 + dh),
+                reference(&p, at, i128::from(dt), i128::from(dh))
+            );
         }
     }
 

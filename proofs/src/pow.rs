@@ -96,25 +96,29 @@ impl CompactTarget {
     }
 
     /// The target, if this is a canonical, non-zero compact target.
+    ///
+    /// Canonical means `from_target(to_target(c)) == c`, which comes down to:
+    /// `size <= 32`, the mantissa's top byte is non-zero, and for `size < 3`
+    /// the bytes shifted out are zero. (A property test checks this against
+    /// the round-trip definition.)
     pub fn to_target(self) -> Result<U256, TargetError> {
         let size = self.0 >> 24;
         let mantissa = self.0 & 0x00ff_ffff;
-        if size > 32 {
-            return Err(TargetError::NotCanonical(self.0));
-        }
-        let target = if size <= 3 {
-            U256::from(mantissa >> (8 * (3 - size)))
-        } else {
-            // size <= 32 and mantissa < 2^24, so this is below 2^256.
-            U256::from(mantissa) << (8 * (size - 3)) as usize
-        };
-        if target.is_zero() {
+        if size == 0 || mantissa == 0 {
             return Err(TargetError::Zero(self.0));
         }
-        if CompactTarget::from_target(target) != self {
+        if size > 32 || mantissa < 0x01_0000 {
             return Err(TargetError::NotCanonical(self.0));
         }
-        Ok(target)
+        if size < 3 {
+            let dropped = 8 * (3 - size);
+            if mantissa & ((1 << dropped) - 1) != 0 {
+                return Err(TargetError::NotCanonical(self.0));
+            }
+            return Ok(U256::from(mantissa >> dropped));
+        }
+        // size <= 32 and mantissa < 2^24, so this is below 2^256.
+        Ok(U256::from(mantissa) << (8 * (size - 3)) as usize)
     }
 }
 
@@ -175,6 +179,33 @@ mod tests {
             Err(TargetError::Zero(0))
         ));
         assert_eq!(CompactTarget(0x0112_0000).to_target(), Ok(U256::from(0x12)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn canonical_check_matches_round_trip_definition(c in proptest::prelude::any::<u32>()) {
+            let c = CompactTarget(c);
+            match c.to_target() {
+                Ok(t) => {
+                    proptest::prop_assert!(!t.is_zero());
+                    proptest::prop_assert_eq!(CompactTarget::from_target(t), c);
+                }
+                Err(_) => {
+                    // Either it decodes to zero, or some other compact
+                    // value is the canonical form of what it encodes.
+                    let size = c.0 >> 24;
+                    let m = c.0 & 0x00ff_ffff;
+                    if size <= 32 {
+                        let t = if size <= 3 {
+                            U256::from(m >> (8 * (3 - size)))
+                        } else {
+                            U256::from(m) << (8 * (size - 3)) as usize
+                        };
+                        proptest::prop_assert!(t.is_zero() || CompactTarget::from_target(t) != c);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
