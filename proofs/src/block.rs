@@ -208,6 +208,20 @@ impl Block {
     /// most one op per name, and every op's stateless rules. Stamp ages and
     /// the state rule are checked by the node when it connects the block.
     pub fn check_stateless(&self, params: &Params) -> Result<(), BlockError> {
+        self.check_body(params)?;
+        for (index, op) in self.ops.iter().enumerate() {
+            op.check_stateless(params).map_err(|error| BlockError::Op {
+                index,
+                name: op.key.clone(),
+                error,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// [`Block::check_stateless`] without the per-op checks (signatures and
+    /// stamps), for callers that check ops in parallel.
+    pub fn check_body(&self, params: &Params) -> Result<(), BlockError> {
         if self.ops.len() > params.max_ops_per_block {
             return Err(BlockError::TooManyOps {
                 count: self.ops.len(),
@@ -225,15 +239,10 @@ impl Block {
             return Err(BlockError::OpsRoot);
         }
         let mut names = BTreeSet::new();
-        for (index, op) in self.ops.iter().enumerate() {
+        for op in &self.ops {
             if !names.insert(&op.key) {
                 return Err(BlockError::DuplicateName(op.key.clone()));
             }
-            op.check_stateless(params).map_err(|error| BlockError::Op {
-                index,
-                name: op.key.clone(),
-                error,
-            })?;
         }
         Ok(())
     }

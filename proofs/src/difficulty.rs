@@ -51,13 +51,7 @@ pub fn asert_target(
     // Floor division: the rule is defined with floor, not truncation.
     let exponent = ((time_delta - interval * height_delta) * 65536).div_euclid(half_life);
     let shifts = exponent >> 16; // floor
-    let frac = (exponent & 0xffff) as u128; // 0..65536
-    let factor: u128 = 65536
-        + ((195_766_423_245_049u128 * frac
-            + 971_821_376u128 * frac * frac
-            + 5_127u128 * frac * frac * frac
-            + (1u128 << 47))
-            >> 48);
+    let factor = exp2_fixed((exponent & 0xffff) as u128);
     // anchor_target < 2^256 and factor < 2^17, so the product fits in five
     // 64-bit limbs; multiply limb-wise (exact) rather than in 512 bits.
     let mut limbs = [0u64; 8];
@@ -89,6 +83,17 @@ pub fn asert_target(
         return U256::one();
     }
     t
+}
+
+/// `65536 * 2^(frac / 65536)` for `frac` in `0..65536`, by aserti3-2d's cubic
+/// approximation (exact at 0, within 0.013% elsewhere).
+fn exp2_fixed(frac: u128) -> u128 {
+    65536
+        + ((195_766_423_245_049u128 * frac
+            + 971_821_376u128 * frac * frac
+            + 5_127u128 * frac * frac * frac
+            + (1u128 << 47))
+            >> 48)
 }
 
 /// The compact target required of block `parent_height + 1`.
@@ -176,13 +181,7 @@ mod tests {
     fn reference(params: &Params, anchor_target: U256, dt: i128, dh: i128) -> U256 {
         let e = ((dt - i128::from(params.block_interval) * dh) * 65536)
             .div_euclid(i128::from(params.asert_half_life));
-        let (shifts, frac) = (e >> 16, (e & 0xffff) as u128);
-        let factor = 65536
-            + ((195_766_423_245_049u128 * frac
-                + 971_821_376u128 * frac * frac
-                + 5_127u128 * frac * frac * frac
-                + (1u128 << 47))
-                >> 48);
+        let (shifts, factor) = (e >> 16, exp2_fixed((e & 0xffff) as u128));
         let mut be = [0u8; 64];
         be[32..].copy_from_slice(&anchor_target.to_be_bytes());
         let t = U512::from_big_endian(&be) * U512::from(factor);
