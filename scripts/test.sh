@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 # --- system packages -------------------------------------------------------
-# A C toolchain (blake3's SIMD code). RocksDB's bindings will add clang and
-# libclang-dev here when the node's store lands.
-PKGS=(build-essential pkg-config)
+# A C/C++ toolchain (blake3's SIMD code, RocksDB), and libclang for
+# RocksDB's bindgen-generated bindings.
+PKGS=(build-essential pkg-config clang libclang-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,8 +1,21 @@
 //! Xirtam directory full node.
 //!
-//! Will hold the RocksDB store, chain (validation, fork choice, reorg), the
-//! on-disk state tree, mempool, miner, libp2p networking and the JSON-RPC
-//! server, with the `xirtam-node` binary. For now it only re-exports the pure
-//! core it is built on; see `docs/ARCHITECTURE.md` for the plan.
+//! * [`store`]: key-value trait, RocksDB and in-memory implementations;
+//! * [`chain`]: validation, storage of every valid block, fork choice, reorgs;
+//! * [`mempool`]: validated pending ops;
+//! * [`miner`]: mining threads;
+//! * [`node`]: chain and mempool behind one lock;
+//! * [`rpc`]: JSON-RPC server (and the typed client the CLI uses);
+//! * [`client`]: what the CLI does on the user's side (claim, update, get).
+//!
+//! The consensus rules themselves live in `xirtam-proofs`.
+
+pub mod chain;
+pub mod client;
+pub mod mempool;
+pub mod miner;
+pub mod node;
+pub mod rpc;
+pub mod store;
 
 pub use xirtam_proofs as proofs;

@@ -1,11 +1,19 @@
-//! `xirtam-node`: the Xirtam directory full node.
-//!
-//! The node itself (store, chain, mempool, miner, RPC, p2p) is the next
-//! issue; today the binary exposes the pure core's network definitions.
+//! `xirtam-node`: the Xirtam directory full node, and the user-side
+//! commands that talk to it (keys, claiming and updating names, lookups).
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use xirtam_node::client;
+use xirtam_node::mempool::Mempool;
+use xirtam_node::node::Node;
 use xirtam_node::proofs::params::Params;
+use xirtam_node::proofs::{Name, PublicKey, SecretKey};
+use xirtam_node::store::RocksStore;
 
 /// Xirtam directory full node.
 #[derive(Debug, Parser)]
@@ -17,23 +25,341 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a directory node.
+    Run(RunArgs),
+    /// Manage keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Claim, update or look up names through a node.
+    #[command(subcommand)]
+    Name(NameCmd),
     /// Print a network's consensus parameters and genesis header.
     Params {
-        /// Network: local or testnet.
+        /// Network: local, testnet or regtest.
         #[arg(long, default_value = "local")]
         network: String,
     },
 }
 
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Network: local, testnet or regtest.
+    #[arg(long, default_value = "local")]
+    network: String,
+    /// Data directory (default: $HOME/.xirtam/<network>).
+    #[arg(long)]
+    datadir: Option<PathBuf>,
+    /// JSON-RPC listen address (port 0 picks a free port; the bound address
+    /// is written to <datadir>/rpc.addr).
+    #[arg(long, default_value = "127.0.0.1:8645")]
+    rpc_addr: SocketAddr,
+    /// Mine blocks.
+    #[arg(long)]
+    mine: bool,
+    /// Mining threads (with --mine).
+    #[arg(long, default_value_t = 1)]
+    mine_threads: usize,
+    /// Log filter (tracing syntax, e.g. "info" or "chain=debug").
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCmd {
+    /// Create a key and write its secret seed (hex) to a file (mode 0600).
+    New {
+        /// Where to write the key.
+        #[arg(long, default_value = "xirtam.key")]
+        out: PathBuf,
+    },
+    /// Print the public key of a key file.
+    Show {
+        /// Key file.
+        #[arg(long, default_value = "xirtam.key")]
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Conn {
+    /// Node JSON-RPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:8645")]
+    rpc: String,
+}
+
+#[derive(Debug, Args)]
+struct WriteArgs {
+    /// The name (@user or ~server).
+    name: String,
+    /// Key file of the signer.
+    #[arg(long, default_value = "xirtam.key")]
+    key: PathBuf,
+    /// New value, as text.
+    #[arg(long, conflicts_with = "value_hex")]
+    value: Option<String>,
+    /// New value, as hex.
+    #[arg(long)]
+    value_hex: Option<String>,
+    /// New owner key (hex), repeatable (default: the signer).
+    #[arg(long = "owner")]
+    owners: Vec<String>,
+    /// Blocks to wait for (1 = included in the tip; 0 = don't wait).
+    #[arg(long, default_value_t = 1)]
+    confirmations: u64,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, Subcommand)]
+enum NameCmd {
+    /// Claim an unclaimed name.
+    Claim(WriteArgs),
+    /// Update a name you own.
+    Update(WriteArgs),
+    /// Look a name up (the proof is checked against the node's header).
+    Get {
+        /// The name.
+        name: String,
+        /// Height (default: the tip).
+        #[arg(long)]
+        at: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run_node(args),
+        Command::Key(k) => key_cmd(k),
+        Command::Name(n) => {
+            init_logs("warn")?;
+            tokio::runtime::Runtime::new()?.block_on(name_cmd(n))
+        }
         Command::Params { network } => {
-            let p = Params::by_name(&network)
-                .with_context(|| format!("unknown network {network:?} (known: local, testnet)"))?;
-            print_params(p);
+            print_params(params(&network)?);
+            Ok(())
         }
     }
+}
+
+fn params(network: &str) -> Result<&'static Params> {
+    Params::by_name(network)
+        .with_context(|| format!("unknown network {network:?} (known: local, testnet, regtest)"))
+}
+
+fn init_logs(filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("bad --log filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn run_node(args: RunArgs) -> Result<()> {
+    init_logs(&args.log)?;
+    let params = params(&args.network)?;
+    let datadir = match args.datadir {
+        Some(d) => d,
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set; pass --datadir")?;
+            PathBuf::from(home).join(".xirtam").join(params.name)
+        }
+    };
+    std::fs::create_dir_all(&datadir).with_context(|| format!("create {}", datadir.display()))?;
+    let store = Arc::new(
+        RocksStore::open(&datadir.join("db"))
+            .with_context(|| format!("open the database in {}", datadir.display()))?,
+    );
+    let node = Node::open(params, store, Mempool::default()).context("open the chain")?;
+    {
+        let core = node.lock();
+        let tip = core.chain.tip();
+        tracing::info!(
+            target: "node",
+            network = params.name,
+            datadir = %datadir.display(),
+            height = tip.header.height,
+            tip = %tip.header.hash(),
+            "chain opened"
+        );
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let threads = if args.mine {
+            args.mine_threads.max(1)
+        } else {
+            0
+        };
+        let (bound, handle) = xirtam_node::rpc::serve(node.clone(), args.rpc_addr, threads)
+            .await
+            .with_context(|| format!("listen on {}", args.rpc_addr))?;
+        write_atomically(&datadir.join("rpc.addr"), bound.to_string().as_bytes())?;
+        println!("xirtam-node: JSON-RPC on http://{bound}");
+        let miners = if args.mine {
+            xirtam_node::miner::start(node.clone(), threads)
+        } else {
+            Vec::new()
+        };
+        tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+        tracing::info!(target: "node", "shutting down");
+        node.shut_down();
+        let _ = handle.stop();
+        handle.stopped().await;
+        for m in miners {
+            let _ = tokio::task::spawn_blocking(move || m.join()).await;
+        }
+        tracing::info!(target: "node", "stopped");
+        anyhow::Ok(())
+    })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+}
+
+fn key_cmd(k: KeyCmd) -> Result<()> {
+    match k {
+        KeyCmd::New { out } => {
+            if out.exists() {
+                bail!("{} already exists; not overwriting a key", out.display());
+            }
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+            write_secret(&out, hex::encode(seed).as_bytes())?;
+            println!("public key {}", SecretKey::from_seed(seed).public());
+            println!("secret written to {}", out.display());
+            Ok(())
+        }
+        KeyCmd::Show { key } => {
+            println!("{}", load_key(&key)?.public());
+            Ok(())
+        }
+    }
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
     Ok(())
+}
+
+fn load_key(path: &Path) -> Result<SecretKey> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "read key {} (create one with `xirtam-node key new`)",
+            path.display()
+        )
+    })?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .with_context(|| format!("{} is not a 32-byte hex key", path.display()))?;
+    Ok(SecretKey::from_seed(seed))
+}
+
+async fn name_cmd(n: NameCmd) -> Result<()> {
+    match n {
+        NameCmd::Claim(a) => write_cmd(a, true).await,
+        NameCmd::Update(a) => write_cmd(a, false).await,
+        NameCmd::Get {
+            name,
+            at,
+            json,
+            conn,
+        } => {
+            let name = Name::new(&name).with_context(|| format!("invalid name {name:?}"))?;
+            let rpc = client::connect(&conn.rpc)?;
+            let c = client::get(&rpc, &name, at).await?;
+            if json {
+                let v = serde_json::json!({
+                    "name": name.as_str(),
+                    "height": c.header.height,
+                    "block_hash": c.header.hash().to_hex(),
+                    "tip_height": c.tip_height,
+                    "proof_verified": true,
+                    "record": c.record.as_ref().map(xirtam_node::rpc::RecordView::new),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_record(&name, &c);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn write_cmd(a: WriteArgs, claim: bool) -> Result<()> {
+    let name = Name::new(&a.name).with_context(|| format!("invalid name {:?}", a.name))?;
+    let key = load_key(&a.key)?;
+    let value = match (&a.value, &a.value_hex) {
+        (Some(t), _) => t.as_bytes().to_vec(),
+        (None, Some(h)) => hex::decode(h).context("--value-hex is not hex")?,
+        (None, None) => bail!("give --value TEXT or --value-hex HEX"),
+    };
+    let owners = a
+        .owners
+        .iter()
+        .map(|h| PublicKey::from_hex(h).with_context(|| format!("bad owner key {h}")))
+        .collect::<Result<Vec<_>>>()?;
+    let rpc = client::connect(&a.conn.rpc)?;
+    let req = client::WriteRequest {
+        name: name.clone(),
+        value,
+        owners,
+        claim,
+    };
+    let op = client::write(&rpc, &key, &req).await?;
+    println!("submitted {} nonce {} (op {})", op.key, op.nonce, op.hash());
+    if a.confirmations > 0 {
+        let c = client::wait_confirmed(&rpc, &op, a.confirmations, Duration::from_secs(a.timeout))
+            .await?;
+        print_record(&name, &c);
+    }
+    Ok(())
+}
+
+fn print_record(name: &Name, c: &client::Checked) {
+    match &c.record {
+        None => println!(
+            "{name} is unclaimed (absence proven at height {}, block {})",
+            c.header.height,
+            c.header.hash()
+        ),
+        Some(r) => {
+            println!(
+                "{name} at height {} (block {}, tip {}), proof verified",
+                c.header.height,
+                c.header.hash(),
+                c.tip_height
+            );
+            println!("  nonce  {}", r.nonce);
+            for o in r.owners.keys() {
+                println!("  owner  {o}");
+            }
+            match std::str::from_utf8(r.value.as_bytes()) {
+                Ok(s) => println!("  value  {s:?}"),
+                Err(_) => println!("  value  0x{}", hex::encode(r.value.as_bytes())),
+            }
+        }
+    }
 }
 
 fn print_params(p: &Params) {

@@ -4,10 +4,10 @@
 //! `cargo run --release -p xirtam-proofs --example mine_genesis`
 
 use xirtam_proofs::header::mine;
-use xirtam_proofs::params::{LOCAL, TESTNET};
+use xirtam_proofs::params::{LOCAL, REGTEST, TESTNET};
 
 fn main() {
-    for p in [&LOCAL, &TESTNET] {
+    for p in [&LOCAL, &TESTNET, &REGTEST] {
         let mut g = p.genesis_header();
         if !mine(&mut g, 0, u64::MAX) {
             eprintln!("{}: no nonce found", p.name);

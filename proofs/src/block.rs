@@ -179,7 +179,8 @@ pub enum BlockError {
         /// Limit.
         max: usize,
     },
-    /// `ops_root` does not match the ops.
+    /// `ops_root` does not match the ops: this body is not the header's
+    /// (say nothing about the header).
     #[error("ops_root does not match the block's ops")]
     OpsRoot,
     /// Two ops for the same name.
@@ -221,7 +222,15 @@ impl Block {
 
     /// [`Block::check_stateless`] without the per-op checks (signatures and
     /// stamps), for callers that check ops in parallel.
+    ///
+    /// `ops_root` is checked first: once the body matches what the header
+    /// commits to, any later failure makes the *header* invalid for good;
+    /// an `ops_root` mismatch only shows that this body is not the block's
+    /// (the header may still be valid with its real body).
     pub fn check_body(&self, params: &Params) -> Result<(), BlockError> {
+        if ops_root(&self.op_hashes()) != self.header.ops_root {
+            return Err(BlockError::OpsRoot);
+        }
         if self.ops.len() > params.max_ops_per_block {
             return Err(BlockError::TooManyOps {
                 count: self.ops.len(),
@@ -234,9 +243,6 @@ impl Block {
                 len,
                 max: params.max_block_bytes,
             });
-        }
-        if ops_root(&self.op_hashes()) != self.header.ops_root {
-            return Err(BlockError::OpsRoot);
         }
         let mut names = BTreeSet::new();
         for op in &self.ops {

@@ -38,6 +38,6 @@ pub use header::{ChainState, Header, HeaderError, validate_header_chain};
 pub use keys::{PublicKey, SecretKey, Signature};
 pub use name::Name;
 pub use op::{Op, OpError, Owners, Record, Stamp, Value, apply};
-pub use params::{LOCAL, Params, TESTNET};
+pub use params::{LOCAL, Params, REGTEST, TESTNET};
 pub use pow::{CompactTarget, U256};
 pub use state::{StateProof, verify_state};

@@ -113,10 +113,39 @@ pub const TESTNET: Params = Params {
     max_block_bytes: 2 * 1024 * 1024,
 };
 
+/// `regtest`: for tests and local development. Proof of work is trivial and
+/// the difficulty practically constant (a half-life of ~32 years), so tests
+/// can produce hundreds of blocks in a second; the generous drift lets a
+/// fast miner run its timestamps ahead of the clock (the median-time-past
+/// rule forces a new second about every six blocks).
+pub const REGTEST: Params = Params {
+    name: "regtest",
+    genesis_time: 1_767_225_600,              // 2026-01-01T00:00:00Z
+    genesis_bits: CompactTarget(0x207f_ffff), // ~2 hashes per block
+    genesis_nonce: REGTEST_GENESIS_NONCE,
+    genesis_hash: Hash(REGTEST_GENESIS_HASH),
+    pow_limit: U256::MAX,
+    block_interval: 1,
+    asert_half_life: 1_000_000_000,
+    mtp_span: 11,
+    max_future_drift: 7200,
+    stamp_target: target_for_zero_bits(4),
+    stamp_window: 1000,
+    confirmation_depth: 1,
+    max_name_len: 32,
+    max_value_len: 4096,
+    max_owners: 8,
+    max_ops_per_block: 4096,
+    max_block_bytes: 2 * 1024 * 1024,
+};
+
 // Mined by `cargo run --release -p xirtam-proofs --example mine_genesis`.
 const LOCAL_GENESIS_NONCE: u64 = 9265;
 const LOCAL_GENESIS_HASH: [u8; 32] =
     hex32("000e531ef2a76c79fb1a37af778131104c18dd066021d405f1b5dfed798e6225");
+const REGTEST_GENESIS_NONCE: u64 = 0;
+const REGTEST_GENESIS_HASH: [u8; 32] =
+    hex32("618fb96d299b03398ea4f24a906b7293f39ac0eeadf4a6bc373245fe89b51fe1");
 const TESTNET_GENESIS_NONCE: u64 = 1_039_145;
 const TESTNET_GENESIS_HASH: [u8; 32] =
     hex32("00000f64ff4b5090362217a2b57960f057fa5e8fbe9495ce19277c4eb8e5c1dc");
@@ -147,6 +176,7 @@ impl Params {
         match name {
             "local" => Some(&LOCAL),
             "testnet" => Some(&TESTNET),
+            "regtest" => Some(&REGTEST),
             _ => None,
         }
     }
@@ -186,7 +216,7 @@ mod tests {
 
     #[test]
     fn genesis_is_pinned_and_valid() {
-        for p in [&LOCAL, &TESTNET] {
+        for p in [&LOCAL, &TESTNET, &REGTEST] {
             let g = p.genesis_header();
             let target = p.genesis_bits.to_target().expect("canonical genesis bits");
             assert!(

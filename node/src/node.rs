@@ -1,0 +1,181 @@
+//! The node: chain and mempool behind one lock, with change notification.
+//!
+//! Lock order is fixed: the chain, then the mempool. Chain work (block
+//! validation, RocksDB reads and writes) is blocking: async callers run it on
+//! `spawn_blocking` (the RPC layer does).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use xirtam_proofs::block::{Block, ops_root};
+use xirtam_proofs::header::{Header, header_template};
+use xirtam_proofs::op::Op;
+use xirtam_proofs::params::Params;
+
+use crate::chain::{Chain, ChainError, Submitted};
+use crate::mempool::{Admitted, Mempool, MempoolError};
+use crate::store::KvStore;
+
+/// Unix time in seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Chain and mempool together.
+#[derive(Debug)]
+pub struct Core<S: KvStore> {
+    /// The chain.
+    pub chain: Chain<S>,
+    /// Pending ops.
+    pub mempool: Mempool,
+}
+
+/// Shared node state.
+#[derive(Debug)]
+pub struct Node<S: KvStore> {
+    core: Mutex<Core<S>>,
+    params: &'static Params,
+    /// Bumped whenever the tip changes (miners restart on it).
+    tip_seq: AtomicU64,
+    /// Bumped whenever the mempool gains an op (miners refresh on it).
+    pool_seq: AtomicU64,
+    shutdown: AtomicBool,
+    tip_tx: tokio::sync::watch::Sender<u64>,
+}
+
+/// A block to mine: header without a valid nonce, and its ops.
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Header (set the nonce).
+    pub header: Header,
+    /// Ops.
+    pub ops: Vec<Op>,
+    /// `tip_seq` when built: stale once it changes.
+    pub tip_seq: u64,
+}
+
+impl<S: KvStore> Node<S> {
+    /// Open the chain in `store`.
+    pub fn open(
+        params: &'static Params,
+        store: Arc<S>,
+        mempool: Mempool,
+    ) -> Result<Arc<Self>, ChainError> {
+        let chain = Chain::open(params, store)?;
+        let (tip_tx, _) = tokio::sync::watch::channel(chain.height());
+        Ok(Arc::new(Node {
+            core: Mutex::new(Core { chain, mempool }),
+            params,
+            tip_seq: AtomicU64::new(0),
+            pool_seq: AtomicU64::new(0),
+            shutdown: AtomicBool::new(false),
+            tip_tx,
+        }))
+    }
+
+    /// Network parameters.
+    pub fn params(&self) -> &'static Params {
+        self.params
+    }
+
+    /// Lock chain and mempool (blocking).
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, Core<S>> {
+        self.core.lock()
+    }
+
+    /// Watch the tip height.
+    pub fn subscribe_tip(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tip_tx.subscribe()
+    }
+
+    /// Current `tip_seq`.
+    pub fn tip_seq(&self) -> u64 {
+        self.tip_seq.load(Ordering::Acquire)
+    }
+
+    /// Current `pool_seq`.
+    pub fn pool_seq(&self) -> u64 {
+        self.pool_seq.load(Ordering::Acquire)
+    }
+
+    /// Ask background work (miners) to stop.
+    pub fn shut_down(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+
+    /// Has shutdown been requested?
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Validate and store a block (blocking).
+    pub fn submit_block(&self, block: Block) -> Result<Submitted, ChainError> {
+        let mut core = self.core.lock();
+        let Core { chain, mempool } = &mut *core;
+        let out = chain.submit_block(block, unix_now())?;
+        if !out.change.connected.is_empty() {
+            mempool.on_tip_change(chain, &out.change);
+            self.tip_seq.fetch_add(1, Ordering::AcqRel);
+            self.tip_tx.send_replace(chain.height());
+        }
+        Ok(out)
+    }
+
+    /// Validate an op against the tip and add it to the mempool (blocking).
+    pub fn submit_op(&self, op: Op) -> Result<Admitted, MempoolError> {
+        let mut core = self.core.lock();
+        let Core { chain, mempool } = &mut *core;
+        let r = mempool.add(chain, op)?;
+        self.pool_seq.fetch_add(1, Ordering::AcqRel);
+        Ok(r)
+    }
+
+    /// A block template on the tip with ops from the mempool, or `None` if
+    /// its timestamp would run further ahead of the clock than half the
+    /// allowed drift (the caller should wait).
+    pub fn template(&self) -> Result<Option<Template>, ChainError> {
+        let core = self.core.lock();
+        let tip_seq = self.tip_seq();
+        let chain = &core.chain;
+        let state = &chain.tip().state;
+        let now = unix_now();
+        let time = now.max(state.median_time_past() + 1);
+        if time > now + self.params.max_future_drift / 2 {
+            return Ok(None);
+        }
+        let (ops, state_root) = chain.template_ops(core.mempool.ops())?;
+        let mut header = header_template(self.params, state, time);
+        header.ops_root = ops_root(&ops.iter().map(Op::hash).collect::<Vec<_>>());
+        header.state_root = state_root;
+        Ok(Some(Template {
+            header,
+            ops,
+            tip_seq,
+        }))
+    }
+
+    /// Mine one block synchronously on this thread and submit it (tests and
+    /// `regtest` tooling). Returns the block.
+    pub fn mine_block(&self) -> Result<Block, ChainError> {
+        loop {
+            let Some(mut t) = self.template()? else {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                continue;
+            };
+            let mut start = 0u64;
+            while !xirtam_proofs::header::mine(&mut t.header, start, 1 << 20) {
+                start += 1 << 20;
+            }
+            let block = Block {
+                header: t.header,
+                ops: t.ops,
+            };
+            self.submit_block(block.clone())?;
+            return Ok(block);
+        }
+    }
+}

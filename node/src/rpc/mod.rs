@@ -1,0 +1,282 @@
+//! JSON-RPC 2.0 over HTTP (jsonrpsee). Methods and error codes are
+//! documented in `docs/rpc.md`. Everything a client verifies travels as hex
+//! of canonical bytes, with a JSON view beside it for humans.
+
+mod types;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use jsonrpsee::core::RpcResult;
+use jsonrpsee::proc_macros::rpc;
+use jsonrpsee::server::{Server, ServerConfig, ServerHandle};
+use jsonrpsee::types::ErrorObjectOwned;
+use xirtam_proofs::block::Block;
+use xirtam_proofs::op::Op;
+use xirtam_proofs::{Hash, Name, decode_hex, encode};
+
+pub use types::*;
+
+use crate::chain::{BlockStatus, ChainError};
+use crate::mempool::{Admitted, MempoolError};
+use crate::node::Node;
+use crate::store::KvStore;
+
+/// Most headers one `chain_headers` call returns.
+pub const MAX_HEADERS_PER_CALL: u32 = 2000;
+/// Largest request body (a maximal block in hex, with room for JSON).
+pub const MAX_REQUEST_BYTES: u32 = 6 * 1024 * 1024;
+
+/// Stable error codes (see docs/rpc.md).
+pub mod code {
+    /// Malformed parameters: bad hex, undecodable bytes, bad name syntax.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// Internal failure (storage).
+    pub const INTERNAL: i32 = -32603;
+    /// Unknown block, height or hash.
+    pub const NOT_FOUND: i32 = -32001;
+    /// The op breaks a rule (`data.rule` names it).
+    pub const INVALID_OP: i32 = -32010;
+    /// The op is valid but the mempool refused it (duplicate, nonce, full).
+    pub const MEMPOOL_REJECTED: i32 = -32011;
+    /// The block breaks a rule.
+    pub const INVALID_BLOCK: i32 = -32020;
+}
+
+fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(code, msg, None::<()>)
+}
+
+fn err_data(code: i32, msg: impl Into<String>, data: serde_json::Value) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(code, msg, Some(data))
+}
+
+fn chain_err(e: ChainError) -> ErrorObjectOwned {
+    match &e {
+        ChainError::NotFound(_) => err(code::NOT_FOUND, e.to_string()),
+        ChainError::Store(_) | ChainError::Tree(_) => {
+            tracing::error!(target: "rpc", error = %e, "internal error");
+            err(code::INTERNAL, format!("internal error: {e}"))
+        }
+        // Every other error is about the submitted block (including a
+        // future timestamp, which is not remembered but still refused now).
+        _ => err(code::INVALID_BLOCK, e.to_string()),
+    }
+}
+
+fn parse_name(key: &str) -> RpcResult<Name> {
+    Name::new(key).map_err(|e| err(code::INVALID_PARAMS, format!("invalid name {key:?}: {e}")))
+}
+
+/// The node's RPC API.
+#[rpc(server, client)]
+pub trait NodeApi {
+    /// The best chain's tip.
+    #[method(name = "chain_tip", blocking)]
+    fn chain_tip(&self) -> RpcResult<TipView>;
+
+    /// Up to `count` (capped) main-chain headers from height `from`, as hex.
+    #[method(name = "chain_headers", blocking)]
+    fn chain_headers(&self, from: u64, count: u32) -> RpcResult<Vec<String>>;
+
+    /// A block by main-chain height or by hash (hex).
+    #[method(name = "chain_block", blocking)]
+    fn chain_block(&self, height_or_hash: HeightOrHash) -> RpcResult<BlockView>;
+
+    /// Submit a block (hex of its canonical encoding).
+    #[method(name = "chain_submit_block", blocking)]
+    fn chain_submit_block(&self, block: String) -> RpcResult<SubmitBlockView>;
+
+    /// The record of `key` (or its proven absence) at `at_height` (default:
+    /// the tip), with the state proof against that block's header.
+    #[method(name = "dir_get", blocking)]
+    fn dir_get(&self, key: String, at_height: Option<u64>) -> RpcResult<DirGetView>;
+
+    /// Submit an op (hex of its canonical encoding) to the mempool.
+    #[method(name = "dir_submit", blocking)]
+    fn dir_submit(&self, op: String) -> RpcResult<SubmitOpView>;
+
+    /// Network parameters a client needs (stamp target and window,
+    /// confirmation depth, limits, genesis).
+    #[method(name = "dir_params")]
+    fn dir_params(&self) -> RpcResult<ParamsView>;
+
+    /// Node status.
+    #[method(name = "node_info", blocking)]
+    fn node_info(&self) -> RpcResult<NodeInfoView>;
+}
+
+/// The RPC server's state.
+#[derive(Debug)]
+pub struct RpcImpl<S: KvStore> {
+    node: Arc<Node<S>>,
+    mining_threads: usize,
+}
+
+impl<S: KvStore> NodeApiServer for RpcImpl<S> {
+    fn chain_tip(&self) -> RpcResult<TipView> {
+        let core = self.node.lock();
+        Ok(TipView::from_meta(core.chain.tip()))
+    }
+
+    fn chain_headers(&self, from: u64, count: u32) -> RpcResult<Vec<String>> {
+        let count = count.min(MAX_HEADERS_PER_CALL);
+        let core = self.node.lock();
+        let mut out = Vec::with_capacity(count as usize);
+        for h in from..from.saturating_add(u64::from(count)) {
+            let Some(hash) = core.chain.hash_at(h) else {
+                break;
+            };
+            let Some(meta) = core.chain.meta(&hash) else {
+                break;
+            };
+            out.push(hex::encode(meta.header.to_bytes()));
+        }
+        Ok(out)
+    }
+
+    fn chain_block(&self, which: HeightOrHash) -> RpcResult<BlockView> {
+        let core = self.node.lock();
+        let hash = match &which {
+            HeightOrHash::Height(h) => core.chain.hash_at(*h).ok_or_else(|| {
+                err(
+                    code::NOT_FOUND,
+                    format!("no block at height {h} (tip {})", core.chain.height()),
+                )
+            })?,
+            HeightOrHash::Hash(s) => {
+                Hash::from_hex(s).map_err(|e| err(code::INVALID_PARAMS, e.to_string()))?
+            }
+        };
+        let block = core
+            .chain
+            .block(&hash)
+            .map_err(chain_err)?
+            .ok_or_else(|| err(code::NOT_FOUND, format!("block {hash} not found")))?;
+        Ok(BlockView::new(&block, core.chain.is_main(&hash)))
+    }
+
+    fn chain_submit_block(&self, block: String) -> RpcResult<SubmitBlockView> {
+        let block: Block =
+            decode_hex(&block).map_err(|e| err(code::INVALID_PARAMS, e.to_string()))?;
+        let hash = block.header.hash();
+        let out = self.node.submit_block(block).map_err(chain_err)?;
+        let status = match out.status {
+            BlockStatus::Tip => "tip",
+            BlockStatus::SideBranch => "side-branch",
+            BlockStatus::AlreadyKnown => "already-known",
+            BlockStatus::Orphan => "orphan",
+        };
+        Ok(SubmitBlockView {
+            hash: hash.to_hex(),
+            status: status.into(),
+        })
+    }
+
+    fn dir_get(&self, key: String, at_height: Option<u64>) -> RpcResult<DirGetView> {
+        let name = parse_name(&key)?;
+        let core = self.node.lock();
+        let height = at_height.unwrap_or_else(|| core.chain.height());
+        if height > core.chain.height() {
+            return Err(err(
+                code::NOT_FOUND,
+                format!("height {height} is above the tip ({})", core.chain.height()),
+            ));
+        }
+        let (header, record, proof) = core.chain.prove(&name, height).map_err(chain_err)?;
+        Ok(DirGetView {
+            key: name.to_string(),
+            height,
+            block_hash: header.hash().to_hex(),
+            header: hex::encode(header.to_bytes()),
+            state_root: header.state_root.to_hex(),
+            record: record.as_ref().map(RecordView::new),
+            proof: hex::encode(encode(&proof)),
+            tip_height: core.chain.height(),
+        })
+    }
+
+    fn dir_submit(&self, op: String) -> RpcResult<SubmitOpView> {
+        let op: Op = decode_hex(&op).map_err(|e| err(code::INVALID_PARAMS, e.to_string()))?;
+        let hash = op.hash();
+        match self.node.submit_op(op) {
+            Ok(a) => Ok(SubmitOpView {
+                op_hash: hash.to_hex(),
+                status: match a {
+                    Admitted::New => "pending",
+                    Admitted::Replaced => "replaced",
+                }
+                .into(),
+            }),
+            Err(MempoolError::Invalid(e)) => Err(err_data(
+                code::INVALID_OP,
+                format!("invalid op: {e}"),
+                serde_json::json!({ "rule": op_rule(&e) }),
+            )),
+            Err(e @ MempoolError::Internal(_)) => Err(err(code::INTERNAL, e.to_string())),
+            Err(e) => Err(err(code::MEMPOOL_REJECTED, e.to_string())),
+        }
+    }
+
+    fn dir_params(&self) -> RpcResult<ParamsView> {
+        Ok(ParamsView::new(self.node.params()))
+    }
+
+    fn node_info(&self) -> RpcResult<NodeInfoView> {
+        let core = self.node.lock();
+        Ok(NodeInfoView {
+            network: self.node.params().name.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            height: core.chain.height(),
+            tip: core.chain.tip().header.hash().to_hex(),
+            mempool_ops: core.mempool.len(),
+            mempool_bytes: core.mempool.bytes(),
+            orphans: core.chain.orphan_count(),
+            mining_threads: self.mining_threads,
+        })
+    }
+}
+
+/// A stable machine-readable name for the rule an op broke.
+pub fn op_rule(e: &xirtam_proofs::OpError) -> &'static str {
+    use xirtam_proofs::OpError as E;
+    match e {
+        E::NameTooLong { .. } => "name_too_long",
+        E::ValueTooLong { .. } => "value_too_long",
+        E::TooManyOwners { .. } => "too_many_owners",
+        E::ZeroNonce => "zero_nonce",
+        E::Signature(_) => "signature",
+        E::StampPow => "stamp_pow",
+        E::StampBlockUnknown(_) => "stamp_block_unknown",
+        E::StaleStamp { .. } => "stale_stamp",
+        E::NonceNotIncreasing { .. } => "nonce_not_increasing",
+        E::NotOwner(_) => "not_owner",
+        _ => "other",
+    }
+}
+
+/// Start the RPC server on `addr` (port 0 picks a free port). Returns the
+/// bound address and the handle that stops it.
+pub async fn serve<S: KvStore>(
+    node: Arc<Node<S>>,
+    addr: SocketAddr,
+    mining_threads: usize,
+) -> std::io::Result<(SocketAddr, ServerHandle)> {
+    let config = ServerConfig::builder()
+        .max_request_body_size(MAX_REQUEST_BYTES)
+        .max_response_body_size(16 * 1024 * 1024)
+        .max_connections(256)
+        .http_only()
+        .build();
+    let server = Server::builder().set_config(config).build(addr).await?;
+    let bound = server.local_addr()?;
+    let handle = server.start(
+        RpcImpl {
+            node,
+            mining_threads,
+        }
+        .into_rpc(),
+    );
+    tracing::info!(target: "rpc", %bound, "JSON-RPC listening");
+    Ok((bound, handle))
+}

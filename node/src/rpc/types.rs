@@ -1,0 +1,233 @@
+//! JSON shapes of RPC results.
+
+use serde::{Deserialize, Serialize};
+use xirtam_proofs::block::Block;
+use xirtam_proofs::op::Record;
+use xirtam_proofs::params::Params;
+use xirtam_proofs::{Op, encode};
+
+use crate::chain::BlockMeta;
+
+/// A main-chain height or a block hash (hex).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HeightOrHash {
+    /// Height.
+    Height(u64),
+    /// Hash, 64 hex digits.
+    Hash(String),
+}
+
+/// `chain_tip`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TipView {
+    /// Height.
+    pub height: u64,
+    /// Block hash.
+    pub hash: String,
+    /// Header, hex of its 160 canonical bytes.
+    pub header: String,
+    /// Timestamp.
+    pub time: u64,
+    /// Cumulative work, hex (big-endian, 32 bytes).
+    pub work: String,
+}
+
+impl TipView {
+    /// From a block's metadata.
+    pub fn from_meta(m: &BlockMeta) -> Self {
+        TipView {
+            height: m.header.height,
+            hash: m.header.hash().to_hex(),
+            header: hex::encode(m.header.to_bytes()),
+            time: m.header.time,
+            work: hex::encode(m.work().to_be_bytes()),
+        }
+    }
+}
+
+/// A record for humans.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordView {
+    /// Nonce.
+    pub nonce: u64,
+    /// Owner keys, hex.
+    pub owners: Vec<String>,
+    /// Value, hex.
+    pub value: String,
+    /// Value as UTF-8 when it is valid UTF-8.
+    pub value_utf8: Option<String>,
+    /// Canonical record bytes, hex (what the proof commits to).
+    pub bytes: String,
+}
+
+impl RecordView {
+    /// From a record.
+    pub fn new(r: &Record) -> Self {
+        RecordView {
+            nonce: r.nonce,
+            owners: r.owners.keys().iter().map(|k| k.to_hex()).collect(),
+            value: hex::encode(r.value.as_bytes()),
+            value_utf8: std::str::from_utf8(r.value.as_bytes())
+                .ok()
+                .map(str::to_owned),
+            bytes: hex::encode(encode(r)),
+        }
+    }
+}
+
+/// `dir_get`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirGetView {
+    /// The name.
+    pub key: String,
+    /// Height the proof is against.
+    pub height: u64,
+    /// Hash of that block.
+    pub block_hash: String,
+    /// That block's header, hex.
+    pub header: String,
+    /// That header's state root.
+    pub state_root: String,
+    /// The record, or null when the proof shows absence.
+    pub record: Option<RecordView>,
+    /// State proof, hex of its canonical encoding.
+    pub proof: String,
+    /// The node's tip height when answering.
+    pub tip_height: u64,
+}
+
+/// An op for humans.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpView {
+    /// Op hash.
+    pub hash: String,
+    /// Name.
+    pub key: String,
+    /// Nonce.
+    pub nonce: u64,
+    /// Signer, hex.
+    pub signer: String,
+    /// Canonical op bytes, hex.
+    pub bytes: String,
+}
+
+/// `chain_block`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockView {
+    /// Block hash.
+    pub hash: String,
+    /// Height.
+    pub height: u64,
+    /// On the main chain?
+    pub main_chain: bool,
+    /// Header, hex.
+    pub header: String,
+    /// Whole block, hex of its canonical encoding.
+    pub block: String,
+    /// Ops.
+    pub ops: Vec<OpView>,
+}
+
+impl BlockView {
+    /// From a block.
+    pub fn new(b: &Block, main_chain: bool) -> Self {
+        BlockView {
+            hash: b.header.hash().to_hex(),
+            height: b.header.height,
+            main_chain,
+            header: hex::encode(b.header.to_bytes()),
+            block: hex::encode(encode(b)),
+            ops: b
+                .ops
+                .iter()
+                .map(|o: &Op| OpView {
+                    hash: o.hash().to_hex(),
+                    key: o.key.to_string(),
+                    nonce: o.nonce,
+                    signer: o.signer.to_hex(),
+                    bytes: hex::encode(encode(o)),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `chain_submit_block`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitBlockView {
+    /// Block hash.
+    pub hash: String,
+    /// `tip`, `side-branch`, `already-known` or `orphan`.
+    pub status: String,
+}
+
+/// `dir_submit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitOpView {
+    /// Op hash.
+    pub op_hash: String,
+    /// `pending` or `replaced`.
+    pub status: String,
+}
+
+/// `dir_params`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParamsView {
+    /// Network name.
+    pub network: String,
+    /// Genesis hash.
+    pub genesis_hash: String,
+    /// Target block interval (s).
+    pub block_interval: u64,
+    /// Stamp target, hex (big-endian).
+    pub stamp_target: String,
+    /// Stamp window (blocks).
+    pub stamp_window: u64,
+    /// Default confirmation depth.
+    pub confirmation_depth: u64,
+    /// Longest name.
+    pub max_name_len: usize,
+    /// Longest value.
+    pub max_value_len: usize,
+    /// Most owners.
+    pub max_owners: usize,
+}
+
+impl ParamsView {
+    /// From parameters.
+    pub fn new(p: &Params) -> Self {
+        ParamsView {
+            network: p.name.into(),
+            genesis_hash: p.genesis_hash.to_hex(),
+            block_interval: p.block_interval,
+            stamp_target: hex::encode(p.stamp_target.to_be_bytes()),
+            stamp_window: p.stamp_window,
+            confirmation_depth: p.confirmation_depth,
+            max_name_len: p.max_name_len,
+            max_value_len: p.max_value_len,
+            max_owners: p.max_owners,
+        }
+    }
+}
+
+/// `node_info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfoView {
+    /// Network.
+    pub network: String,
+    /// Software version.
+    pub version: String,
+    /// Tip height.
+    pub height: u64,
+    /// Tip hash.
+    pub tip: String,
+    /// Pending ops.
+    pub mempool_ops: usize,
+    /// Pending bytes.
+    pub mempool_bytes: usize,
+    /// Blocks waiting for their parent.
+    pub orphans: usize,
+    /// Mining threads (0: not mining).
+    pub mining_threads: usize,
+}

@@ -1,0 +1,138 @@
+//! The directory through JSON-RPC: claim, update, a rejected second claim,
+//! and proofs at the tip and at an older height, for present and absent
+//! names, verified with `xirtam-proofs`.
+
+use std::time::Duration;
+
+use xirtam_node::client::{self, WriteRequest};
+use xirtam_node::rpc::{NodeApiClient, code};
+use xirtam_proofs::header::Header;
+use xirtam_proofs::state::{StateProof, verify_state};
+use xirtam_proofs::{Record, decode_hex, encode};
+
+use crate::common::{TestNode, key, name, op, tip_hash};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_update_reject_and_prove() {
+    let t = TestNode::start().await;
+    let rpc = t.client();
+    t.mine(2).await;
+    let alice = key(1);
+
+    // Claim @alice through the client path the CLI uses.
+    let req = WriteRequest {
+        name: name("@alice"),
+        value: b"v1".to_vec(),
+        owners: vec![],
+        claim: true,
+    };
+    let claim = client::write(&rpc, &alice, &req)
+        .await
+        .expect("claim submitted");
+    assert_eq!(rpc.node_info().await.expect("info").mempool_ops, 1);
+    t.mine(1).await;
+    let c = client::wait_confirmed(&rpc, &claim, 1, Duration::from_secs(30))
+        .await
+        .expect("confirmed");
+    let v1_height = c.header.height;
+    assert_eq!(
+        c.record.as_ref().map(|r| r.value.as_bytes().to_vec()),
+        Some(b"v1".to_vec())
+    );
+    assert_eq!(
+        rpc.node_info().await.expect("info").mempool_ops,
+        0,
+        "included op left the pool"
+    );
+
+    // Update it.
+    let upd = client::write(
+        &rpc,
+        &alice,
+        &WriteRequest {
+            value: b"v2".to_vec(),
+            claim: false,
+            ..req.clone()
+        },
+    )
+    .await
+    .expect("update submitted");
+    assert_eq!(upd.nonce, 2);
+    t.mine(2).await;
+    let c = client::wait_confirmed(&rpc, &upd, 2, Duration::from_secs(30))
+        .await
+        .expect("confirmed");
+    assert_eq!(c.record.as_ref().map(|r| r.nonce), Some(2));
+
+    // A second claim of @alice by another key is rejected by the node.
+    let mallory = key(2);
+    let steal = op("@alice", 3, &mallory, &mallory, b"mine", tip_hash(&t.node));
+    let e = rpc
+        .dir_submit(hex::encode(encode(&steal)))
+        .await
+        .expect_err("rejected");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&code::INVALID_OP.to_string()) && msg.contains("not_owner"),
+        "{msg}"
+    );
+    // ...and the client refuses before even building it.
+    let e = client::write(&rpc, &mallory, &req)
+        .await
+        .expect_err("client refuses");
+    assert!(e.to_string().contains("already claimed"), "{e}");
+
+    // Proofs, checked here with nothing but xirtam-proofs: at the tip...
+    let tip = rpc.chain_tip().await.expect("tip");
+    let headers = rpc.chain_headers(0, 10_000).await.expect("headers");
+    assert_eq!(headers.len() as u64, tip.height + 1);
+    let header_at = |h: u64| -> Header { decode_hex(&headers[h as usize]).expect("header") };
+    let check = |v: &xirtam_node::rpc::DirGetView, expect_present: bool| {
+        let header = header_at(v.height);
+        assert_eq!(
+            hex::encode(header.to_bytes()),
+            v.header,
+            "dir_get header is the chain's"
+        );
+        let record: Option<Record> = v
+            .record
+            .as_ref()
+            .map(|r| decode_hex(&r.bytes).expect("record"));
+        assert_eq!(record.is_some(), expect_present);
+        let proof: StateProof = decode_hex(&v.proof).expect("proof");
+        let n = name(&v.key);
+        verify_state(&header.state_root, &n, record.as_ref(), &proof).expect("proof verifies");
+        // Claiming the opposite must fail with the same proof.
+        let flipped = if record.is_some() {
+            None
+        } else {
+            Some(Record {
+                nonce: 1,
+                owners: xirtam_proofs::Owners::single(alice.public()),
+                value: xirtam_proofs::Value::default(),
+            })
+        };
+        assert!(verify_state(&header.state_root, &n, flipped.as_ref(), &proof).is_err());
+        record
+    };
+    let now = rpc.dir_get("@alice".into(), None).await.expect("dir_get");
+    assert_eq!(now.height, tip.height);
+    assert_eq!(check(&now, true).map(|r| r.nonce), Some(2));
+    let absent = rpc.dir_get("@nobody".into(), None).await.expect("dir_get");
+    check(&absent, false);
+    // ...and at an older height, where @alice still held v1.
+    let old = rpc
+        .dir_get("@alice".into(), Some(v1_height))
+        .await
+        .expect("dir_get");
+    assert_eq!(
+        check(&old, true).map(|r| r.value.as_bytes().to_vec()),
+        Some(b"v1".to_vec())
+    );
+    // Before the claim, @alice was absent.
+    let before = rpc
+        .dir_get("@alice".into(), Some(v1_height - 1))
+        .await
+        .expect("dir_get");
+    check(&before, false);
+}

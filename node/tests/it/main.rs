@@ -1,0 +1,8 @@
+//! Node integration tests: one binary, modules per area. Servers listen on
+//! 127.0.0.1 port 0; nothing sleeps to synchronise.
+
+mod bad_input;
+mod common;
+mod crash;
+mod directory;
+mod reorg;
