@@ -68,7 +68,7 @@ fn block_on(chain: &Chain<RocksStore>, ops: Vec<Op>, time: u64) -> Block {
         let after = apply(before.as_ref(), o).expect("valid claim");
         items.push((o.key.key_hash(), after.hash()));
     }
-    let view = xirtam_node::chain::StateView(&**chain.store());
+    let view = xirtam_node::chain::StateView(&**chain.store(), None);
     let (root, _) =
         xirtam_proofs::state::update(&view, tip.header.state_root, &items).expect("state");
     let mut h = header_template(&REGTEST, &tip.state, time);

@@ -115,9 +115,10 @@ pub const TESTNET: Params = Params {
 
 /// `regtest`: for tests and local development. Proof of work is trivial and
 /// the difficulty practically constant (a half-life of ~32 years), so tests
-/// can produce hundreds of blocks in a second; the generous drift lets a
-/// fast miner run its timestamps ahead of the clock (the median-time-past
-/// rule forces a new second about every six blocks).
+/// can produce hundreds of blocks in a second; the generous drift (a day)
+/// lets a fast miner run its timestamps ahead of the clock (the
+/// median-time-past rule forces a new second about every six blocks, so a
+/// miner may run ~259,000 blocks ahead before it has to wait).
 pub const REGTEST: Params = Params {
     name: "regtest",
     genesis_time: 1_767_225_600,              // 2026-01-01T00:00:00Z
@@ -128,7 +129,7 @@ pub const REGTEST: Params = Params {
     block_interval: 1,
     asert_half_life: 1_000_000_000,
     mtp_span: 11,
-    max_future_drift: 7200,
+    max_future_drift: 86_400,
     stamp_target: target_for_zero_bits(4),
     stamp_window: 1000,
     confirmation_depth: 1,

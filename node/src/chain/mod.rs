@@ -21,12 +21,16 @@ use xirtam_proofs::params::Params;
 use xirtam_proofs::state::{StateProof, TreeError};
 use xirtam_proofs::{Hash, Name, Record, U256, decode, encode};
 
-pub use state::{StateView, load_record, prove_at, record_at};
+pub use state::{NodeCache, StateView, load_record, prove_at, record_at};
 
 use crate::store::{Batch, Column, KvStore, SCHEMA_VERSION, StoreError};
 
 /// Most blocks kept while waiting for their parent.
 pub const MAX_ORPHANS: usize = 256;
+
+/// State-tree nodes kept in memory per generation (two generations, ~100
+/// bytes per node: ~100 MB at most).
+pub const NODE_CACHE: usize = 500_000;
 
 /// What the node keeps per valid block.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -170,6 +174,7 @@ pub struct Chain<S: KvStore> {
     invalid: HashMap<Hash, String>,
     orphans: HashMap<Hash, Vec<Block>>,
     orphan_order: VecDeque<(Hash, Hash)>,
+    cache: NodeCache,
 }
 
 const META_TIP: &[u8] = b"tip";
@@ -239,6 +244,7 @@ impl<S: KvStore> Chain<S> {
             invalid,
             orphans: HashMap::new(),
             orphan_order: VecDeque::new(),
+            cache: NodeCache::new(NODE_CACHE),
         })
     }
 
@@ -333,7 +339,12 @@ impl<S: KvStore> Chain<S> {
 
     /// The record of `name` at the tip.
     pub fn record(&self, name: &Name) -> Result<Option<Record>, ChainError> {
-        record_at(&*self.store, self.tip().header.state_root, name)
+        record_at(
+            &*self.store,
+            Some(&self.cache),
+            self.tip().header.state_root,
+            name,
+        )
     }
 
     /// The record of `name` at main-chain `height`, with its proof and the
@@ -350,7 +361,7 @@ impl<S: KvStore> Chain<S> {
             .meta(&hash)
             .ok_or_else(|| corrupt("index", "main-chain block not indexed"))?
             .header;
-        let (record, proof) = prove_at(&*self.store, header.state_root, name)?;
+        let (record, proof) = prove_at(&*self.store, Some(&self.cache), header.state_root, name)?;
         Ok((header, record, proof))
     }
 
@@ -384,33 +395,41 @@ impl<S: KvStore> Chain<S> {
         let Some(parent) = self.index.get(&prev) else {
             if self.invalid.contains_key(&prev) {
                 let e = ChainError::InvalidParent(prev);
-                self.remember_invalid(hash, &e)?;
+                if self.has_work(&block.header) {
+                    self.remember_invalid(hash, &e)?;
+                }
                 return Err(e);
             }
             // Cheap spam filter before holding it: the header must carry
             // real work (its own target, within the network's limit).
-            let target = block.header.target().map_err(HeaderError::from)?;
-            if target > self.params.pow_limit {
-                return Err(HeaderError::Difficulty {
-                    expected: xirtam_proofs::CompactTarget::from_target(self.params.pow_limit),
-                    got: block.header.bits,
-                }
-                .into());
+            if !self.has_work(&block.header) {
+                return Err(HeaderError::Pow(hash).into());
             }
-            block.header.check_pow()?;
             self.add_orphan(block, hash);
             return Ok(BlockStatus::Orphan);
         };
         let validated = match self.validate(parent, &block, now) {
             Ok(v) => v,
             Err(e) => {
-                if e.is_invalid_block() {
+                // Remember only blocks that carry real work: remembering
+                // costs disk, and a header without work is cheap to reject
+                // again (otherwise junk headers would grow the database
+                // for free).
+                if e.is_invalid_block() && self.has_work(&block.header) {
                     self.remember_invalid(hash, &e)?;
                 }
                 return Err(e);
             }
         };
         self.store_block(hash, block, validated, change)
+    }
+
+    /// Does the header meet its own target, and is that target within the
+    /// network's limit? (Proof that someone spent work on it.)
+    fn has_work(&self, header: &Header) -> bool {
+        header
+            .target()
+            .is_ok_and(|t| t <= self.params.pow_limit && header.check_pow().is_ok())
     }
 
     fn remember_invalid(&mut self, hash: Hash, e: &ChainError) -> Result<(), ChainError> {
@@ -495,10 +514,39 @@ impl<S: KvStore> Chain<S> {
         let mut state = parent.state.clone();
         state.push(params, header, now)?;
         block.check_body(params)?;
-        check_ops_parallel(params, &block.ops)?;
+        // Signatures and stamp proofs of work on worker threads while this
+        // thread does the stamp ages and the state transition.
+        std::thread::scope(|s| {
+            let sigs = spawn_op_checks(s, params, &block.ops);
+            let state_result = self.validate_state(parent, block, state);
+            let mut sig_result = Ok(());
+            for h in sigs {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(ChainError::NotFound("op-check thread panicked".into()))
+                });
+                if sig_result.is_ok() {
+                    sig_result = r;
+                }
+            }
+            // A signature failure is reported in preference to a state
+            // failure (it is the earlier rule).
+            sig_result?;
+            state_result
+        })
+    }
 
+    /// Stamp ages, the state rule for every op, and the state root.
+    fn validate_state(
+        &self,
+        parent: &BlockMeta,
+        block: &Block,
+        state: ChainState,
+    ) -> Result<Validated, ChainError> {
+        let params = self.params;
+        let header = &block.header;
         let height = header.height;
         let ancestors = self.recent_ancestors(header.prev, params.stamp_window);
+        let view = StateView(&*self.store, Some(&self.cache));
         let mut batch = Batch::new();
         let mut items = Vec::with_capacity(block.ops.len());
         for (index, op) in block.ops.iter().enumerate() {
@@ -513,17 +561,18 @@ impl<S: KvStore> Chain<S> {
                 .ok_or_else(|| op_err(OpError::StampBlockUnknown(op.stamp.block)))?;
             op.check_stamp_age(params, stamp_height, height)
                 .map_err(op_err)?;
-            let before = record_at(&*self.store, parent.header.state_root, &op.key)?;
+            let before = record_at(
+                &*self.store,
+                Some(&self.cache),
+                parent.header.state_root,
+                &op.key,
+            )?;
             let after = apply(before.as_ref(), op).map_err(op_err)?;
             let rh = after.hash();
             batch.put(Column::Records, rh.0, encode(&after));
             items.push((op.key.key_hash(), rh));
         }
-        let (root, nodes) = xirtam_proofs::state::update(
-            &StateView(&*self.store),
-            parent.header.state_root,
-            &items,
-        )?;
+        let (root, nodes) = xirtam_proofs::state::update(&view, parent.header.state_root, &items)?;
         if root != header.state_root {
             return Err(ChainError::StateRoot {
                 expected: root,
@@ -532,6 +581,7 @@ impl<S: KvStore> Chain<S> {
         }
         for (h, n) in nodes {
             batch.put(Column::StateNodes, h.0, encode(&n));
+            self.cache.insert(h, n);
         }
         Ok(Validated {
             meta: BlockMeta {
@@ -677,37 +727,32 @@ impl<S: KvStore> Chain<S> {
             bytes += len;
             ops.push(op);
         }
-        let (new_root, _) = xirtam_proofs::state::update(&StateView(&*self.store), root, &items)?;
+        let view = StateView(&*self.store, Some(&self.cache));
+        let (new_root, _) = xirtam_proofs::state::update(&view, root, &items)?;
         Ok((ops, new_root))
     }
 }
 
-/// Stateless op checks (signatures dominate) on all cores.
-fn check_ops_parallel(params: &Params, ops: &[Op]) -> Result<(), ChainError> {
+type OpCheck<'s> = std::thread::ScopedJoinHandle<'s, Result<(), ChainError>>;
+
+/// Start the stateless op checks (signatures dominate) on worker threads,
+/// one per core.
+fn spawn_op_checks<'s, 'e: 's>(
+    s: &'s std::thread::Scope<'s, 'e>,
+    params: &'e Params,
+    ops: &'e [Op],
+) -> Vec<OpCheck<'s>> {
+    if ops.is_empty() {
+        return Vec::new();
+    }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
-    if ops.len() < 64 || threads == 1 {
-        return check_ops(params, ops, 0);
-    }
-    let chunk = ops.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = ops
-            .chunks(chunk)
-            .enumerate()
-            .map(|(i, c)| s.spawn(move || check_ops(params, c, i * chunk)))
-            .collect();
-        let mut first = Ok(());
-        for h in handles {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(ChainError::NotFound("op-check thread panicked".into())));
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
-    })
+    let chunk = ops.len().div_ceil(threads).max(32);
+    ops.chunks(chunk)
+        .enumerate()
+        .map(|(i, c)| s.spawn(move || check_ops(params, c, i * chunk)))
+        .collect()
 }
 
 fn check_ops(params: &Params, ops: &[Op], offset: usize) -> Result<(), ChainError> {

@@ -1,26 +1,82 @@
 //! The state tree and records, read from the store.
 
+use std::collections::HashMap;
+
 use xirtam_proofs::state::{self, Node, NodeStore, StateProof};
 use xirtam_proofs::{Hash, Name, Record, decode};
 
 use crate::store::{Column, KvStore, StoreError};
 
-/// Reads state-tree nodes from [`Column::StateNodes`].
+/// Reads state-tree nodes from [`Column::StateNodes`], through an optional
+/// cache.
 #[derive(Debug)]
-pub struct StateView<'a, S: KvStore>(pub &'a S);
+pub struct StateView<'a, S: KvStore>(pub &'a S, pub Option<&'a NodeCache>);
 
 impl<S: KvStore> NodeStore for StateView<'_, S> {
     type Error = StoreError;
     fn get_node(&self, hash: &Hash) -> Result<Option<Node>, StoreError> {
+        if let Some(n) = self.1.and_then(|c| c.get(hash)) {
+            return Ok(Some(n));
+        }
         match self.0.get(Column::StateNodes, &hash.0)? {
             None => Ok(None),
-            Some(bytes) => decode::<Node>(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
+            Some(bytes) => {
+                let n = decode::<Node>(&bytes).map_err(|e| StoreError::Corrupt {
                     what: "state node",
                     reason: e.to_string(),
-                }),
+                })?;
+                if let Some(c) = self.1 {
+                    c.insert(*hash, n);
+                }
+                Ok(Some(n))
+            }
         }
+    }
+}
+
+/// A bounded cache of state-tree nodes. Nodes are content-addressed, so a
+/// cached node can never be stale. Two generations approximate LRU in O(1):
+/// when the young generation is full it becomes the old one, and entries
+/// found in the old generation are promoted.
+#[derive(Debug)]
+pub struct NodeCache {
+    gens: parking_lot::Mutex<Generations>,
+    cap: usize,
+}
+
+type Generations = (HashMap<Hash, Node>, HashMap<Hash, Node>);
+
+impl NodeCache {
+    /// A cache holding up to about `2 * cap` nodes (~100 bytes each).
+    pub fn new(cap: usize) -> Self {
+        NodeCache {
+            gens: parking_lot::Mutex::new((HashMap::new(), HashMap::new())),
+            cap: cap.max(1),
+        }
+    }
+
+    /// A cached node.
+    pub fn get(&self, hash: &Hash) -> Option<Node> {
+        let mut g = self.gens.lock();
+        if let Some(n) = g.0.get(hash) {
+            return Some(*n);
+        }
+        let n = g.1.remove(hash)?;
+        Self::put(&mut g, self.cap, *hash, n);
+        Some(n)
+    }
+
+    /// Remember a node.
+    pub fn insert(&self, hash: Hash, node: Node) {
+        let mut g = self.gens.lock();
+        Self::put(&mut g, self.cap, hash, node);
+    }
+
+    fn put(g: &mut Generations, cap: usize, hash: Hash, node: Node) {
+        if g.0.len() >= cap {
+            g.1 = std::mem::take(&mut g.0);
+        }
+        g.0.insert(hash, node);
     }
 }
 
@@ -44,10 +100,11 @@ pub fn load_record<S: KvStore>(store: &S, hash: &Hash) -> Result<Record, super::
 /// The record of `name` under state root `root`, if any.
 pub fn record_at<S: KvStore>(
     store: &S,
+    cache: Option<&NodeCache>,
     root: Hash,
     name: &Name,
 ) -> Result<Option<Record>, super::ChainError> {
-    match state::get(&StateView(store), root, &name.key_hash())? {
+    match state::get(&StateView(store, cache), root, &name.key_hash())? {
         None => Ok(None),
         Some(h) => load_record(store, &h).map(Some),
     }
@@ -56,10 +113,11 @@ pub fn record_at<S: KvStore>(
 /// The record of `name` under `root` and its proof.
 pub fn prove_at<S: KvStore>(
     store: &S,
+    cache: Option<&NodeCache>,
     root: Hash,
     name: &Name,
 ) -> Result<(Option<Record>, StateProof), super::ChainError> {
-    let (value, proof) = state::prove(&StateView(store), root, &name.key_hash())?;
+    let (value, proof) = state::prove(&StateView(store, cache), root, &name.key_hash())?;
     let record = match value {
         None => None,
         Some(h) => Some(load_record(store, &h)?),
