@@ -44,13 +44,15 @@ pub struct NodeCache {
     cap: usize,
 }
 
-type Generations = (HashMap<Hash, Node>, HashMap<Hash, Node>);
+// Keys are BLAKE3 hashes: no need to SipHash them again.
+type Map = HashMap<Hash, Node, xirtam_proofs::state::BuildHashPrefix>;
+type Generations = (Map, Map);
 
 impl NodeCache {
     /// A cache holding up to about `2 * cap` nodes (~100 bytes each).
     pub fn new(cap: usize) -> Self {
         NodeCache {
-            gens: parking_lot::Mutex::new((HashMap::new(), HashMap::new())),
+            gens: parking_lot::Mutex::new((Map::default(), Map::default())),
             cap: cap.max(1),
         }
     }
