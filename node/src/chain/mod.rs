@@ -125,6 +125,9 @@ pub enum ChainError {
     /// A block or height that is not stored.
     #[error("{0} not found")]
     NotFound(String),
+    /// A bug or resource failure inside the node (not the block's fault).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ChainError {
@@ -146,7 +149,8 @@ impl ChainError {
             ChainError::InvalidOp(_)
             | ChainError::Tree(_)
             | ChainError::Store(_)
-            | ChainError::NotFound(_) => false,
+            | ChainError::NotFound(_)
+            | ChainError::Internal(_) => false,
         }
     }
 }
@@ -522,7 +526,7 @@ impl<S: KvStore> Chain<S> {
             let mut sig_result = Ok(());
             for h in sigs {
                 let r = h.join().unwrap_or_else(|_| {
-                    Err(ChainError::NotFound("op-check thread panicked".into()))
+                    Err(ChainError::Internal("op-check thread panicked".into()))
                 });
                 if sig_result.is_ok() {
                     sig_result = r;

@@ -54,7 +54,7 @@ fn err_data(code: i32, msg: impl Into<String>, data: serde_json::Value) -> Error
 fn chain_err(e: ChainError) -> ErrorObjectOwned {
     match &e {
         ChainError::NotFound(_) => err(code::NOT_FOUND, e.to_string()),
-        ChainError::Store(_) | ChainError::Tree(_) => {
+        ChainError::Store(_) | ChainError::Tree(_) | ChainError::Internal(_) => {
             tracing::error!(target: "rpc", error = %e, "internal error");
             err(code::INTERNAL, format!("internal error: {e}"))
         }

@@ -47,6 +47,15 @@ fn call(url: &str, method: &str, params: Json) -> Json {
     json.expect("JSON-RPC response")
 }
 
+/// `chain_submit_block` with `block`.
+fn submit_block(url: &str, block: &Block) -> Json {
+    call(
+        url,
+        "chain_submit_block",
+        json!([hex::encode(encode(block))]),
+    )
+}
+
 fn error_code(resp: &Json) -> i64 {
     resp["error"]["code"]
         .as_i64()
@@ -164,11 +173,7 @@ async fn every_bad_input_gets_a_clear_error() {
             header: h,
             ops: vec![],
         };
-        let r = call(
-            &url,
-            "chain_submit_block",
-            json!([hex::encode(encode(&bad_pow))]),
-        );
+        let r = submit_block(&url, &bad_pow);
         assert_eq!(error_code(&r), i64::from(code::INVALID_BLOCK), "{r}");
         assert!(
             r["error"]["message"]
@@ -180,23 +185,21 @@ async fn every_bad_input_gets_a_clear_error() {
         let mut wrong_state = h;
         wrong_state.state_root.0[0] ^= 1;
         assert!(mine(&mut wrong_state, 0, u64::MAX));
-        let r = call(
+        let r = submit_block(
             &url,
-            "chain_submit_block",
-            json!([hex::encode(encode(&Block {
+            &Block {
                 header: wrong_state,
-                ops: vec![]
-            }))]),
+                ops: vec![],
+            },
         );
         assert_eq!(error_code(&r), i64::from(code::INVALID_BLOCK), "{r}");
         // Resubmitting it: remembered as invalid.
-        let r = call(
+        let r = submit_block(
             &url,
-            "chain_submit_block",
-            json!([hex::encode(encode(&Block {
+            &Block {
                 header: wrong_state,
-                ops: vec![]
-            }))]),
+                ops: vec![],
+            },
         );
         assert!(
             r["error"]["message"]
@@ -207,24 +210,22 @@ async fn every_bad_input_gets_a_clear_error() {
         // An op whose body does not match ops_root.
         let mut body_mismatch = h;
         assert!(mine(&mut body_mismatch, 0, u64::MAX));
-        let r = call(
+        let r = submit_block(
             &url,
-            "chain_submit_block",
-            json!([hex::encode(encode(&Block {
+            &Block {
                 header: body_mismatch,
-                ops: vec![good_op.clone()]
-            }))]),
+                ops: vec![good_op.clone()],
+            },
         );
         assert_eq!(error_code(&r), i64::from(code::INVALID_BLOCK), "{r}");
         // That did not poison the header: with its real (empty) body the
         // same header is accepted.
-        let r = call(
+        let r = submit_block(
             &url,
-            "chain_submit_block",
-            json!([hex::encode(encode(&Block {
+            &Block {
                 header: body_mismatch,
-                ops: vec![]
-            }))]),
+                ops: vec![],
+            },
         );
         assert_eq!(r["result"]["status"], "tip", "{r}");
         // Garbage block hex.
@@ -236,13 +237,12 @@ async fn every_bad_input_gets_a_clear_error() {
         let mut orphan = h;
         orphan.prev.0[0] ^= 1;
         assert!(mine(&mut orphan, 0, u64::MAX));
-        let r = call(
+        let r = submit_block(
             &url,
-            "chain_submit_block",
-            json!([hex::encode(encode(&Block {
+            &Block {
                 header: orphan,
-                ops: vec![]
-            }))]),
+                ops: vec![],
+            },
         );
         assert_eq!(r["result"]["status"], "orphan", "{r}");
 
