@@ -1,5 +1,6 @@
 //! Header-chain validation throughput (target: >= 1,000,000 headers/s on one
-//! core), plus the per-op stateless check.
+//! core), plus the per-op stateless check, alone and in a batch of 2,048
+//! (what each of the node's two op-check threads gets from a full block).
 //!
 //! `cargo bench -p xirtam-proofs --bench headers`
 
@@ -75,6 +76,32 @@ fn ops(c: &mut Criterion) {
     c.bench_function("op_check_stateless", |b| {
         b.iter(|| black_box(&op).check_stateless(&LOCAL).expect("valid"))
     });
+
+    // Distinct keys and names, as in a real block.
+    let batch: Vec<Op> = (0..2048u32)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            let k = SecretKey::from_seed(seed);
+            let mut op = Op::sign(
+                &LOCAL,
+                Name::new(&format!("@user{i}")).expect("valid"),
+                1,
+                Owners::single(k.public()),
+                Value::new(vec![7; 64]).expect("small"),
+                &k,
+            );
+            assert!(op.solve_stamp(&LOCAL, LOCAL.genesis_hash, 0, 1 << 24));
+            op
+        })
+        .collect();
+    let mut g = c.benchmark_group("op_check_stateless_all");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.sample_size(20);
+    g.bench_function("2048_distinct_keys", |b| {
+        b.iter(|| Op::check_stateless_all(&LOCAL, black_box(&batch)).expect("valid"))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, headers, ops);

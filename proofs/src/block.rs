@@ -210,14 +210,11 @@ impl Block {
     /// the state rule are checked by the node when it connects the block.
     pub fn check_stateless(&self, params: &Params) -> Result<(), BlockError> {
         self.check_body(params)?;
-        for (index, op) in self.ops.iter().enumerate() {
-            op.check_stateless(params).map_err(|error| BlockError::Op {
-                index,
-                name: op.key.clone(),
-                error,
-            })?;
-        }
-        Ok(())
+        Op::check_stateless_all(params, &self.ops).map_err(|(index, name, error)| BlockError::Op {
+            index,
+            name,
+            error,
+        })
     }
 
     /// [`Block::check_stateless`] without the per-op checks (signatures and

@@ -22,6 +22,9 @@ pub mod tag {
     pub const STAMP: &str = "xirtam/stamp/v1";
     /// Ed25519 message prefix for op signatures.
     pub const SIG_OP: &str = "xirtam/sig/op/v1";
+    /// Seed of the random-looking coefficients of a batch signature check
+    /// (never part of consensus data; see `keys::verify_batch`).
+    pub const SIG_BATCH: &str = "xirtam/sig-batch/v1";
     /// Inner node of the `ops_root` binary Merkle tree.
     pub const OPS_NODE: &str = "xirtam/ops-node/v1";
     /// `ops_root` itself: op count plus the Merkle root.
@@ -46,6 +49,7 @@ pub mod tag {
         OP,
         STAMP,
         SIG_OP,
+        SIG_BATCH,
         OPS_NODE,
         OPS_ROOT,
         STATE_KEY,
@@ -143,6 +147,11 @@ impl Hasher {
     pub fn update(&mut self, data: &[u8]) -> &mut Self {
         self.0.update(data);
         self
+    }
+
+    /// Extendable output (for deriving many values from one hash).
+    pub(crate) fn finalize_xof(&self) -> blake3::OutputReader {
+        self.0.finalize_xof()
     }
 
     /// Finish.

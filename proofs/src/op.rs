@@ -14,7 +14,7 @@ use bincode::{Decode, Encode};
 
 use crate::encoding::{decode_bytes, decode_len, encode, invalid};
 use crate::hash::{Hash, hash_parts, hash_tagged, tag};
-use crate::keys::{PublicKey, SecretKey, Signature, SignatureError};
+use crate::keys::{PublicKey, SecretKey, Signature, SignatureError, SignedPayload, verify_batch};
 use crate::name::Name;
 use crate::params::Params;
 use crate::pow::meets_target;
@@ -339,6 +339,47 @@ impl Op {
     /// the stamp's proof of work. (The stamp's age needs the chain: see
     /// [`Op::check_stamp_age`].)
     pub fn check_stateless(&self, params: &Params) -> Result<(), OpError> {
+        let payload = self.check_unsigned(params)?;
+        self.signer
+            .verify(tag::SIG_OP, &payload, &self.signature)
+            .map_err(OpError::from)
+    }
+
+    /// [`Op::check_stateless`] for many ops, the signatures verified as one
+    /// batch ([`verify_batch`]): the result is exactly that of checking
+    /// each op in order, and the error names the first failing op (its
+    /// index and name).
+    pub fn check_stateless_all(params: &Params, ops: &[Op]) -> Result<(), (usize, Name, OpError)> {
+        let mut payloads = Vec::with_capacity(ops.len());
+        let mut unsigned_failure = None;
+        for (i, op) in ops.iter().enumerate() {
+            match op.check_unsigned(params) {
+                Ok(p) => payloads.push(p),
+                Err(e) => {
+                    unsigned_failure = Some((i, op.key.clone(), e));
+                    break;
+                }
+            }
+        }
+        // Signatures of the ops before the first other failure: one of
+        // them failing is the earlier error.
+        let items: Vec<_> = ops
+            .iter()
+            .zip(&payloads)
+            .map(|(op, payload)| SignedPayload {
+                key: op.signer,
+                payload,
+                sig: op.signature,
+            })
+            .collect();
+        // `verify_batch` reports an index into `items`, a prefix of `ops`.
+        verify_batch(tag::SIG_OP, &items)
+            .map_err(|e| (e.index, ops[e.index].key.clone(), OpError::from(e.error)))?;
+        unsigned_failure.map_or(Ok(()), Err)
+    }
+
+    /// Every stateless rule but the signature; returns the signing payload.
+    fn check_unsigned(&self, params: &Params) -> Result<Vec<u8>, OpError> {
         let name_len = self.key.as_str().len();
         if name_len > params.max_name_len {
             return Err(OpError::NameTooLong {
@@ -371,9 +412,7 @@ impl Op {
         let mut payload = Vec::with_capacity(32 + content.len());
         payload.extend_from_slice(&params.genesis_hash.0);
         payload.extend_from_slice(&content);
-        self.signer
-            .verify(tag::SIG_OP, &payload, &self.signature)
-            .map_err(OpError::from)
+        Ok(payload)
     }
 
     /// The stamp rule: the stamp's block (at `stamp_height` on the chain

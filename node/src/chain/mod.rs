@@ -760,16 +760,13 @@ fn spawn_op_checks<'s, 'e: 's>(
 }
 
 fn check_ops(params: &Params, ops: &[Op], offset: usize) -> Result<(), ChainError> {
-    for (i, op) in ops.iter().enumerate() {
-        op.check_stateless(params).map_err(|error| {
-            ChainError::Block(BlockError::Op {
-                index: offset + i,
-                name: op.key.clone(),
-                error,
-            })
-        })?;
-    }
-    Ok(())
+    Op::check_stateless_all(params, ops).map_err(|(i, name, error)| {
+        ChainError::Block(BlockError::Op {
+            index: offset + i,
+            name,
+            error,
+        })
+    })
 }
 
 fn hash_key(b: &[u8]) -> Option<Hash> {

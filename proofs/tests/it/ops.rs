@@ -235,3 +235,35 @@ fn record_hash_depends_on_every_field() {
     }
     let _ = name("@x");
 }
+
+/// Checking many ops at once (signatures batched) reports exactly what
+/// checking them one by one reports: the first failing op and its rule.
+#[test]
+fn batched_op_checks_report_the_first_failure() {
+    let ops: Vec<Op> = (1..=8u8)
+        .map(|i| {
+            let k = key(i);
+            op(&format!("@u{i}"), 1, &k, &[&k], b"v", recent())
+        })
+        .collect();
+    assert_eq!(Op::check_stateless_all(&LOCAL, &ops), Ok(()));
+    let first_failure = |ops: &[Op]| {
+        ops.iter().enumerate().find_map(|(i, o)| {
+            o.check_stateless(&LOCAL)
+                .err()
+                .map(|e| (i, o.key.clone(), e))
+        })
+    };
+    // A bad signature before a bad stamp, then the other way round.
+    let mut sig_first = ops.clone();
+    sig_first[2].signature.0[5] ^= 1;
+    sig_first[5].stamp.nonce ^= 1 << 40;
+    let mut stamp_first = ops.clone();
+    stamp_first[2].stamp.nonce ^= 1 << 40;
+    stamp_first[5].signature.0[5] ^= 1;
+    for (case, expect_index) in [(sig_first, 2), (stamp_first, 2)] {
+        let got = Op::check_stateless_all(&LOCAL, &case).err();
+        assert_eq!(got, first_failure(&case));
+        assert_eq!(got.map(|(i, _, _)| i), Some(expect_index));
+    }
+}
