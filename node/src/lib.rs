@@ -5,6 +5,7 @@
 //! * [`mempool`]: validated pending ops;
 //! * [`miner`]: mining threads;
 //! * [`node`]: chain and mempool behind one lock;
+//! * [`p2p`]: libp2p gossip, headers-first sync, discovery, peer scoring;
 //! * [`rpc`]: JSON-RPC server (and the typed client the CLI uses);
 //! * [`client`]: what the CLI does on the user's side (claim, update, get).
 //!
@@ -15,6 +16,7 @@ pub mod client;
 pub mod mempool;
 pub mod miner;
 pub mod node;
+pub mod p2p;
 pub mod rpc;
 pub mod store;
 

@@ -62,6 +62,20 @@ struct RunArgs {
     /// Log filter (tracing syntax, e.g. "info" or "chain=debug").
     #[arg(long, default_value = "info")]
     log: String,
+    /// Peer-to-peer listen address (multiaddr; tcp port 0 picks a free
+    /// port; the bound address is written to <datadir>/p2p.addr).
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/8646")]
+    p2p_addr: String,
+    /// A peer to connect to at start (repeatable), e.g.
+    /// /ip4/203.0.113.5/tcp/8646/p2p/12D3KooW...
+    #[arg(long = "bootstrap")]
+    bootstrap: Vec<String>,
+    /// Most peer connections.
+    #[arg(long, default_value_t = 50)]
+    max_peers: u32,
+    /// Run without peer-to-peer networking (a lone node).
+    #[arg(long)]
+    no_p2p: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,7 +192,7 @@ fn init_logs(filter: &str) -> Result<()> {
 fn run_node(args: RunArgs) -> Result<()> {
     init_logs(&args.log)?;
     let params = params(&args.network)?;
-    let datadir = match args.datadir {
+    let datadir = match args.datadir.clone() {
         Some(d) => d,
         None => {
             let home = std::env::var_os("HOME").context("HOME is not set; pass --datadir")?;
@@ -210,9 +224,19 @@ fn run_node(args: RunArgs) -> Result<()> {
         } else {
             0
         };
-        let (bound, handle) = xirtam_node::rpc::serve(node.clone(), args.rpc_addr, threads)
-            .await
-            .with_context(|| format!("listen on {}", args.rpc_addr))?;
+        let p2p = if args.no_p2p {
+            None
+        } else {
+            Some(start_p2p(&node, &args, &datadir).await?)
+        };
+        let (bound, handle) = xirtam_node::rpc::serve(
+            node.clone(),
+            args.rpc_addr,
+            threads,
+            p2p.as_ref().map(|(h, _)| h.clone()),
+        )
+        .await
+        .with_context(|| format!("listen on {}", args.rpc_addr))?;
         write_atomically(&datadir.join("rpc.addr"), bound.to_string().as_bytes())?;
         println!("xirtam-node: JSON-RPC on http://{bound}");
         let miners = if args.mine {
@@ -228,9 +252,58 @@ fn run_node(args: RunArgs) -> Result<()> {
         for m in miners {
             let _ = tokio::task::spawn_blocking(move || m.join()).await;
         }
+        if let Some((_, task)) = p2p {
+            task.abort();
+        }
         tracing::info!(target: "node", "stopped");
         anyhow::Ok(())
     })
+}
+
+async fn start_p2p(
+    node: &Arc<Node<RocksStore>>,
+    args: &RunArgs,
+    datadir: &Path,
+) -> Result<(xirtam_node::p2p::P2pHandle, tokio::task::JoinHandle<()>)> {
+    use xirtam_node::p2p::{P2pConfig, start};
+    let keypair = load_or_create_p2p_key(&datadir.join("p2p.key"))?;
+    let listen = args
+        .p2p_addr
+        .parse()
+        .with_context(|| format!("--p2p-addr {:?} is not a multiaddr", args.p2p_addr))?;
+    let mut config = P2pConfig::new(keypair, listen);
+    config.max_peers = args.max_peers;
+    for b in &args.bootstrap {
+        config.bootstrap.push(
+            b.parse()
+                .with_context(|| format!("--bootstrap {b:?} is not a multiaddr"))?,
+        );
+    }
+    let (handle, listening, task) = start(node.clone(), config)
+        .await
+        .context("start peer-to-peer networking")?;
+    let lines: Vec<String> = listening.iter().map(ToString::to_string).collect();
+    write_atomically(&datadir.join("p2p.addr"), lines.join("\n").as_bytes())?;
+    for l in &lines {
+        println!("xirtam-node: peer-to-peer on {l}");
+    }
+    Ok((handle, task))
+}
+
+/// The node's libp2p identity, created on first start.
+fn load_or_create_p2p_key(path: &Path) -> Result<libp2p::identity::Keypair> {
+    let mut seed = [0u8; 32];
+    if path.exists() {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        hex::decode_to_slice(text.trim(), &mut seed)
+            .with_context(|| format!("{} is not a 32-byte hex key", path.display()))?;
+    } else {
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+        write_secret(path, hex::encode(seed).as_bytes())?;
+    }
+    libp2p::identity::Keypair::ed25519_from_bytes(seed)
+        .with_context(|| format!("{} does not hold a valid ed25519 key", path.display()))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -67,7 +67,7 @@ fn run<S: KvStore>(node: Arc<Node<S>>, index: u64) {
                     ops: std::mem::take(&mut t.ops),
                 };
                 let height = block.header.height;
-                match node.submit_block(block) {
+                match node.submit_local_block(block) {
                     Ok(_) => tracing::debug!(target: "miner", height, "mined a block"),
                     Err(e) => {
                         tracing::warn!(target: "miner", height, error = %e, "mined block rejected")

@@ -14,7 +14,7 @@ use xirtam_proofs::header::{Header, header_template};
 use xirtam_proofs::op::Op;
 use xirtam_proofs::params::Params;
 
-use crate::chain::{Chain, ChainError, Submitted};
+use crate::chain::{BlockStatus, Chain, ChainError, Submitted};
 use crate::mempool::{Admitted, Mempool, MempoolError};
 use crate::store::KvStore;
 
@@ -24,6 +24,21 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// A block or op that entered this node locally (mined, or submitted over
+/// RPC), for the peer-to-peer layer to publish. What arrives from peers is
+/// not announced again: gossip forwards it once validated.
+#[derive(Debug, Clone)]
+pub enum Announce {
+    /// A block that became the tip or a side branch.
+    Block(Block),
+    /// An op admitted to the mempool.
+    Op(Op),
+}
+
+/// How many announcements may wait for the network layer before new ones
+/// are dropped (they are also reachable by sync).
+pub const ANNOUNCE_QUEUE: usize = 1024;
 
 /// Chain and mempool together.
 #[derive(Debug)]
@@ -45,6 +60,30 @@ pub struct Node<S: KvStore> {
     pool_seq: AtomicU64,
     shutdown: AtomicBool,
     tip_tx: tokio::sync::watch::Sender<u64>,
+    announce_tx: Mutex<Option<tokio::sync::mpsc::Sender<Announce>>>,
+    tip_summary: Mutex<TipSummary>,
+}
+
+/// The tip in brief, readable without the chain lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TipSummary {
+    /// Height.
+    pub height: u64,
+    /// Hash.
+    pub hash: xirtam_proofs::Hash,
+    /// Cumulative work.
+    pub work: xirtam_proofs::pow::U256,
+}
+
+impl TipSummary {
+    fn of<S: KvStore>(chain: &Chain<S>) -> Self {
+        let tip = chain.tip();
+        TipSummary {
+            height: tip.header.height,
+            hash: tip.header.hash(),
+            work: tip.work(),
+        }
+    }
 }
 
 /// A block to mine: header without a valid nonce, and its ops.
@@ -67,6 +106,7 @@ impl<S: KvStore> Node<S> {
     ) -> Result<Arc<Self>, ChainError> {
         let chain = Chain::open(params, store)?;
         let (tip_tx, _) = tokio::sync::watch::channel(chain.height());
+        let tip_summary = Mutex::new(TipSummary::of(&chain));
         Ok(Arc::new(Node {
             core: Mutex::new(Core { chain, mempool }),
             params,
@@ -74,6 +114,8 @@ impl<S: KvStore> Node<S> {
             pool_seq: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             tip_tx,
+            announce_tx: Mutex::new(None),
+            tip_summary,
         }))
     }
 
@@ -119,10 +161,47 @@ impl<S: KvStore> Node<S> {
         let out = chain.submit_block(block, unix_now())?;
         if !out.change.connected.is_empty() {
             mempool.on_tip_change(chain, &out.change);
+            *self.tip_summary.lock() = TipSummary::of(chain);
             self.tip_seq.fetch_add(1, Ordering::AcqRel);
             self.tip_tx.send_replace(chain.height());
         }
         Ok(out)
+    }
+
+    /// The tip, without taking the chain lock.
+    pub fn tip_summary(&self) -> TipSummary {
+        *self.tip_summary.lock()
+    }
+
+    /// Send local blocks and ops to `tx` from now on (the p2p layer).
+    pub fn set_announcer(&self, tx: tokio::sync::mpsc::Sender<Announce>) {
+        *self.announce_tx.lock() = Some(tx);
+    }
+
+    fn announce(&self, a: Announce) {
+        if let Some(tx) = &*self.announce_tx.lock()
+            && tx.try_send(a).is_err()
+        {
+            tracing::warn!(target: "node", "announcement queue full or closed; one announcement dropped");
+        }
+    }
+
+    /// [`Node::submit_block`] for a block made or received locally (miner,
+    /// RPC): announced to peers when it is stored as valid.
+    pub fn submit_local_block(&self, block: Block) -> Result<Submitted, ChainError> {
+        let out = self.submit_block(block.clone())?;
+        if matches!(out.status, BlockStatus::Tip | BlockStatus::SideBranch) {
+            self.announce(Announce::Block(block));
+        }
+        Ok(out)
+    }
+
+    /// [`Node::submit_op`] for an op submitted locally (RPC): announced to
+    /// peers once admitted.
+    pub fn submit_local_op(&self, op: Op) -> Result<Admitted, MempoolError> {
+        let r = self.submit_op(op.clone())?;
+        self.announce(Announce::Op(op));
+        Ok(r)
     }
 
     /// Validate an op against the tip and add it to the mempool (blocking).
@@ -174,7 +253,7 @@ impl<S: KvStore> Node<S> {
                 header: t.header,
                 ops: t.ops,
             };
-            self.submit_block(block.clone())?;
+            self.submit_local_block(block.clone())?;
             return Ok(block);
         }
     }

@@ -138,6 +138,17 @@ impl ChainError {
     /// the header with the wrong body, and remembering the header as invalid
     /// would let anyone poison a valid block that way.
     pub fn is_invalid_block(&self) -> bool {
+        self.classify_invalid()
+    }
+
+    /// Did whoever sent this block break a rule (so a peer that sent it
+    /// should be penalised)? Everything [`Self::is_invalid_block`] covers,
+    /// plus a body that does not match its header.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(self, ChainError::Block(BlockError::OpsRoot)) || self.classify_invalid()
+    }
+
+    fn classify_invalid(&self) -> bool {
         match self {
             ChainError::Header(e) => !e.is_transient(),
             ChainError::Block(BlockError::OpsRoot) => false,
@@ -334,6 +345,71 @@ impl<S: KvStore> Chain<S> {
             None => Ok(None),
             Some(b) => decode(&b).map(Some).map_err(|e| corrupt("block", e)),
         }
+    }
+
+    /// A block locator for sync: main-chain hashes from the tip back, the
+    /// first ten one apart, then doubling the step, always ending with
+    /// genesis (at most 64 hashes).
+    pub fn locator(&self) -> Vec<Hash> {
+        let mut out = Vec::new();
+        let mut height = self.height();
+        let mut step = 1u64;
+        loop {
+            if let Some(h) = self.hash_at(height) {
+                out.push(h);
+            }
+            if height == 0 || out.len() >= 63 {
+                break;
+            }
+            if out.len() >= 10 {
+                step = step.saturating_mul(2);
+            }
+            height = height.saturating_sub(step);
+        }
+        if out.last() != Some(&self.params.genesis_hash) {
+            out.push(self.params.genesis_hash);
+        }
+        out
+    }
+
+    /// Up to `max` main-chain headers after the first `locator` hash that is
+    /// on the main chain (after genesis if none is).
+    pub fn headers_after(&self, locator: &[Hash], max: usize) -> Vec<Header> {
+        let start = locator
+            .iter()
+            .find(|h| self.is_main(h))
+            .and_then(|h| self.index.get(h))
+            .map_or(0, |m| m.header.height)
+            + 1;
+        (start..)
+            .take(max)
+            .map_while(|height| self.hash_at(height))
+            .filter_map(|h| self.index.get(&h).map(|m| m.header))
+            .collect()
+    }
+
+    /// Check a run of headers (each the parent of the next) against every
+    /// header rule, starting from a stored parent, without bodies: what a
+    /// syncing node does before it downloads blocks. A header that is known
+    /// invalid fails.
+    pub fn check_headers(&self, headers: &[Header], now: u64) -> Result<(), ChainError> {
+        let Some(first) = headers.first() else {
+            return Ok(());
+        };
+        let parent = self
+            .index
+            .get(&first.prev)
+            .ok_or_else(|| ChainError::NotFound(format!("parent block {}", first.prev)))?;
+        // `push` checks linkage (each `prev` is the previous hash) too.
+        let mut state = parent.state.clone();
+        for h in headers {
+            let hash = h.hash();
+            if let Some(reason) = self.invalid.get(&hash) {
+                return Err(ChainError::KnownInvalid(hash, reason.clone()));
+            }
+            state.push(self.params, h, now)?;
+        }
+        Ok(())
     }
 
     /// Number of blocks waiting for their parent.

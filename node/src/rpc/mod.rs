@@ -20,7 +20,10 @@ pub use types::*;
 use crate::chain::{BlockStatus, ChainError};
 use crate::mempool::{Admitted, MempoolError};
 use crate::node::Node;
+use crate::p2p::{NetInfo, P2pError, P2pHandle};
 use crate::store::KvStore;
+use libp2p::{Multiaddr, PeerId};
+use xirtam_proofs::params::REGTEST;
 
 /// Most headers one `chain_headers` call returns.
 pub const MAX_HEADERS_PER_CALL: u32 = 2000;
@@ -41,7 +44,14 @@ pub mod code {
     pub const MEMPOOL_REJECTED: i32 = -32011;
     /// The block breaks a rule.
     pub const INVALID_BLOCK: i32 = -32020;
+    /// Networking is off, or the network task stopped.
+    pub const NETWORK_UNAVAILABLE: i32 = -32030;
+    /// A `dev_*` method on a network other than regtest.
+    pub const DEV_ONLY: i32 = -32040;
 }
+
+/// Most blocks one `dev_mine` call mines.
+pub const MAX_DEV_MINE: u32 = 100_000;
 
 fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(code, msg, None::<()>)
@@ -104,6 +114,24 @@ pub trait NodeApi {
     /// Node status.
     #[method(name = "node_info", blocking)]
     fn node_info(&self) -> RpcResult<NodeInfoView>;
+
+    /// Peer-to-peer status: peer id, listen addresses, peers, bans,
+    /// counters.
+    #[method(name = "net_info")]
+    async fn net_info(&self) -> RpcResult<NetInfo>;
+
+    /// Dial a peer by multiaddr (`/ip4/…/tcp/…/p2p/<peer id>`).
+    #[method(name = "net_connect")]
+    async fn net_connect(&self, addr: String) -> RpcResult<bool>;
+
+    /// Disconnect and ban a peer.
+    #[method(name = "net_ban")]
+    async fn net_ban(&self, peer_id: String) -> RpcResult<bool>;
+
+    /// Regtest only: mine `count` blocks now on this node (with mempool
+    /// ops) and announce them. Returns the new tip height.
+    #[method(name = "dev_mine", blocking)]
+    fn dev_mine(&self, count: u32) -> RpcResult<u64>;
 }
 
 /// The RPC server's state.
@@ -111,8 +139,28 @@ pub trait NodeApi {
 pub struct RpcImpl<S: KvStore> {
     node: Arc<Node<S>>,
     mining_threads: usize,
+    p2p: Option<P2pHandle>,
 }
 
+impl<S: KvStore> RpcImpl<S> {
+    fn p2p(&self) -> RpcResult<&P2pHandle> {
+        self.p2p.as_ref().ok_or_else(|| {
+            err(
+                code::NETWORK_UNAVAILABLE,
+                "peer-to-peer networking is off on this node",
+            )
+        })
+    }
+}
+
+fn p2p_err(e: P2pError) -> ErrorObjectOwned {
+    match e {
+        P2pError::Dial(_) => err(code::INVALID_PARAMS, e.to_string()),
+        _ => err(code::NETWORK_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[jsonrpsee::core::async_trait]
 impl<S: KvStore> NodeApiServer for RpcImpl<S> {
     fn chain_tip(&self) -> RpcResult<TipView> {
         let core = self.node.lock();
@@ -160,7 +208,7 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
         let block: Block =
             decode_hex(&block).map_err(|e| err(code::INVALID_PARAMS, e.to_string()))?;
         let hash = block.header.hash();
-        let out = self.node.submit_block(block).map_err(chain_err)?;
+        let out = self.node.submit_local_block(block).map_err(chain_err)?;
         let status = match out.status {
             BlockStatus::Tip => "tip",
             BlockStatus::SideBranch => "side-branch",
@@ -199,7 +247,7 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
     fn dir_submit(&self, op: String) -> RpcResult<SubmitOpView> {
         let op: Op = decode_hex(&op).map_err(|e| err(code::INVALID_PARAMS, e.to_string()))?;
         let hash = op.hash();
-        match self.node.submit_op(op) {
+        match self.node.submit_local_op(op) {
             Ok(a) => Ok(SubmitOpView {
                 op_hash: hash.to_hex(),
                 status: match a {
@@ -235,6 +283,55 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
             mining_threads: self.mining_threads,
         })
     }
+
+    async fn net_info(&self) -> RpcResult<NetInfo> {
+        self.p2p()?.info().await.map_err(p2p_err)
+    }
+
+    async fn net_connect(&self, addr: String) -> RpcResult<bool> {
+        let addr: Multiaddr = addr.parse().map_err(|e| {
+            err(
+                code::INVALID_PARAMS,
+                format!("invalid multiaddr {addr:?}: {e}"),
+            )
+        })?;
+        self.p2p()?.dial(addr).await.map_err(p2p_err)?;
+        Ok(true)
+    }
+
+    async fn net_ban(&self, peer_id: String) -> RpcResult<bool> {
+        let peer: PeerId = peer_id.parse().map_err(|e| {
+            err(
+                code::INVALID_PARAMS,
+                format!("invalid peer id {peer_id:?}: {e}"),
+            )
+        })?;
+        self.p2p()?.ban(peer).await.map_err(p2p_err)?;
+        Ok(true)
+    }
+
+    fn dev_mine(&self, count: u32) -> RpcResult<u64> {
+        if self.node.params().name != REGTEST.name {
+            return Err(err(
+                code::DEV_ONLY,
+                format!(
+                    "dev_mine only works on regtest (this node runs {})",
+                    self.node.params().name
+                ),
+            ));
+        }
+        if count > MAX_DEV_MINE {
+            return Err(err(
+                code::INVALID_PARAMS,
+                format!("count {count} is above the limit of {MAX_DEV_MINE}"),
+            ));
+        }
+        let mut height = self.node.tip_summary().height;
+        for _ in 0..count {
+            height = self.node.mine_block().map_err(chain_err)?.header.height;
+        }
+        Ok(height)
+    }
 }
 
 /// A stable machine-readable name for the rule an op broke.
@@ -261,6 +358,7 @@ pub async fn serve<S: KvStore>(
     node: Arc<Node<S>>,
     addr: SocketAddr,
     mining_threads: usize,
+    p2p: Option<P2pHandle>,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let config = ServerConfig::builder()
         .max_request_body_size(MAX_REQUEST_BYTES)
@@ -274,6 +372,7 @@ pub async fn serve<S: KvStore>(
         RpcImpl {
             node,
             mining_threads,
+            p2p,
         }
         .into_rpc(),
     );

@@ -28,7 +28,7 @@ impl TestNode {
         let store = Arc::new(RocksStore::open(&dir.path().join("db")).expect("open rocksdb"));
         let node = Node::open(NET, store, Mempool::default()).expect("open chain");
         let (addr, handle) =
-            xirtam_node::rpc::serve(node.clone(), "127.0.0.1:0".parse().expect("addr"), 0)
+            xirtam_node::rpc::serve(node.clone(), "127.0.0.1:0".parse().expect("addr"), 0, None)
                 .await
                 .expect("serve");
         TestNode {

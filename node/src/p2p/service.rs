@@ -1,0 +1,1112 @@
+//! The swarm task: one event loop owning the libp2p [`Swarm`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, gossipsub, identify, identity,
+    kad, noise, ping, tcp, yamux,
+};
+use tokio::sync::{Semaphore, mpsc};
+use xirtam_proofs::block::Block;
+use xirtam_proofs::op::Op;
+use xirtam_proofs::params::Params;
+use xirtam_proofs::pow::U256;
+use xirtam_proofs::{Hash, OpError, decode, encode};
+
+use super::protocol::{
+    self, MAX_BLOCKS_PER_REQUEST, MAX_HEADERS, MAX_LOCATOR, Status, SyncCodec, SyncRequest,
+    SyncResponse,
+};
+use super::sync::{Session, Waiting};
+use super::{
+    BAN_SCORE, Command, NetInfo, NetStats, P2pConfig, P2pError, P2pHandle, PeerView, penalty,
+};
+use crate::chain::{BlockStatus, ChainError};
+use crate::mempool::MempoolError;
+use crate::node::{ANNOUNCE_QUEUE, Announce, Node};
+use crate::store::KvStore;
+
+/// How often peers are asked for their status (and bans expire).
+const TICK: Duration = Duration::from_secs(3);
+/// Gossip messages validated at once; further ones wait.
+const VALIDATION_SLOTS: usize = 4;
+/// Commands waiting for the task.
+const COMMAND_QUEUE: usize = 64;
+
+/// The libp2p behaviour of a Xirtam node (public so tests can build a peer
+/// with the same stack).
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Banned peers.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Connection limits.
+    pub limits: connection_limits::Behaviour,
+    /// Identify (protocol version per network, listen addresses).
+    pub identify: identify::Behaviour,
+    /// Ping (keeps connections alive, measures latency).
+    pub ping: ping::Behaviour,
+    /// Gossip of blocks and ops.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Sync requests.
+    pub sync: request_response::Behaviour<SyncCodec>,
+    /// Discovery.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Behaviour")
+    }
+}
+
+/// Build the swarm for `params` (TCP + noise + yamux and [`Behaviour`]).
+pub fn build_swarm(
+    params: &'static Params,
+    keypair: identity::Keypair,
+    max_peers: u32,
+) -> Result<Swarm<Behaviour>, P2pError> {
+    let build = |e: &dyn std::fmt::Display| P2pError::Build(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| build(&e))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(params.max_block_bytes + 64 * 1024)
+                .heartbeat_interval(Duration::from_millis(500))
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                })
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            let mut kad_config = kad::Config::new(protocol::kad_protocol(params));
+            kad_config.set_query_timeout(Duration::from_secs(30));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_config,
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(max_peers))
+                .with_max_established_per_peer(Some(2))
+                .with_max_pending_incoming(Some(32))
+                .with_max_pending_outgoing(Some(32));
+            Ok(Behaviour {
+                blocked: Default::default(),
+                limits: connection_limits::Behaviour::new(limits),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    protocol::identify_version(params),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                gossipsub,
+                sync: request_response::Behaviour::with_codec(
+                    SyncCodec,
+                    [(protocol::sync_protocol(params), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(32),
+                ),
+                kad,
+            })
+        })
+        .map_err(|e| build(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}
+
+/// Start the network: listen, dial the bootstrap peers, and run the event
+/// loop on the current tokio runtime. Returns the handle and the addresses
+/// it listens on (each ending in `/p2p/<peer id>`).
+pub async fn start<S: KvStore>(
+    node: Arc<Node<S>>,
+    config: P2pConfig,
+) -> Result<(P2pHandle, Vec<Multiaddr>, tokio::task::JoinHandle<()>), P2pError> {
+    let params = node.params();
+    let peer_id = config.keypair.public().to_peer_id();
+    let mut swarm = build_swarm(params, config.keypair.clone(), config.max_peers)?;
+    let blocks_topic = gossipsub::IdentTopic::new(protocol::blocks_topic(params));
+    let ops_topic = gossipsub::IdentTopic::new(protocol::ops_topic(params));
+    for t in [&blocks_topic, &ops_topic] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| P2pError::Build(e.to_string()))?;
+    }
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| P2pError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    // Wait until every listener has an address (port 0 resolved).
+    let mut listening = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listening.len() < config.listen.len() {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| P2pError::Listen {
+                addr: config.listen[0].clone(),
+                reason: "no listen address within 10 s".into(),
+            })?;
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                listening.push(address.with(Protocol::P2p(peer_id)));
+            }
+            SwarmEvent::ListenerError { error, .. }
+            | SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => {
+                return Err(P2pError::Listen {
+                    addr: config.listen[0].clone(),
+                    reason: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+    for addr in &listening {
+        tracing::info!(target: "p2p", %addr, "listening");
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (announce_tx, announce_rx) = mpsc::channel(ANNOUNCE_QUEUE);
+    node.set_announcer(announce_tx);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let mut service = Service {
+        swarm,
+        node,
+        params,
+        blocks_topic: blocks_topic.hash(),
+        ops_topic: ops_topic.hash(),
+        blocks_topic_ident: blocks_topic,
+        ops_topic_ident: ops_topic,
+        peers: HashMap::new(),
+        scores: HashMap::new(),
+        banned: HashMap::new(),
+        ban_duration: config.ban_duration,
+        pending: HashMap::new(),
+        session: None,
+        done_tx,
+        slots: Arc::new(Semaphore::new(VALIDATION_SLOTS)),
+        stats: NetStats::default(),
+        listening: listening.clone(),
+        bootstrap: config.bootstrap.clone(),
+        max_peers: config.max_peers,
+        fruitless: HashSet::new(),
+    };
+    service.dial_bootstrap();
+    let task = tokio::spawn(service.run(cmd_rx, announce_rx, done_rx));
+    Ok((
+        P2pHandle {
+            tx: cmd_tx,
+            peer_id,
+        },
+        listening,
+        task,
+    ))
+}
+
+/// A verdict on a gossip message.
+enum Verdict {
+    Accept,
+    Ignore,
+    Reject(i32, String),
+}
+
+/// Results of work done off the event loop.
+enum Done {
+    Gossip {
+        id: gossipsub::MessageId,
+        source: PeerId,
+        is_block: bool,
+        verdict: Verdict,
+        orphan: bool,
+    },
+    Respond {
+        channel: ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+    },
+    Locator {
+        peer: PeerId,
+        locator: Vec<Hash>,
+    },
+    Headers {
+        peer: PeerId,
+        result: Result<Vec<Hash>, (i32, String)>,
+    },
+    Connected {
+        peer: PeerId,
+        result: Result<u64, (i32, String)>,
+    },
+}
+
+/// What an outbound request asked.
+enum Pending {
+    Status,
+    Headers { max: usize, last: Option<Hash> },
+    Blocks(Vec<Hash>),
+}
+
+struct PeerState {
+    addr: Multiaddr,
+    status: Option<Status>,
+}
+
+struct Service<S: KvStore> {
+    swarm: Swarm<Behaviour>,
+    node: Arc<Node<S>>,
+    params: &'static Params,
+    blocks_topic: gossipsub::TopicHash,
+    ops_topic: gossipsub::TopicHash,
+    blocks_topic_ident: gossipsub::IdentTopic,
+    ops_topic_ident: gossipsub::IdentTopic,
+    peers: HashMap<PeerId, PeerState>,
+    scores: HashMap<PeerId, i32>,
+    banned: HashMap<PeerId, Instant>,
+    ban_duration: Duration,
+    pending: HashMap<OutboundRequestId, (PeerId, Pending)>,
+    session: Option<Session>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    slots: Arc<Semaphore>,
+    stats: NetStats,
+    listening: Vec<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+    max_peers: u32,
+    /// Peers whose last sync session delivered nothing despite claiming
+    /// more work: not synced from again until they report a new tip.
+    fruitless: HashSet<(PeerId, Hash)>,
+}
+
+fn is_stateless_failure(e: &OpError) -> bool {
+    matches!(
+        e,
+        OpError::NameTooLong { .. }
+            | OpError::ValueTooLong { .. }
+            | OpError::TooManyOwners { .. }
+            | OpError::ZeroNonce
+            | OpError::Signature(_)
+            | OpError::StampPow
+    )
+}
+
+impl<S: KvStore> Service<S> {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut announce_rx: mpsc::Receiver<Announce>,
+        mut done_rx: mpsc::UnboundedReceiver<Done>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        let mut kad_tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some(done) = done_rx.recv() => self.on_done(done),
+                Some(a) = announce_rx.recv() => self.on_announce(a),
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = kad_tick.tick() => {
+                    if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+                        tracing::debug!(target: "p2p", "no known peers for a DHT bootstrap");
+                    }
+                }
+            }
+        }
+        tracing::info!(target: "p2p", "network task stopped");
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for addr in self.bootstrap.clone() {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                let mut plain = addr.clone();
+                plain.pop();
+                self.swarm.behaviour_mut().kad.add_address(&peer, plain);
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(target: "p2p", %addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+    }
+
+    // ---- commands and announcements ----
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Info(tx) => {
+                let _ = tx.send(self.info());
+            }
+            Command::Dial(addr, tx) => {
+                let r = self.swarm.dial(addr).map_err(|e| e.to_string());
+                let _ = tx.send(r);
+            }
+            Command::Ban(peer, tx) => {
+                self.ban(peer, "banned by the operator");
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn info(&self) -> NetInfo {
+        let now = Instant::now();
+        NetInfo {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listen: self.listening.iter().map(ToString::to_string).collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(p, st)| PeerView {
+                    peer_id: p.to_string(),
+                    addr: st.addr.to_string(),
+                    score: self.scores.get(p).copied().unwrap_or(0),
+                    height: st.status.map(|s| s.height),
+                })
+                .collect(),
+            banned: self
+                .banned
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(p, _)| p.to_string())
+                .collect(),
+            syncing_from: self.session.as_ref().map(|s| s.peer.to_string()),
+            stats: self.stats.clone(),
+        }
+    }
+
+    fn on_announce(&mut self, a: Announce) {
+        let (topic, data, what) = match a {
+            Announce::Block(b) => (self.blocks_topic_ident.clone(), encode(&b), "block"),
+            Announce::Op(o) => (self.ops_topic_ident.clone(), encode(&o), "op"),
+        };
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+            Ok(_) => tracing::debug!(target: "p2p", what, "published"),
+            Err(e) => tracing::debug!(target: "p2p", what, error = %e, "not published"),
+        }
+    }
+
+    // ---- scoring ----
+
+    fn penalise(&mut self, peer: PeerId, points: i32, reason: &str) {
+        let score = self.scores.entry(peer).or_insert(0);
+        *score -= points;
+        let score = *score;
+        tracing::warn!(target: "p2p", %peer, points, score, reason, "peer penalised");
+        if score <= BAN_SCORE {
+            self.ban(peer, reason);
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: &str) {
+        tracing::warn!(target: "p2p", %peer, reason, "peer banned");
+        self.banned.insert(peer, Instant::now() + self.ban_duration);
+        self.stats.bans += 1;
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+        self.peers.remove(&peer);
+        if self.syncing_from(peer) {
+            self.session = None;
+            self.maybe_start_sync();
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .banned
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.banned.remove(&p);
+            self.scores.remove(&p);
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+            tracing::info!(target: "p2p", peer = %p, "ban expired");
+        }
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for p in peers {
+            self.request(p, SyncRequest::Status, Pending::Status);
+        }
+        if self.peers.is_empty() && !self.bootstrap.is_empty() {
+            self.dial_bootstrap();
+        }
+    }
+
+    fn request(&mut self, peer: PeerId, req: SyncRequest, what: Pending) {
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
+        self.pending.insert(id, (peer, what));
+    }
+
+    // ---- swarm events ----
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let addr = endpoint.get_remote_address().clone();
+                tracing::info!(target: "p2p", peer = %peer_id, %addr, "connected");
+                self.peers
+                    .entry(peer_id)
+                    .or_insert(PeerState { addr, status: None });
+                self.request(peer_id, SyncRequest::Status, Pending::Status);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                tracing::info!(target: "p2p", peer = %peer_id, "disconnected");
+                self.peers.remove(&peer_id);
+                if self.syncing_from(peer_id) {
+                    self.session = None;
+                    self.maybe_start_sync();
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let a = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                if !self.listening.contains(&a) {
+                    self.listening.push(a);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(target: "p2p", peer = ?peer_id, error = %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(b) => self.on_behaviour(b),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message),
+            BehaviourEvent::Sync(e) => self.on_sync_event(e),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != protocol::identify_version(self.params) {
+                    tracing::info!(target: "p2p", peer = %peer_id, version = %info.protocol_version, "peer on another network; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                for a in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                let connected = self.swarm.connected_peers().count() as u32;
+                if connected < self.max_peers / 2
+                    && !self.swarm.is_connected(&peer)
+                    && !self.banned.contains_key(&peer)
+                    && peer != *self.swarm.local_peer_id()
+                {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---- gossip ----
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let is_block = if message.topic == self.blocks_topic {
+            true
+        } else if message.topic == self.ops_topic {
+            false
+        } else {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &id,
+                    &source,
+                    gossipsub::MessageAcceptance::Reject,
+                );
+            return;
+        };
+        let node = self.node.clone();
+        let done = self.done_tx.clone();
+        let slots = self.slots.clone();
+        let data = message.data;
+        tokio::spawn(async move {
+            // The semaphore is never closed.
+            let Ok(_permit) = slots.acquire_owned().await else {
+                return;
+            };
+            let work = tokio::task::spawn_blocking(move || {
+                if is_block {
+                    judge_block(&node, &data)
+                } else {
+                    (judge_op(&node, &data), false)
+                }
+            })
+            .await;
+            let (verdict, orphan) = work.unwrap_or_else(|e| {
+                tracing::error!(target: "p2p", error = %e, "validation task failed");
+                (Verdict::Ignore, false)
+            });
+            let _ = done.send(Done::Gossip {
+                id,
+                source,
+                is_block,
+                verdict,
+                orphan,
+            });
+        });
+    }
+
+    fn on_gossip_done(
+        &mut self,
+        id: gossipsub::MessageId,
+        source: PeerId,
+        is_block: bool,
+        verdict: Verdict,
+        orphan: bool,
+    ) {
+        let acceptance = match &verdict {
+            Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+            Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+            Verdict::Reject(..) => gossipsub::MessageAcceptance::Reject,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+        match verdict {
+            Verdict::Accept if is_block => self.stats.blocks_accepted += 1,
+            Verdict::Accept => self.stats.ops_accepted += 1,
+            Verdict::Ignore => {}
+            Verdict::Reject(points, reason) => {
+                if points >= penalty::GARBAGE && reason.starts_with("undecodable") {
+                    self.stats.garbage += 1;
+                } else if is_block {
+                    self.stats.blocks_rejected += 1;
+                } else {
+                    self.stats.ops_rejected += 1;
+                }
+                self.penalise(source, points, &reason);
+            }
+        }
+        if orphan && self.peers.contains_key(&source) {
+            // We lack its parent: the peer knows a chain we do not.
+            self.request(source, SyncRequest::Status, Pending::Status);
+        }
+    }
+
+    // ---- sync protocol: serving ----
+
+    fn on_sync_event(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.serve(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some((from, what)) = self.pending.remove(&request_id) {
+                        self.on_response(from, what, response);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some((_, what)) = self.pending.remove(&request_id) {
+                    tracing::debug!(target: "p2p", %peer, error = %error, "sync request failed");
+                    if !matches!(what, Pending::Status) && self.syncing_from(peer) {
+                        tracing::info!(target: "p2p", %peer, error = %error, "sync peer failed; trying another");
+                        self.session = None;
+                        self.maybe_start_sync();
+                    }
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(target: "p2p", %peer, error = %error, "inbound sync request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn serve(&mut self, peer: PeerId, req: SyncRequest, channel: ResponseChannel<SyncResponse>) {
+        let refuse = match &req {
+            SyncRequest::Headers { locator, .. } if locator.len() > MAX_LOCATOR => Some(format!(
+                "locator of {} hashes (max {MAX_LOCATOR})",
+                locator.len()
+            )),
+            SyncRequest::Blocks { hashes } if hashes.len() > MAX_BLOCKS_PER_REQUEST => {
+                Some(format!(
+                    "{} blocks asked (max {MAX_BLOCKS_PER_REQUEST})",
+                    hashes.len()
+                ))
+            }
+            _ => None,
+        };
+        if let Some(reason) = refuse {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, SyncResponse::Refused(reason.clone()));
+            self.penalise(peer, penalty::BAD_REQUEST, &reason);
+            return;
+        }
+        if let SyncRequest::Status = req {
+            let response = SyncResponse::Status(self.local_status());
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, response);
+            return;
+        }
+        let node = self.node.clone();
+        let done = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let response = answer(&node, req);
+            let _ = done.send(Done::Respond { channel, response });
+        });
+    }
+
+    fn local_status(&self) -> Status {
+        let t = self.node.tip_summary();
+        Status {
+            genesis: self.params.genesis_hash,
+            height: t.height,
+            tip: t.hash,
+            work: t.work.to_be_bytes(),
+        }
+    }
+
+    // ---- sync protocol: syncing ----
+
+    fn on_response(&mut self, peer: PeerId, what: Pending, response: SyncResponse) {
+        match (what, response) {
+            (Pending::Status, SyncResponse::Status(st)) => {
+                if st.genesis != self.params.genesis_hash {
+                    self.ban(peer, "peer follows another genesis");
+                    return;
+                }
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.status = Some(st);
+                }
+                self.maybe_start_sync();
+            }
+            (Pending::Headers { max, last }, SyncResponse::Headers(headers)) => {
+                if !self.syncing_from(peer) {
+                    return;
+                }
+                if headers.len() > max {
+                    self.sync_failed(peer, penalty::BAD_RESPONSE, "more headers than asked");
+                    return;
+                }
+                if headers.is_empty() {
+                    self.finish_sync();
+                    return;
+                }
+                if let Some(s) = self.session.as_mut() {
+                    s.more_headers = headers.len() == max;
+                    s.last_header = headers.last().map(|h| h.hash()).or(last);
+                    s.headers += headers.len() as u64;
+                    s.waiting = Waiting::HeaderCheck;
+                }
+                let node = self.node.clone();
+                let done = self.done_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = check_headers(&node, &headers);
+                    let _ = done.send(Done::Headers { peer, result });
+                });
+            }
+            (Pending::Blocks(asked), SyncResponse::Blocks(blocks)) => {
+                if !self.syncing_from(peer) {
+                    return;
+                }
+                let matches = !blocks.is_empty()
+                    && blocks.len() <= asked.len()
+                    && blocks
+                        .iter()
+                        .zip(&asked)
+                        .all(|(b, h)| b.header.hash() == *h);
+                if !matches {
+                    self.sync_failed(
+                        peer,
+                        penalty::BAD_RESPONSE,
+                        "blocks response does not match the request",
+                    );
+                    return;
+                }
+                if let Some(s) = self.session.as_mut() {
+                    // Ask again for what did not fit.
+                    for h in asked[blocks.len()..].iter().rev() {
+                        s.queue.push_front(*h);
+                    }
+                    s.waiting = Waiting::Connect;
+                }
+                let node = self.node.clone();
+                let done = self.done_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = connect_blocks(&node, blocks);
+                    let _ = done.send(Done::Connected { peer, result });
+                });
+            }
+            (_, SyncResponse::Refused(reason)) => {
+                tracing::info!(target: "p2p", %peer, reason, "peer refused a sync request");
+                if self.syncing_from(peer) {
+                    self.session = None;
+                }
+            }
+            (_, _) => {
+                self.sync_failed(peer, penalty::BAD_RESPONSE, "response of the wrong kind");
+            }
+        }
+    }
+
+    fn syncing_from(&self, peer: PeerId) -> bool {
+        self.session.as_ref().is_some_and(|s| s.peer == peer)
+    }
+
+    fn sync_failed(&mut self, peer: PeerId, points: i32, reason: &str) {
+        if self.syncing_from(peer) {
+            self.session = None;
+        }
+        self.penalise(peer, points, reason);
+        self.maybe_start_sync();
+    }
+
+    /// Start a session with the connected peer that claims the most work,
+    /// if it is more than ours.
+    fn maybe_start_sync(&mut self) {
+        if self.session.is_some() {
+            return;
+        }
+        let ours = self.node.tip_summary().work;
+        let best = self
+            .peers
+            .iter()
+            .filter_map(|(p, st)| st.status.map(|s| (*p, s)))
+            .filter(|(p, s)| !self.fruitless.contains(&(*p, s.tip)))
+            .filter(|(_, s)| U256::from_be_bytes(s.work) > ours)
+            .max_by(|a, b| {
+                U256::from_be_bytes(a.1.work)
+                    .cmp(&U256::from_be_bytes(b.1.work))
+                    .then_with(|| b.0.cmp(&a.0))
+            });
+        let Some((peer, status)) = best else {
+            return;
+        };
+        tracing::info!(target: "p2p", %peer, height = status.height, "syncing from peer");
+        self.session = Some(Session::new(peer, status.height));
+        let node = self.node.clone();
+        let done = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let locator = node.lock().chain.locator();
+            let _ = done.send(Done::Locator { peer, locator });
+        });
+    }
+
+    fn continue_sync(&mut self) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let peer = s.peer;
+        if s.last_log.elapsed() > Duration::from_secs(2) {
+            s.last_log = Instant::now();
+            tracing::info!(
+                target: "p2p",
+                %peer,
+                height = self.node.tip_summary().height,
+                target = s.target_height,
+                blocks_per_s = format!("{:.0}", s.rate()),
+                "sync progress"
+            );
+        }
+        if !s.queue.is_empty() {
+            let hashes = s.next_bodies();
+            s.waiting = Waiting::Bodies;
+            self.request(
+                peer,
+                SyncRequest::Blocks {
+                    hashes: hashes.clone(),
+                },
+                Pending::Blocks(hashes),
+            );
+        } else if s.more_headers {
+            let last = s.last_header;
+            s.waiting = Waiting::Headers;
+            let locator: Vec<Hash> = last.into_iter().collect();
+            self.request(
+                peer,
+                SyncRequest::Headers {
+                    locator,
+                    max: MAX_HEADERS as u32,
+                },
+                Pending::Headers {
+                    max: MAX_HEADERS,
+                    last,
+                },
+            );
+        } else {
+            self.finish_sync();
+        }
+    }
+
+    fn finish_sync(&mut self) {
+        let Some(s) = self.session.take() else {
+            return;
+        };
+        let tip = self.node.tip_summary();
+        let claimed = self.peers.get(&s.peer).and_then(|p| p.status);
+        tracing::info!(
+            target: "p2p",
+            peer = %s.peer,
+            blocks = s.blocks,
+            height = tip.height,
+            secs = format!("{:.1}", s.started.elapsed().as_secs_f64()),
+            blocks_per_s = format!("{:.0}", s.rate()),
+            "sync session finished"
+        );
+        if let Some(c) = claimed
+            && U256::from_be_bytes(c.work) > tip.work
+            && s.blocks == 0
+        {
+            // It claimed more work than it delivered.
+            self.fruitless.insert((s.peer, c.tip));
+            self.penalise(
+                s.peer,
+                penalty::FRUITLESS_SYNC,
+                "claimed more work than its headers hold",
+            );
+        }
+        if self.peers.contains_key(&s.peer) {
+            self.request(s.peer, SyncRequest::Status, Pending::Status);
+        }
+        self.maybe_start_sync();
+    }
+
+    // ---- results from the blocking pool ----
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Gossip {
+                id,
+                source,
+                is_block,
+                verdict,
+                orphan,
+            } => self.on_gossip_done(id, source, is_block, verdict, orphan),
+            Done::Respond { channel, response } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response);
+            }
+            Done::Locator { peer, locator } => {
+                if !self.syncing_from(peer) {
+                    return;
+                }
+                if let Some(s) = self.session.as_mut() {
+                    s.waiting = Waiting::Headers;
+                }
+                self.request(
+                    peer,
+                    SyncRequest::Headers {
+                        locator,
+                        max: MAX_HEADERS as u32,
+                    },
+                    Pending::Headers {
+                        max: MAX_HEADERS,
+                        last: None,
+                    },
+                );
+            }
+            Done::Headers { peer, result } => {
+                if !self.syncing_from(peer) {
+                    return;
+                }
+                match result {
+                    Ok(needed) => {
+                        if let Some(s) = self.session.as_mut() {
+                            s.queue.extend(needed);
+                            s.waiting = Waiting::Idle;
+                        }
+                        self.continue_sync();
+                    }
+                    Err((0, reason)) => {
+                        tracing::info!(target: "p2p", %peer, reason, "sync paused");
+                        self.session = None;
+                    }
+                    Err((points, reason)) => self.sync_failed(peer, points, &reason),
+                }
+            }
+            Done::Connected { peer, result } => {
+                if !self.syncing_from(peer) {
+                    return;
+                }
+                match result {
+                    Ok(n) => {
+                        self.stats.synced_blocks += n;
+                        if let Some(s) = self.session.as_mut() {
+                            s.blocks += n;
+                            s.waiting = Waiting::Idle;
+                        }
+                        self.continue_sync();
+                    }
+                    Err((0, reason)) => {
+                        tracing::warn!(target: "p2p", %peer, reason, "sync stopped");
+                        self.session = None;
+                    }
+                    Err((points, reason)) => self.sync_failed(peer, points, &reason),
+                }
+            }
+        }
+    }
+}
+
+// ---- blocking work (chain lock held) ----
+
+fn judge_block<S: KvStore>(node: &Node<S>, data: &[u8]) -> (Verdict, bool) {
+    let block: Block = match decode(data) {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                Verdict::Reject(penalty::GARBAGE, format!("undecodable block: {e}")),
+                false,
+            );
+        }
+    };
+    match node.submit_block(block) {
+        Ok(s) => match s.status {
+            BlockStatus::Tip | BlockStatus::SideBranch => (Verdict::Accept, false),
+            BlockStatus::AlreadyKnown => (Verdict::Ignore, false),
+            BlockStatus::Orphan => (Verdict::Ignore, true),
+        },
+        Err(e) if e.is_peer_fault() => (
+            Verdict::Reject(penalty::INVALID_BLOCK, format!("invalid block: {e}")),
+            false,
+        ),
+        Err(e) => {
+            tracing::debug!(target: "p2p", error = %e, "gossiped block not accepted now");
+            (Verdict::Ignore, false)
+        }
+    }
+}
+
+fn judge_op<S: KvStore>(node: &Node<S>, data: &[u8]) -> Verdict {
+    let op: Op = match decode(data) {
+        Ok(o) => o,
+        Err(e) => return Verdict::Reject(penalty::GARBAGE, format!("undecodable op: {e}")),
+    };
+    match node.submit_op(op) {
+        Ok(_) => Verdict::Accept,
+        Err(MempoolError::Invalid(e)) if is_stateless_failure(&e) => {
+            Verdict::Reject(penalty::INVALID_OP, format!("invalid op: {e}"))
+        }
+        Err(_) => Verdict::Ignore,
+    }
+}
+
+fn answer<S: KvStore>(node: &Node<S>, req: SyncRequest) -> SyncResponse {
+    match req {
+        SyncRequest::Status => SyncResponse::Refused("status is answered inline".into()),
+        SyncRequest::Headers { locator, max } => {
+            let max = (max as usize).min(MAX_HEADERS);
+            SyncResponse::Headers(node.lock().chain.headers_after(&locator, max))
+        }
+        SyncRequest::Blocks { hashes } => {
+            let core = node.lock();
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            for h in hashes {
+                match core.chain.block(&h) {
+                    Ok(Some(b)) => {
+                        bytes += encode(&b).len();
+                        out.push(b);
+                        if bytes >= protocol::BLOCKS_RESPONSE_SOFT_BYTES {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(target: "p2p", error = %e, "cannot read a block to serve");
+                        break;
+                    }
+                }
+            }
+            SyncResponse::Blocks(out)
+        }
+    }
+}
+
+/// Check headers from a peer; returns the hashes whose bodies we lack.
+/// `Err((0, _))` means "not the peer's fault" (e.g. a timestamp ahead of
+/// our clock).
+fn check_headers<S: KvStore>(
+    node: &Node<S>,
+    headers: &[xirtam_proofs::Header],
+) -> Result<Vec<Hash>, (i32, String)> {
+    let core = node.lock();
+    match core.chain.check_headers(headers, crate::node::unix_now()) {
+        Ok(()) => Ok(headers
+            .iter()
+            .map(|h| h.hash())
+            .filter(|h| core.chain.meta(h).is_none())
+            .collect()),
+        Err(ChainError::NotFound(what)) => Err((
+            penalty::BAD_RESPONSE,
+            format!("headers do not connect to our chain ({what})"),
+        )),
+        Err(e) if e.is_peer_fault() => {
+            Err((penalty::INVALID_BLOCK, format!("invalid header: {e}")))
+        }
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+/// Connect synced blocks in order; returns how many were connected.
+fn connect_blocks<S: KvStore>(node: &Node<S>, blocks: Vec<Block>) -> Result<u64, (i32, String)> {
+    let mut n = 0;
+    for b in blocks {
+        match node.submit_block(b) {
+            Ok(_) => n += 1,
+            Err(e) if e.is_peer_fault() => {
+                return Err((penalty::INVALID_BLOCK, format!("invalid block: {e}")));
+            }
+            Err(e) => return Err((0, e.to_string())),
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,6 @@
+//! Multi-process tests: real `xirtam-node` processes on loopback, started
+//! through the `xirtam-testnet` library.
+
+mod common;
+mod network;
+mod rogue;

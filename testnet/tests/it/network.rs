@@ -1,0 +1,161 @@
+//! Convergence, op propagation, partitions and late joiners.
+
+use std::time::{Duration, Instant};
+
+use xirtam_node::rpc::NodeApiClient;
+use xirtam_proofs::Hash;
+use xirtam_proofs::params::{LOCAL, REGTEST};
+use xirtam_testnet::{Config, Testnet, Topology, wait_for};
+
+use crate::common::{claim, key, record, submit, wait_record};
+
+/// 5 nodes, 3 of them mining for real on `local`: they converge on one tip,
+/// and an op submitted to node 0 is mined and provable on node 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_three_miners_converge_and_an_op_spreads() {
+    let net = Testnet::start(Config {
+        network: "local".into(),
+        nodes: 5,
+        miners: 3,
+        timeout: Duration::from_secs(90),
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts");
+    let all = net.all();
+    let tip = net.wait_same_tip(&all, 3).await.expect("converge");
+    let recent = Hash::from_hex(&tip.hash).expect("hex");
+    let alice = key(1);
+    let op = claim(&LOCAL, "@alice", &alice, b"hello from node 0", recent);
+    submit(&net, 0, &op).await;
+    wait_record(
+        &net,
+        4,
+        "@alice",
+        b"hello from node 0",
+        Duration::from_secs(90),
+    )
+    .await;
+    // Still one chain after the op went in.
+    let later = net
+        .wait_same_tip(&all, tip.height + 1)
+        .await
+        .expect("converge again");
+    assert!(later.height > tip.height);
+}
+
+/// Two groups mine separately, each claiming `@x` for itself; the heavier
+/// side wins everywhere after they reconnect, and the losing side's op
+/// that is still valid returns to the mempool and gets mined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_heals_to_the_heavier_side() {
+    let net = Testnet::start(Config {
+        nodes: 4,
+        topology: Topology::Groups(vec![vec![0, 1], vec![2, 3]]),
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts");
+    // Stamps on genesis: valid on both sides.
+    let g = REGTEST.genesis_hash;
+    let (ka, kb) = (key(1), key(2));
+    submit(&net, 0, &claim(&REGTEST, "@x", &ka, b"side A", g)).await;
+    submit(&net, 0, &claim(&REGTEST, "@only-a", &ka, b"A only", g)).await;
+    submit(&net, 2, &claim(&REGTEST, "@x", &kb, b"side B", g)).await;
+    net.mine(0, 3).await.expect("mine A");
+    net.mine(2, 6).await.expect("mine B");
+    let a = net.wait_same_tip(&[0, 1], 3).await.expect("group A agrees");
+    let b = net.wait_same_tip(&[2, 3], 6).await.expect("group B agrees");
+    assert_ne!(a.hash, b.hash);
+    assert_eq!(
+        record(&net, 1, "@x")
+            .await
+            .expect("claimed")
+            .value
+            .as_bytes(),
+        b"side A"
+    );
+    assert_eq!(
+        record(&net, 3, "@x")
+            .await
+            .expect("claimed")
+            .value
+            .as_bytes(),
+        b"side B"
+    );
+    assert_eq!(net.net_info(0).await.expect("info").peers.len(), 1);
+
+    // Heal.
+    net.connect(1, 2).await.expect("connect");
+    let healed = net
+        .wait_same_tip(&net.all(), 6)
+        .await
+        .expect("all converge");
+    assert_eq!(healed.hash, b.hash, "the side with more work wins");
+    for i in net.all() {
+        assert_eq!(
+            record(&net, i, "@x")
+                .await
+                .expect("claimed")
+                .value
+                .as_bytes(),
+            b"side B"
+        );
+        assert!(record(&net, i, "@only-a").await.is_none());
+    }
+    // @only-a is valid on the new chain: back in node 0's mempool (the
+    // conflicting @x claim is not).
+    let info = wait_for(
+        "@only-a back in the mempool",
+        Duration::from_secs(30),
+        || async {
+            net.rpc(0)
+                .node_info()
+                .await
+                .ok()
+                .filter(|i| i.mempool_ops == 1)
+        },
+    )
+    .await
+    .expect("the losing side's valid op returns");
+    assert_eq!(info.height, 6);
+    net.mine(0, 1).await.expect("mine");
+    for i in net.all() {
+        wait_record(&net, i, "@only-a", b"A only", Duration::from_secs(30)).await;
+    }
+}
+
+/// A fresh node syncs a 10,000-block chain from its peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_syncs_10k_blocks() {
+    let mut net = Testnet::start(Config {
+        nodes: 2,
+        timeout: Duration::from_secs(300),
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts");
+    net.mine(0, 10_000).await.expect("mine 10k blocks");
+    let tip = net
+        .wait_same_tip(&[0, 1], 10_000)
+        .await
+        .expect("node 1 follows");
+    let started = Instant::now();
+    let late = net.add_node(false, &[1]).await.expect("late node starts");
+    let synced = net
+        .wait_same_tip(&[0, late], tip.height)
+        .await
+        .expect("late node syncs");
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(synced.hash, tip.hash);
+    let stats = net.net_info(late).await.expect("info").stats;
+    assert!(
+        stats.synced_blocks >= 10_000,
+        "synced through the sync protocol: {stats:?}"
+    );
+    println!(
+        "late joiner: {} blocks in {secs:.1} s = {:.0} blocks/s (debug build, including process start)",
+        tip.height,
+        tip.height as f64 / secs
+    );
+}
