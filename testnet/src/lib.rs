@@ -221,7 +221,21 @@ pub fn find_node_bin() -> Result<PathBuf> {
 }
 
 /// Poll `check` every 25 ms until it yields a value or `timeout` passes.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll_until(what, timeout, Duration::from_millis(25), check).await
+}
+
+/// Poll `check` every `every` until it yields a value or `timeout` passes.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -237,7 +251,7 @@ where
                 secs: timeout.as_secs_f64(),
             });
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -41,6 +41,31 @@ enum Cmd {
     Status,
     /// Stop the nodes and delete the directory.
     Down,
+    /// Whole-system benchmarks on a fresh temporary network (results for
+    /// docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Block propagation: mine one block at a time on rotating nodes and
+    /// time its arrival at every other node.
+    Propagation {
+        /// Nodes.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Blocks to time.
+        #[arg(long, default_value_t = 50)]
+        blocks: u32,
+    },
+    /// Late-joiner sync: mine a chain on one node, then time a fresh node
+    /// syncing it.
+    Sync {
+        /// Chain length.
+        #[arg(long, default_value_t = 10_000)]
+        blocks: u32,
+    },
 }
 
 fn default_dir() -> PathBuf {
@@ -110,6 +135,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Bench(b) => bench(b).await,
         Cmd::Status => {
             let state = load(&cli.dir)?;
             for (i, n) in state.nodes.iter().enumerate() {
@@ -162,6 +188,93 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn bench(b: BenchCmd) -> Result<()> {
+    use std::time::Instant;
+    use xirtam_testnet::percentile;
+    match b {
+        BenchCmd::Propagation { nodes, blocks } => {
+            let net = Testnet::start(Config {
+                nodes,
+                timeout: Duration::from_secs(120),
+                log: "warn".into(),
+                ..Config::default()
+            })
+            .await?;
+            // Let discovery fill the mesh: every node sees at least 2 peers.
+            for i in net.all() {
+                net.wait_peers(i, 2.min(nodes - 1)).await?;
+            }
+            let mut lat_ms = Vec::new();
+            for k in 0..blocks {
+                let origin = k as usize % nodes;
+                let before = net.tip(origin).await?.height;
+                let t0 = Instant::now();
+                net.mine(origin, 1).await?;
+                let tip = net.tip(origin).await?;
+                anyhow::ensure!(tip.height == before + 1, "block not mined");
+                let waits = net.all().into_iter().filter(|&i| i != origin).map(|i| {
+                    let net = &net;
+                    let hash = tip.hash.clone();
+                    async move {
+                        // Poll every 2 ms: the figure's resolution.
+                        xirtam_testnet::poll_until(
+                            "the block",
+                            Duration::from_secs(30),
+                            Duration::from_millis(2),
+                            || {
+                                let hash = hash.clone();
+                                async move {
+                                    let t = net.tip(i).await.ok()?;
+                                    (t.hash == hash).then(|| t0.elapsed())
+                                }
+                            },
+                        )
+                        .await
+                    }
+                });
+                for r in futures::future::join_all(waits).await {
+                    lat_ms.push(r?.as_secs_f64() * 1e3);
+                }
+            }
+            let n = lat_ms.len();
+            let p50 = percentile(&mut lat_ms, 50.0);
+            let p95 = percentile(&mut lat_ms, 95.0);
+            let max = percentile(&mut lat_ms, 100.0);
+            println!(
+                "block propagation, {nodes} nodes, {blocks} blocks ({n} arrivals): p50 {p50:.1} ms, p95 {p95:.1} ms, max {max:.1} ms"
+            );
+        }
+        BenchCmd::Sync { blocks } => {
+            let mut net = Testnet::start(Config {
+                nodes: 1,
+                timeout: Duration::from_secs(1800),
+                log: "warn".into(),
+                ..Config::default()
+            })
+            .await?;
+            let t = Instant::now();
+            let height = net.mine(0, blocks).await?;
+            println!(
+                "mined {height} blocks in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+            let tip = net.tip(0).await?;
+            let t = Instant::now();
+            let late = net.add_node(false, &[0]).await?;
+            let started = t.elapsed();
+            net.wait_same_tip(&[0, late], tip.height).await?;
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "late joiner synced {} blocks in {secs:.2} s ({:.0} blocks/s; process start {:.2} s included)",
+                tip.height,
+                tip.height as f64 / secs,
+                started.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn load(dir: &std::path::Path) -> Result<State> {
