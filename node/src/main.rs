@@ -282,12 +282,48 @@ async fn start_p2p(
     let (handle, listening, task) = start(node.clone(), config)
         .await
         .context("start peer-to-peer networking")?;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        tokio::spawn(sync_progress_bar(node.clone(), handle.sync_target()));
+    }
     let lines: Vec<String> = listening.iter().map(ToString::to_string).collect();
     write_atomically(&datadir.join("p2p.addr"), lines.join("\n").as_bytes())?;
     for l in &lines {
         println!("xirtam-node: peer-to-peer on {l}");
     }
     Ok((handle, task))
+}
+
+/// A progress bar on the terminal while the node syncs from a peer.
+async fn sync_progress_bar(
+    node: Arc<Node<RocksStore>>,
+    mut target: tokio::sync::watch::Receiver<Option<u64>>,
+) {
+    loop {
+        let Some(goal) = *target.borrow_and_update() else {
+            if target.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let bar = indicatif::ProgressBar::new(goal);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "sync [{bar:30}] {pos}/{len} blocks ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        loop {
+            let Some(goal) = *target.borrow() else { break };
+            bar.set_length(goal);
+            bar.set_position(node.tip_summary().height.min(goal));
+            if let Ok(Err(_)) =
+                tokio::time::timeout(Duration::from_millis(250), target.changed()).await
+            {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+    }
 }
 
 /// The node's libp2p identity, created on first start.

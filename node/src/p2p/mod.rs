@@ -160,6 +160,7 @@ pub(crate) enum Command {
 pub struct P2pHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    sync_target: tokio::sync::watch::Receiver<Option<u64>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -176,6 +177,12 @@ impl P2pHandle {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// The height the current sync session aims at (`None` when not
+    /// syncing); changes are signalled (for progress bars).
+    pub fn sync_target(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.sync_target.clone()
     }
 
     /// Network status.

@@ -194,6 +194,7 @@ pub async fn start<S: KvStore>(
     let (announce_tx, announce_rx) = mpsc::channel(ANNOUNCE_QUEUE);
     node.set_announcer(announce_tx);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (progress_tx, progress_rx) = tokio::sync::watch::channel(None);
     let mut service = Service {
         swarm,
         node,
@@ -215,6 +216,7 @@ pub async fn start<S: KvStore>(
         bootstrap: config.bootstrap.clone(),
         max_peers: config.max_peers,
         fruitless: HashSet::new(),
+        progress_tx,
     };
     service.dial_bootstrap();
     let task = tokio::spawn(service.run(cmd_rx, announce_rx, done_rx));
@@ -222,6 +224,7 @@ pub async fn start<S: KvStore>(
         P2pHandle {
             tx: cmd_tx,
             peer_id,
+            sync_target: progress_rx,
         },
         listening,
         task,
@@ -297,6 +300,8 @@ struct Service<S: KvStore> {
     /// Peers whose last sync session delivered nothing despite claiming
     /// more work: not synced from again until they report a new tip.
     fruitless: HashSet<(PeerId, Hash)>,
+    /// Height the current sync session aims at (for progress bars).
+    progress_tx: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 fn is_stateless_failure(e: &OpError) -> bool {
@@ -336,6 +341,12 @@ impl<S: KvStore> Service<S> {
                     }
                 }
             }
+            let target = self.session.as_ref().map(|s| s.target_height);
+            self.progress_tx.send_if_modified(|v| {
+                let changed = *v != target;
+                *v = target;
+                changed
+            });
         }
         tracing::info!(target: "p2p", "network task stopped");
     }
@@ -483,6 +494,7 @@ impl<S: KvStore> Service<S> {
             } => {
                 tracing::info!(target: "p2p", peer = %peer_id, "disconnected");
                 self.peers.remove(&peer_id);
+                self.fruitless.retain(|(p, _)| *p != peer_id);
                 if self.syncing_from(peer_id) {
                     self.session = None;
                     self.maybe_start_sync();
