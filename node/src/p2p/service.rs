@@ -23,7 +23,7 @@ use super::protocol::{
     self, MAX_BLOCKS_PER_REQUEST, MAX_HEADERS, MAX_LOCATOR, Status, SyncCodec, SyncRequest,
     SyncResponse,
 };
-use super::sync::{Session, Waiting};
+use super::sync::Session;
 use super::{
     BAN_SCORE, Command, NetInfo, NetStats, P2pConfig, P2pError, P2pHandle, PeerView, penalty,
 };
@@ -753,7 +753,6 @@ impl<S: KvStore> Service<S> {
                     s.more_headers = headers.len() == max;
                     s.last_header = headers.last().map(|h| h.hash()).or(last);
                     s.headers += headers.len() as u64;
-                    s.waiting = Waiting::HeaderCheck;
                 }
                 let node = self.node.clone();
                 let done = self.done_tx.clone();
@@ -785,7 +784,6 @@ impl<S: KvStore> Service<S> {
                     for h in asked[blocks.len()..].iter().rev() {
                         s.queue.push_front(*h);
                     }
-                    s.waiting = Waiting::Connect;
                 }
                 let node = self.node.clone();
                 let done = self.done_tx.clone();
@@ -810,9 +808,16 @@ impl<S: KvStore> Service<S> {
         self.session.as_ref().is_some_and(|s| s.peer == peer)
     }
 
+    /// End the session with `peer` after a failed step. `points == 0`
+    /// means it was not the peer's fault (e.g. a timestamp ahead of our
+    /// clock, a storage error): the session pauses until the next status.
     fn sync_failed(&mut self, peer: PeerId, points: i32, reason: &str) {
         if self.syncing_from(peer) {
             self.session = None;
+        }
+        if points == 0 {
+            tracing::info!(target: "p2p", %peer, reason, "sync paused");
+            return;
         }
         self.penalise(peer, points, reason);
         self.maybe_start_sync();
@@ -867,7 +872,6 @@ impl<S: KvStore> Service<S> {
         }
         if !s.queue.is_empty() {
             let hashes = s.next_bodies();
-            s.waiting = Waiting::Bodies;
             self.request(
                 peer,
                 SyncRequest::Blocks {
@@ -877,7 +881,6 @@ impl<S: KvStore> Service<S> {
             );
         } else if s.more_headers {
             let last = s.last_header;
-            s.waiting = Waiting::Headers;
             let locator: Vec<Hash> = last.into_iter().collect();
             self.request(
                 peer,
@@ -950,9 +953,6 @@ impl<S: KvStore> Service<S> {
                 if !self.syncing_from(peer) {
                     return;
                 }
-                if let Some(s) = self.session.as_mut() {
-                    s.waiting = Waiting::Headers;
-                }
                 self.request(
                     peer,
                     SyncRequest::Headers {
@@ -973,13 +973,8 @@ impl<S: KvStore> Service<S> {
                     Ok(needed) => {
                         if let Some(s) = self.session.as_mut() {
                             s.queue.extend(needed);
-                            s.waiting = Waiting::Idle;
                         }
                         self.continue_sync();
-                    }
-                    Err((0, reason)) => {
-                        tracing::info!(target: "p2p", %peer, reason, "sync paused");
-                        self.session = None;
                     }
                     Err((points, reason)) => self.sync_failed(peer, points, &reason),
                 }
@@ -993,13 +988,8 @@ impl<S: KvStore> Service<S> {
                         self.stats.synced_blocks += n;
                         if let Some(s) = self.session.as_mut() {
                             s.blocks += n;
-                            s.waiting = Waiting::Idle;
                         }
                         self.continue_sync();
-                    }
-                    Err((0, reason)) => {
-                        tracing::warn!(target: "p2p", %peer, reason, "sync stopped");
-                        self.session = None;
                     }
                     Err((points, reason)) => self.sync_failed(peer, points, &reason),
                 }

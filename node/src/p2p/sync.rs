@@ -20,23 +20,6 @@ use xirtam_proofs::Hash;
 /// Block bodies asked per request.
 pub(super) const BODY_BATCH: usize = 64;
 
-/// What the session is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Waiting {
-    /// Our locator (computed on the blocking pool).
-    Locator,
-    /// A headers response.
-    Headers,
-    /// The header check.
-    HeaderCheck,
-    /// A blocks response.
-    Bodies,
-    /// Bodies being connected.
-    Connect,
-    /// Nothing: the next step can be taken.
-    Idle,
-}
-
 /// One sync session.
 #[derive(Debug)]
 pub(super) struct Session {
@@ -48,8 +31,6 @@ pub(super) struct Session {
     pub last_header: Option<Hash>,
     /// Was the last headers batch full (more may follow)?
     pub more_headers: bool,
-    /// Current step.
-    pub waiting: Waiting,
     /// Headers received this session.
     pub headers: u64,
     /// Blocks connected this session.
@@ -71,7 +52,6 @@ impl Session {
             queue: VecDeque::new(),
             last_header: None,
             more_headers: false,
-            waiting: Waiting::Locator,
             headers: 0,
             blocks: 0,
             started: now,
