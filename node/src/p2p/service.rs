@@ -804,6 +804,22 @@ impl<S: KvStore> Service<S> {
         }
     }
 
+    /// Ask `peer` for a full batch of headers after `locator`; `last` is
+    /// the last header already received this session.
+    fn request_headers(&mut self, peer: PeerId, locator: Vec<Hash>, last: Option<Hash>) {
+        self.request(
+            peer,
+            SyncRequest::Headers {
+                locator,
+                max: MAX_HEADERS as u32,
+            },
+            Pending::Headers {
+                max: MAX_HEADERS,
+                last,
+            },
+        );
+    }
+
     fn syncing_from(&self, peer: PeerId) -> bool {
         self.session.as_ref().is_some_and(|s| s.peer == peer)
     }
@@ -881,18 +897,7 @@ impl<S: KvStore> Service<S> {
             );
         } else if s.more_headers {
             let last = s.last_header;
-            let locator: Vec<Hash> = last.into_iter().collect();
-            self.request(
-                peer,
-                SyncRequest::Headers {
-                    locator,
-                    max: MAX_HEADERS as u32,
-                },
-                Pending::Headers {
-                    max: MAX_HEADERS,
-                    last,
-                },
-            );
+            self.request_headers(peer, last.into_iter().collect(), last);
         } else {
             self.finish_sync();
         }
@@ -950,20 +955,9 @@ impl<S: KvStore> Service<S> {
                     .send_response(channel, response);
             }
             Done::Locator { peer, locator } => {
-                if !self.syncing_from(peer) {
-                    return;
+                if self.syncing_from(peer) {
+                    self.request_headers(peer, locator, None);
                 }
-                self.request(
-                    peer,
-                    SyncRequest::Headers {
-                        locator,
-                        max: MAX_HEADERS as u32,
-                    },
-                    Pending::Headers {
-                        max: MAX_HEADERS,
-                        last: None,
-                    },
-                );
             }
             Done::Headers { peer, result } => {
                 if !self.syncing_from(peer) {
