@@ -26,7 +26,7 @@ pub use xirtam_proofs as proofs;
 pub enum TestnetError {
     /// The node binary was not found.
     #[error(
-        "cannot find the xirtam-node binary (looked at {0}); build it with `cargo build -p xirtam-node` or set XIRTAM_NODE_BIN"
+        "cannot find a workspace binary (looked at {0}); build it with `cargo build --workspace` or set XIRTAM_NODE_BIN / XIRTAM_LC_BIN"
     )]
     NoBinary(String),
     /// A file or process operation failed.
@@ -202,7 +202,13 @@ pub struct Testnet {
 /// Find `xirtam-node`: `XIRTAM_NODE_BIN`, else next to the running
 /// executable (or one directory up, for test binaries in `deps/`).
 pub fn find_node_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("XIRTAM_NODE_BIN") {
+    find_bin("xirtam-node", "XIRTAM_NODE_BIN")
+}
+
+/// Find the workspace binary `name`: the environment variable `env`, else
+/// next to the running executable (or one directory up).
+pub fn find_bin(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().map_err(io("locate the running executable"))?;
@@ -210,7 +216,7 @@ pub fn find_node_bin() -> Result<PathBuf> {
     let mut dir = exe.parent().map(Path::to_path_buf);
     for _ in 0..2 {
         let Some(d) = dir else { break };
-        let candidate = d.join("xirtam-node");
+        let candidate = d.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
@@ -317,8 +323,11 @@ impl Testnet {
                 .collect();
             net.spawn_node(i < config.miners, &bootstrap).await?;
         }
-        if config.nodes > 1 {
-            for i in 0..config.nodes {
+        // Every node with someone to connect to (a group of one stays
+        // isolated) must have a peer before the network is ready.
+        for i in 0..config.nodes {
+            let group_size = groups.iter().find(|g| g.contains(&i)).map_or(1, Vec::len);
+            if group_size > 1 {
                 net.wait_peers(i, 1).await?;
             }
         }

@@ -66,6 +66,22 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10_000)]
         blocks: u32,
     },
+    /// Light client: cold start to a verified name (from genesis and from a
+    /// checkpoint), resolve latency on a synced client, memory.
+    Lightclient {
+        /// Chain length.
+        #[arg(long, default_value_t = 100_000)]
+        blocks: u32,
+        /// Cold starts to time (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Lookups to time on the synced client.
+        #[arg(long, default_value_t = 1000)]
+        lookups: usize,
+        /// The checkpoint is this many blocks under the tip.
+        #[arg(long, default_value_t = 100)]
+        checkpoint_age: u64,
+    },
 }
 
 fn default_dir() -> PathBuf {
@@ -273,7 +289,142 @@ async fn bench(b: BenchCmd) -> Result<()> {
                 started.as_secs_f64()
             );
         }
+        BenchCmd::Lightclient {
+            blocks,
+            runs,
+            lookups,
+            checkpoint_age,
+        } => bench_lightclient(blocks, runs, lookups, checkpoint_age).await?,
     }
+    Ok(())
+}
+
+/// Resident set size of this process (KiB), from /proc.
+fn rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn bench_lightclient(
+    blocks: u32,
+    runs: usize,
+    lookups: usize,
+    checkpoint_age: u64,
+) -> Result<()> {
+    use std::time::Instant;
+    use xirtam_lightclient::{Config as LcConfig, HttpSource, LightClient};
+    use xirtam_proofs::op::{Op, Owners, Value};
+    use xirtam_proofs::{Name, REGTEST, SecretKey};
+    use xirtam_testnet::percentile;
+
+    let net = Testnet::start(Config {
+        nodes: 1,
+        timeout: Duration::from_secs(1800),
+        log: "warn".into(),
+        ..Config::default()
+    })
+    .await?;
+    let key = SecretKey::from_seed([1; 32]);
+    let name = Name::new("@bench").context("name")?;
+    let mut op = Op::sign(
+        &REGTEST,
+        name.clone(),
+        1,
+        Owners::single(key.public()),
+        Value::new(b"benchmark".to_vec()).context("value")?,
+        &key,
+    );
+    anyhow::ensure!(op.solve_stamp(&REGTEST, REGTEST.genesis_hash, 0, u64::MAX / 2));
+    net.rpc(0)
+        .dir_submit(hex::encode(xirtam_proofs::encode(&op)))
+        .await
+        .context("submit")?;
+    let t = Instant::now();
+    let height = net.mine(0, blocks).await?;
+    println!(
+        "mined {height} blocks in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let url = net.node(0).rpc_url.clone();
+    let source = || HttpSource::new(&url, Duration::from_secs(30)).map_err(anyhow::Error::from);
+    let rss_before = rss_kib();
+
+    // Cold start from genesis: fresh store, sync, verified lookup.
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    let mut synced = None;
+    for _ in 0..runs.max(1) {
+        let dir = tempfile::tempdir()?;
+        let mut cfg = LcConfig::new(&REGTEST);
+        cfg.datadir = Some(dir.path().to_owned());
+        let t = Instant::now();
+        let mut lc = LightClient::new(cfg, vec![source()?])?;
+        let v = lc.resolve(&name).await?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(v.record().is_some(), "@bench not found");
+        bytes = lc.bytes_received();
+        synced = Some((lc, dir));
+    }
+    let (mut lc, _dir) = synced.context("at least one run")?;
+    let rss_after = rss_kib();
+    println!(
+        "cold start from genesis to a verified name, {height} headers: median {:.0} ms over {runs} runs, {:.1} MB received",
+        percentile(&mut times, 50.0),
+        bytes as f64 / 1e6
+    );
+    if let (Some(b), Some(a)) = (rss_before, rss_after) {
+        println!(
+            "resident memory: {:.1} MB for the process with a synced client ({} headers held), {:.1} MB before syncing",
+            a as f64 / 1024.0,
+            lc.headers_held(),
+            b as f64 / 1024.0
+        );
+    }
+
+    // Cold start from a checkpoint `checkpoint_age` blocks under the tip.
+    let mut tmp = LcConfig::new(&REGTEST);
+    tmp.depth = checkpoint_age;
+    let checkpoint = {
+        // The synced client's state `checkpoint_age` blocks down.
+        let mut c = LightClient::new(tmp, vec![source()?])?;
+        c.sync().await?;
+        c.checkpoint()
+    };
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..runs.max(1) {
+        let dir = tempfile::tempdir()?;
+        let mut cfg = LcConfig::new(&REGTEST);
+        cfg.datadir = Some(dir.path().to_owned());
+        cfg.checkpoint = Some(checkpoint.clone());
+        let t = Instant::now();
+        let mut lc = LightClient::new(cfg, vec![source()?])?;
+        let v = lc.resolve(&name).await?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(v.record().is_some(), "@bench not found");
+        bytes = lc.bytes_received();
+    }
+    println!(
+        "cold start from a checkpoint {checkpoint_age} blocks under the tip: median {:.1} ms, {:.1} KB received",
+        percentile(&mut times, 50.0),
+        bytes as f64 / 1e3
+    );
+
+    // Lookups on the synced client (no re-sync): found and absent.
+    let absent = Name::new("@nobody").context("name")?;
+    let mut lat = Vec::with_capacity(lookups);
+    for i in 0..lookups {
+        let n = if i % 2 == 0 { &name } else { &absent };
+        let t = Instant::now();
+        lc.resolve_synced(n).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "resolve on a synced client ({lookups} lookups, half present, half absent): p50 {:.2} ms, p95 {:.2} ms",
+        percentile(&mut lat, 50.0),
+        percentile(&mut lat, 95.0)
+    );
     Ok(())
 }
 

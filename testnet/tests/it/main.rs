@@ -2,5 +2,6 @@
 //! through the `xirtam-testnet` library.
 
 mod common;
+mod lightclient;
 mod network;
 mod rogue;

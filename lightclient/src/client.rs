@@ -1,0 +1,667 @@
+//! The light client: follows the most-work header chain across several
+//! untrusted sources and resolves names against it.
+//!
+//! * **Sync.** Ask every source for its tip; take the one claiming the most
+//!   work (ties: lowest tip hash, then configuration order); find where its
+//!   chain leaves ours; download its headers in batches and verify each one
+//!   (linkage, proof of work, ASERT difficulty, timestamps, history root).
+//!   The download becomes our chain as soon as it carries more work than
+//!   ours. A source whose headers fail, or whose claimed work the headers do
+//!   not add up to, is marked faulty and never asked again.
+//! * **Resolve.** Take the header `depth` blocks under the verified tip, ask a
+//!   source for `dir_get(name, that height)`, and verify the proof against
+//!   that header's `state_root`. A bad answer marks its source faulty and the
+//!   next source is asked; only a verified answer is returned.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use xirtam_proofs::header::{ChainState, HeaderError};
+use xirtam_proofs::params::Params;
+use xirtam_proofs::state::verify_state;
+use xirtam_proofs::{Hash, Name, U256};
+
+use crate::source::{MAX_HEADERS_PER_CALL, Source, SourceError, TipClaim};
+use crate::store::{Branch, HeaderChain, LoadReport, StoreError};
+use crate::verified::{Lookup, Verified};
+
+/// Light-client settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The network; its genesis is the root of trust.
+    pub params: &'static Params,
+    /// Where the header store lives (`None`: memory only).
+    pub datadir: Option<PathBuf>,
+    /// Start from this trusted state instead of genesis (see
+    /// [`LightClient::checkpoint`]).
+    pub checkpoint: Option<ChainState>,
+    /// Blocks under the verified tip a lookup is proven at (default: the
+    /// network's `confirmation_depth`).
+    pub depth: u64,
+    /// A tip older than this makes lookups fail with [`Error::StaleTip`]
+    /// (default: ten block intervals, at least a minute).
+    pub max_tip_age: Duration,
+    /// Return lookups on a stale tip anyway (the age is in the result).
+    pub allow_stale: bool,
+    /// A lookup syncs first when the last sync is older than this.
+    pub refresh: Duration,
+}
+
+impl Config {
+    /// Defaults for `params`, in memory.
+    pub fn new(params: &'static Params) -> Self {
+        Config {
+            params,
+            datadir: None,
+            checkpoint: None,
+            depth: params.confirmation_depth,
+            max_tip_age: Duration::from_secs((10 * params.block_interval).max(60)),
+            allow_stale: false,
+            refresh: Duration::from_secs(params.block_interval.max(1)),
+        }
+    }
+}
+
+/// Why the light client could not give a verified answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No sources configured.
+    #[error("no sources: give at least one node URL (two or more to tolerate a faulty one)")]
+    NoSources,
+    /// No source answered.
+    #[error("no source is reachable: {}", .0.join("; "))]
+    NoSourceReachable(Vec<String>),
+    /// Every source that answered sent data that failed verification.
+    #[error("every reachable source sent data that failed verification: {}", .0.join("; "))]
+    AllSourcesFaulty(Vec<String>),
+    /// No source gave a verifiable answer for this lookup.
+    #[error("no source gave a verifiable answer for {name}: {}", .reasons.join("; "))]
+    NoVerifiedAnswer {
+        /// The name.
+        name: Name,
+        /// What each source did.
+        reasons: Vec<String>,
+    },
+    /// The chain is not yet `depth` blocks above the base.
+    #[error(
+        "not enough confirmations yet: the verified tip is at height {tip_height}, a lookup needs {depth} blocks under it"
+    )]
+    NotEnoughConfirmations {
+        /// Verified tip height.
+        tip_height: u64,
+        /// Required depth.
+        depth: u64,
+    },
+    /// The lookup height is at or below the checkpoint, whose state root is
+    /// not known.
+    #[error(
+        "lookup height {height} is not above the checkpoint at {checkpoint}; wait for more blocks or use an older checkpoint"
+    )]
+    BelowCheckpoint {
+        /// Lookup height.
+        height: u64,
+        /// Checkpoint height.
+        checkpoint: u64,
+    },
+    /// The best verified tip is too old: the sources may be eclipsing us, or
+    /// the network has stalled.
+    #[error(
+        "stale tip: the best verified block (height {tip_height}) is {age_secs} s old, more than {max_secs} s; the sources may be cut off from the network (eclipse) or the network has stalled"
+    )]
+    StaleTip {
+        /// Verified tip height.
+        tip_height: u64,
+        /// Its age.
+        age_secs: u64,
+        /// The configured bound.
+        max_secs: u64,
+    },
+    /// The header store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How a source has behaved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceStatus {
+    /// Not asked yet.
+    Unknown,
+    /// Answered, nothing wrong found.
+    Ok,
+    /// Did not answer last time.
+    Unreachable(String),
+    /// Sent data that failed verification; never asked again.
+    Faulty(String),
+}
+
+/// A source as reported by [`LightClient::sources`].
+#[derive(Debug, Clone)]
+pub struct SourceReport {
+    /// Its label (URL).
+    pub label: String,
+    /// Its status.
+    pub status: SourceStatus,
+    /// Its last claimed tip `(height, hash, work)`, unverified.
+    pub claimed_tip: Option<(u64, Hash, U256)>,
+    /// Bytes received from it.
+    pub bytes_received: u64,
+}
+
+/// The verified tip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tip {
+    /// Height.
+    pub height: u64,
+    /// Hash.
+    pub hash: Hash,
+    /// Cumulative work.
+    pub work: U256,
+    /// Timestamp.
+    pub time: u64,
+    /// Height of the trusted base (0: genesis).
+    pub base_height: u64,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Tip height before.
+    pub from_height: u64,
+    /// Tip height after.
+    pub to_height: u64,
+    /// Did the chain switch branches?
+    pub reorged: bool,
+    /// Headers verified and stored.
+    pub headers: u64,
+}
+
+#[derive(Debug)]
+struct Slot<S> {
+    source: S,
+    status: SourceStatus,
+    claim: Option<TipClaim>,
+    genesis_checked: bool,
+}
+
+/// How a step against one source failed.
+enum Fail {
+    /// The source is wrong: mark it faulty.
+    Fault(String),
+    /// The source did not answer usefully this time.
+    Transient(String),
+}
+
+impl From<SourceError> for Fail {
+    fn from(e: SourceError) -> Self {
+        if e.is_fault() {
+            Fail::Fault(e.to_string())
+        } else {
+            Fail::Transient(e.to_string())
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A light client over sources of type `S`.
+#[derive(Debug)]
+pub struct LightClient<S> {
+    config: Config,
+    slots: Vec<Slot<S>>,
+    chain: HeaderChain,
+    last_sync: Option<Instant>,
+    load: LoadReport,
+}
+
+impl<S: Source> LightClient<S> {
+    /// Open the header store (if any) and set up the sources. Nothing is
+    /// fetched yet.
+    pub fn new(config: Config, sources: Vec<S>) -> Result<Self, Error> {
+        if sources.is_empty() {
+            return Err(Error::NoSources);
+        }
+        let base = config
+            .checkpoint
+            .clone()
+            .unwrap_or_else(|| ChainState::genesis(config.params));
+        let (chain, load) = match &config.datadir {
+            Some(dir) => HeaderChain::open(config.params, base, dir)?,
+            None => (
+                HeaderChain::in_memory(config.params, base),
+                LoadReport::default(),
+            ),
+        };
+        let slots = sources
+            .into_iter()
+            .map(|source| Slot {
+                source,
+                status: SourceStatus::Unknown,
+                claim: None,
+                genesis_checked: false,
+            })
+            .collect();
+        Ok(LightClient {
+            config,
+            slots,
+            chain,
+            last_sync: None,
+            load,
+        })
+    }
+
+    /// What opening the header store found.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.load
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The verified tip.
+    pub fn tip(&self) -> Tip {
+        let t = self.chain.tip();
+        Tip {
+            height: t.tip_height,
+            hash: t.tip_hash,
+            work: t.total_work(),
+            time: t.tip_time(),
+            base_height: self.chain.base().tip_height,
+        }
+    }
+
+    /// Headers held above the base.
+    pub fn headers_held(&self) -> usize {
+        self.chain.len()
+    }
+
+    /// A checkpoint others can start from: the verified state `depth` blocks
+    /// under the tip (or the tip when the chain is shorter). Share it only
+    /// over a channel you trust; it is as trusted as genesis.
+    pub fn checkpoint(&self) -> ChainState {
+        let tip = self.chain.tip().tip_height;
+        self.chain
+            .branch_from(tip.saturating_sub(self.config.depth))
+            .state()
+            .clone()
+    }
+
+    /// The sources and what is known of them.
+    pub fn sources(&self) -> Vec<SourceReport> {
+        self.slots
+            .iter()
+            .map(|s| SourceReport {
+                label: s.source.label().to_owned(),
+                status: s.status.clone(),
+                claimed_tip: s.claim.as_ref().map(|c| (c.height, c.hash, c.work)),
+                bytes_received: s.source.bytes_received(),
+            })
+            .collect()
+    }
+
+    /// Bytes received from all sources.
+    pub fn bytes_received(&self) -> u64 {
+        self.slots.iter().map(|s| s.source.bytes_received()).sum()
+    }
+
+    /// Follow the most-work chain the sources offer.
+    pub async fn sync(&mut self) -> Result<SyncReport, Error> {
+        self.sync_with(&mut |_, _| {}).await
+    }
+
+    /// [`Self::sync`], calling `progress(height, target)` after each batch.
+    pub async fn sync_with(
+        &mut self,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<SyncReport, Error> {
+        let from_height = self.chain.tip().tip_height;
+        let start_hash = self.chain.tip().tip_hash;
+        let mut headers = 0u64;
+        // Each round either advances to more work or marks a source; bound
+        // the rounds anyway.
+        for _ in 0..(2 * self.slots.len() + 2) {
+            self.poll_tips().await;
+            let ours = self.chain.tip().total_work();
+            let Some(i) = self.best_candidate(ours) else {
+                break;
+            };
+            match self.sync_from(i, progress, &mut headers).await {
+                Ok(()) => {}
+                Err(Fail::Fault(why)) => self.mark_faulty(i, why),
+                Err(Fail::Transient(why)) => {
+                    tracing::debug!(target: "lightclient::sync", source = self.slots[i].source.label(), "{why}");
+                    self.slots[i].status = SourceStatus::Unreachable(why);
+                }
+            }
+        }
+        self.check_any_usable()?;
+        self.last_sync = Some(Instant::now());
+        let tip = self.chain.tip();
+        Ok(SyncReport {
+            from_height,
+            to_height: tip.tip_height,
+            reorged: self.chain.hash_at(from_height) != Some(start_hash),
+            headers,
+        })
+    }
+
+    fn mark_faulty(&mut self, i: usize, why: String) {
+        tracing::warn!(target: "lightclient::sources", source = self.slots[i].source.label(), "faulty: {why}");
+        self.slots[i].status = SourceStatus::Faulty(why);
+    }
+
+    /// Fail when no source answered or every one that did is faulty.
+    fn check_any_usable(&self) -> Result<(), Error> {
+        if self.slots.iter().any(|s| s.status == SourceStatus::Ok) {
+            return Ok(());
+        }
+        let describe = |s: &Slot<S>, why: &str| format!("{}: {why}", s.source.label());
+        let faults: Vec<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| match &s.status {
+                SourceStatus::Faulty(w) => Some(describe(s, w)),
+                _ => None,
+            })
+            .collect();
+        let all: Vec<String> = self
+            .slots
+            .iter()
+            .map(|s| match &s.status {
+                SourceStatus::Faulty(w) => describe(s, &format!("faulty: {w}")),
+                SourceStatus::Unreachable(w) => describe(s, w),
+                _ => describe(s, "no answer"),
+            })
+            .collect();
+        if faults.len() == self.slots.len() {
+            Err(Error::AllSourcesFaulty(faults))
+        } else if faults.is_empty() {
+            Err(Error::NoSourceReachable(all))
+        } else {
+            Err(Error::AllSourcesFaulty(all))
+        }
+    }
+
+    /// Ask every non-faulty source for its tip (concurrently).
+    async fn poll_tips(&mut self) {
+        let genesis = self.config.params.genesis_hash;
+        let answers = futures::future::join_all(self.slots.iter().map(|s| async move {
+            if matches!(s.status, SourceStatus::Faulty(_)) {
+                return None;
+            }
+            if !s.genesis_checked {
+                match s.source.genesis().await {
+                    Ok(g) if g == genesis => {}
+                    Ok(g) => {
+                        return Some(Err(Fail::Fault(format!(
+                            "runs another network (genesis {g})"
+                        ))));
+                    }
+                    Err(e) => return Some(Err(e.into())),
+                }
+            }
+            Some(s.source.tip().await.map_err(Fail::from))
+        }))
+        .await;
+        for (i, a) in answers.into_iter().enumerate() {
+            let Some(a) = a else { continue };
+            match a {
+                Ok(c) if c.header.hash() != c.hash || c.header.height != c.height => {
+                    self.mark_faulty(i, "its tip header is not the tip it names".into());
+                }
+                Ok(c) if c.header.check_pow().is_err() => {
+                    self.mark_faulty(i, "its tip header lacks its proof of work".into());
+                }
+                Ok(c) => {
+                    let s = &mut self.slots[i];
+                    s.genesis_checked = true;
+                    s.status = SourceStatus::Ok;
+                    s.claim = Some(c);
+                }
+                Err(Fail::Fault(why)) => self.mark_faulty(i, why),
+                Err(Fail::Transient(why)) => {
+                    self.slots[i].status = SourceStatus::Unreachable(why);
+                }
+            }
+        }
+    }
+
+    /// The answering source claiming the most work above `ours`; ties go to
+    /// the lowest tip hash, then the earliest configured.
+    fn best_candidate(&self, ours: U256) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.status == SourceStatus::Ok)
+            .filter_map(|(i, s)| s.claim.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| c.work > ours)
+            .min_by(|(i, a), (j, b)| {
+                b.work
+                    .cmp(&a.work)
+                    .then_with(|| a.hash.cmp(&b.hash))
+                    .then_with(|| i.cmp(j))
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// Highest height where source `i`'s chain and ours agree, searching
+    /// back exponentially from `below`. The base must agree.
+    async fn find_fork(&self, i: usize, below: u64) -> Result<u64, Fail> {
+        let src = &self.slots[i].source;
+        let base = self.chain.base().tip_height;
+        let mut h = below.min(self.chain.tip().tip_height).max(base);
+        let mut step = 1u64;
+        loop {
+            let got = src.headers(h, 1).await?;
+            let Some(theirs) = got.first() else {
+                return Err(Fail::Fault(format!(
+                    "has no header at {h}, below the tip it claimed"
+                )));
+            };
+            if theirs.height != h {
+                return Err(Fail::Fault(format!(
+                    "sent the header of height {} when asked for {h}",
+                    theirs.height
+                )));
+            }
+            if Some(theirs.hash()) == self.chain.hash_at(h) {
+                return Ok(h);
+            }
+            if h == base {
+                return Err(Fail::Fault(if base == 0 {
+                    "its chain does not start at our genesis".into()
+                } else {
+                    format!("its chain does not contain our checkpoint at {base}")
+                }));
+            }
+            h = h.saturating_sub(step).max(base);
+            step = step.saturating_mul(2);
+        }
+    }
+
+    /// Download and verify source `i`'s chain up to its claimed tip,
+    /// adopting it as soon as it carries more work than ours.
+    async fn sync_from(
+        &mut self,
+        i: usize,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+        counted: &mut u64,
+    ) -> Result<(), Fail> {
+        let Some(claim) = self.slots[i].claim.clone() else {
+            return Ok(());
+        };
+        let fork = self.find_fork(i, claim.height).await?;
+        let mut branch: Branch = self.chain.branch_from(fork);
+        let params = self.config.params;
+        let mut next = fork + 1;
+        while next <= claim.height {
+            let want = (claim.height - next + 1).min(u64::from(MAX_HEADERS_PER_CALL)) as u32;
+            let hs = self.slots[i].source.headers(next, want).await?;
+            if hs.is_empty() {
+                return Err(Fail::Fault(format!(
+                    "claimed a tip at height {} but has no header at {next}",
+                    claim.height
+                )));
+            }
+            let got = hs.len() as u64;
+            let res = branch.extend(params, &hs, unix_now());
+            let valid = branch.state().tip_height.saturating_sub(next - 1);
+            *counted += valid;
+            if let Err(e) = res {
+                // Keep what verified if it is already better than ours.
+                self.commit_if_heavier(&mut branch)?;
+                return Err(match e.error {
+                    HeaderError::TimeTooNew { .. } => Fail::Transient(format!(
+                        "header {} is ahead of our clock ({})",
+                        e.height, e.error
+                    )),
+                    _ => Fail::Fault(format!("sent an invalid header: {e}")),
+                });
+            }
+            next += got;
+            self.commit_if_heavier(&mut branch)?;
+            progress(self.chain.tip().tip_height, claim.height);
+        }
+        let reached = branch.state();
+        if reached.tip_hash == claim.hash && reached.total_work() != claim.work {
+            return Err(Fail::Fault(format!(
+                "claimed work {:#x} at height {}, but its headers add up to {:#x}",
+                claim.work,
+                claim.height,
+                reached.total_work()
+            )));
+        }
+        if reached.tip_hash != claim.hash {
+            // Its chain moved while we downloaded; the next round re-asks.
+            return Err(Fail::Transient(
+                "its chain changed during the download".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn commit_if_heavier(&mut self, branch: &mut Branch) -> Result<(), Fail> {
+        if branch.work() > self.chain.tip().total_work() {
+            self.chain
+                .commit(branch)
+                .map_err(|e| Fail::Transient(format!("cannot store headers: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Resolve `name`: its record, or proven absence, at `depth` blocks under
+    /// the verified tip. Syncs first when the last sync is older than
+    /// `refresh`.
+    pub async fn resolve(&mut self, name: &Name) -> Result<Verified<Lookup>, Error> {
+        let due = self
+            .last_sync
+            .is_none_or(|t| t.elapsed() >= self.config.refresh);
+        if due {
+            self.sync().await?;
+        }
+        self.resolve_synced(name).await
+    }
+
+    /// Resolve against the chain as it is, without syncing first.
+    pub async fn resolve_synced(&mut self, name: &Name) -> Result<Verified<Lookup>, Error> {
+        let tip = self.chain.tip().clone();
+        let age = unix_now().saturating_sub(tip.tip_time());
+        if age > self.config.max_tip_age.as_secs() && !self.config.allow_stale {
+            return Err(Error::StaleTip {
+                tip_height: tip.tip_height,
+                age_secs: age,
+                max_secs: self.config.max_tip_age.as_secs(),
+            });
+        }
+        let depth = self.config.depth;
+        let Some(at) = tip.tip_height.checked_sub(depth) else {
+            return Err(Error::NotEnoughConfirmations {
+                tip_height: tip.tip_height,
+                depth,
+            });
+        };
+        let (Some(header), Some(hash)) = (self.chain.header_at(at), self.chain.hash_at(at)) else {
+            return Err(Error::BelowCheckpoint {
+                height: at,
+                checkpoint: self.chain.base().tip_height,
+            });
+        };
+        let mut reasons = Vec::new();
+        for i in self.lookup_order(at) {
+            let label = self.slots[i].source.label().to_owned();
+            match self.slots[i].source.dir_get(name, at).await {
+                Err(e) if e.is_fault() => {
+                    reasons.push(format!("{label}: faulty: {e}"));
+                    self.mark_faulty(i, e.to_string());
+                }
+                Err(e) => reasons.push(format!("{label}: {e}")),
+                Ok(a) if a.height != at => {
+                    let why = format!("answered for height {} when asked for {at}", a.height);
+                    reasons.push(format!("{label}: faulty: {why}"));
+                    self.mark_faulty(i, why);
+                }
+                Ok(a) if a.block_hash != hash => {
+                    reasons.push(format!(
+                        "{label}: its block at {at} is {}, not ours (another branch)",
+                        a.block_hash
+                    ));
+                }
+                Ok(a) => {
+                    match verify_state(&header.state_root, name, a.record.as_ref(), &a.proof) {
+                        Ok(()) => {
+                            return Ok(Verified::new(
+                                Lookup {
+                                    name: name.clone(),
+                                    record: a.record,
+                                },
+                                at,
+                                hash,
+                                tip.tip_height,
+                                age,
+                                label,
+                            ));
+                        }
+                        Err(e) => {
+                            let why = format!("its proof for {name} at {at} does not verify: {e}");
+                            reasons.push(format!("{label}: faulty: {why}"));
+                            self.mark_faulty(i, why);
+                        }
+                    }
+                }
+            }
+        }
+        if self
+            .slots
+            .iter()
+            .all(|s| matches!(s.status, SourceStatus::Faulty(_)))
+        {
+            return Err(Error::AllSourcesFaulty(reasons));
+        }
+        Err(Error::NoVerifiedAnswer {
+            name: name.clone(),
+            reasons,
+        })
+    }
+
+    /// Non-faulty sources, those whose claimed tip is on our chain at or
+    /// above `at` first, each group in configuration order.
+    fn lookup_order(&self, at: u64) -> Vec<usize> {
+        let on_our_chain = |s: &Slot<S>| {
+            s.claim
+                .as_ref()
+                .is_some_and(|c| c.height >= at && self.chain.hash_at(c.height) == Some(c.hash))
+        };
+        let mut order: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| !matches!(self.slots[i].status, SourceStatus::Faulty(_)))
+            .collect();
+        order.sort_by_key(|&i| !on_our_chain(&self.slots[i]));
+        order
+    }
+}

@@ -1,0 +1,212 @@
+//! Header sync: fork choice, faulty sources, persistence, checkpoints.
+
+use xirtam_lightclient::{Config, Error, LightClient, SourceStatus};
+use xirtam_proofs::REGTEST;
+
+use crate::mock::{MockChain, MockSource, Mode, shared, work_of};
+
+fn config() -> Config {
+    Config::new(&REGTEST)
+}
+
+#[tokio::test]
+async fn follows_the_most_work_chain_and_ignores_a_lighter_fork() {
+    let mut main = MockChain::recent();
+    main.blocks(300);
+    let mut fork = main.fork_at(100);
+    fork.blocks(150); // height 250 < 300: less work
+    let (main, fork) = (shared(main), shared(fork));
+    // The fork is listed first; it must not matter.
+    let mut lc = LightClient::new(
+        config(),
+        vec![
+            MockSource::new("fork", &fork, Mode::Honest),
+            MockSource::new("main", &main, Mode::Honest),
+        ],
+    )
+    .expect("client");
+    let r = lc.sync().await.expect("sync");
+    assert_eq!(r.to_height, 300);
+    assert_eq!(
+        lc.tip().hash,
+        main.lock().expect("lock").headers[300].hash()
+    );
+    assert_eq!(lc.tip().work, work_of(&main));
+    // The honest fork source is not faulty, only behind.
+    assert!(lc.sources().iter().all(|s| s.status == SourceStatus::Ok));
+}
+
+#[tokio::test]
+async fn reorgs_when_another_branch_gets_heavier() {
+    let mut a = MockChain::recent();
+    a.blocks(200);
+    let mut b = a.fork_at(150);
+    b.blocks(40); // 190: lighter for now
+    let (a, b) = (shared(a), shared(b));
+    let mut lc = LightClient::new(
+        config(),
+        vec![
+            MockSource::new("a", &a, Mode::Honest),
+            MockSource::new("b", &b, Mode::Honest),
+        ],
+    )
+    .expect("client");
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.tip().height, 200);
+    b.lock().expect("lock").blocks(30); // 220: heavier
+    let r = lc.sync().await.expect("sync");
+    assert!(r.reorged);
+    assert_eq!(lc.tip().height, 220);
+    assert_eq!(lc.tip().hash, b.lock().expect("lock").headers[220].hash());
+}
+
+#[tokio::test]
+async fn tampered_headers_are_refused_and_the_honest_source_used() {
+    let mut c = MockChain::recent();
+    c.blocks(100);
+    let c = shared(c);
+    // Same claimed tip: the tie goes to the first configured, the tamperer.
+    let mut lc = LightClient::new(
+        config(),
+        vec![
+            MockSource::new("tamper", &c, Mode::FlipHeaders),
+            MockSource::new("honest", &c, Mode::Honest),
+        ],
+    )
+    .expect("client");
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.tip().height, 100);
+    let s = lc.sources();
+    assert!(
+        matches!(&s[0].status, SourceStatus::Faulty(w) if w.contains("invalid header")),
+        "{:?}",
+        s[0].status
+    );
+    assert_eq!(s[1].status, SourceStatus::Ok);
+}
+
+#[tokio::test]
+async fn a_tampering_source_alone_gives_an_error_not_a_chain() {
+    let mut c = MockChain::recent();
+    c.blocks(50);
+    let c = shared(c);
+    let mut lc = LightClient::new(
+        config(),
+        vec![MockSource::new("tamper", &c, Mode::FlipHeaders)],
+    )
+    .expect("client");
+    let e = lc.sync().await.expect_err("must fail");
+    assert!(matches!(e, Error::AllSourcesFaulty(_)), "{e}");
+    assert!(e.to_string().contains("tamper"), "{e}");
+    assert_eq!(lc.tip().height, 0, "nothing adopted");
+}
+
+#[tokio::test]
+async fn a_source_lying_about_its_work_is_caught() {
+    let mut c = MockChain::recent();
+    c.blocks(120);
+    let c = shared(c);
+    let mut lc = LightClient::new(
+        config(),
+        vec![
+            MockSource::new("honest", &c, Mode::Honest),
+            MockSource::new("liar", &c, Mode::LieWork),
+        ],
+    )
+    .expect("client");
+    lc.sync().await.expect("sync");
+    let s = lc.sources();
+    assert_eq!(lc.tip().work, work_of(&c));
+    assert!(
+        matches!(&s[1].status, SourceStatus::Faulty(w) if w.contains("add up")),
+        "{:?}",
+        s[1].status
+    );
+    assert_eq!(s[0].status, SourceStatus::Ok);
+}
+
+#[tokio::test]
+async fn other_network_and_unreachable_sources() {
+    let mut c = MockChain::recent();
+    c.blocks(10);
+    let c = shared(c);
+    let mut lc =
+        LightClient::new(config(), vec![MockSource::new("down", &c, Mode::Down)]).expect("client");
+    assert!(matches!(lc.sync().await, Err(Error::NoSourceReachable(_))));
+    let mut lc = LightClient::new(
+        config(),
+        vec![MockSource::new("other", &c, Mode::OtherNetwork)],
+    )
+    .expect("client");
+    let e = lc.sync().await.expect_err("other network");
+    assert!(e.to_string().contains("another network"), "{e}");
+    assert!(matches!(
+        LightClient::<MockSource>::new(config(), vec![]),
+        Err(Error::NoSources)
+    ));
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_store_without_downloading_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = MockChain::recent();
+    c.blocks(3000);
+    let c = shared(c);
+    let mut cfg = config();
+    cfg.datadir = Some(dir.path().to_owned());
+    let src = MockSource::new("honest", &c, Mode::Honest);
+    let mut lc = LightClient::new(cfg.clone(), vec![src]).expect("client");
+    lc.sync().await.expect("sync");
+    let first = lc.bytes_received();
+    assert!(first > 3000 * 323, "downloaded {first} bytes");
+    drop(lc);
+
+    c.lock().expect("lock").blocks(5);
+    let mut lc =
+        LightClient::new(cfg, vec![MockSource::new("honest", &c, Mode::Honest)]).expect("client");
+    assert_eq!(lc.load_report().loaded, 3000);
+    assert_eq!(lc.tip().height, 3000, "resumed before any request");
+    let r = lc.sync().await.expect("sync");
+    assert_eq!((r.from_height, r.to_height, r.headers), (3000, 3005, 5));
+    let second = lc.bytes_received();
+    assert!(second < 5_000, "second sync downloaded {second} bytes");
+}
+
+#[tokio::test]
+async fn a_checkpoint_skips_the_history() {
+    let mut c = MockChain::recent();
+    c.blocks(2500);
+    let c = shared(c);
+    let mut full =
+        LightClient::new(config(), vec![MockSource::new("a", &c, Mode::Honest)]).expect("client");
+    full.sync().await.expect("sync");
+    let cp = full.checkpoint();
+    assert_eq!(cp.tip_height, 2500 - REGTEST.confirmation_depth);
+    c.lock().expect("lock").blocks(10);
+
+    let mut cfg = config();
+    cfg.checkpoint = Some(cp.clone());
+    let src = MockSource::new("b", &c, Mode::Honest);
+    let mut lc = LightClient::new(cfg, vec![src]).expect("client");
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.tip().height, 2510);
+    assert_eq!(lc.tip().work, work_of(&c));
+    assert!(
+        lc.bytes_received() < 10_000,
+        "{} bytes",
+        lc.bytes_received()
+    );
+
+    // A source whose chain does not contain the checkpoint is faulty.
+    let other = shared({
+        let mut o = MockChain::new(crate::mock::now() - 60_000);
+        o.blocks(2600);
+        o
+    });
+    let mut cfg = config();
+    cfg.checkpoint = Some(cp);
+    let mut lc = LightClient::new(cfg, vec![MockSource::new("other", &other, Mode::Honest)])
+        .expect("client");
+    let e = lc.sync().await.expect_err("not our chain");
+    assert!(e.to_string().contains("checkpoint"), "{e}");
+}

@@ -1,0 +1,354 @@
+//! The light client against real nodes: honest ones, a lighter fork, and
+//! proxies that tamper with or lie about what an honest node says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ArrayParams;
+use jsonrpsee::http_client::HttpClient;
+use jsonrpsee::server::{RpcModule, Server, ServerHandle};
+use jsonrpsee::types::ErrorObjectOwned;
+use serde_json::Value;
+use xirtam_lightclient::{Config as LcConfig, Error, HttpSource, LightClient, SourceStatus};
+use xirtam_node::rpc::NodeApiClient;
+use xirtam_proofs::op::{Op, Owners, Value as RecordValue};
+use xirtam_proofs::params::REGTEST;
+use xirtam_proofs::{Hash, Name};
+use xirtam_testnet::{Config, Testnet, Topology, wait_for};
+
+use crate::common::{claim, key, submit, wait_record};
+
+/// What a [`Proxy`] does to the honest answers it relays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tamper {
+    /// Flip a hex digit in every header's `prev` field but genesis's
+    /// (`chain_headers`).
+    Headers,
+    /// Flip a hex digit in `dir_get`'s record bytes, or in its proof.
+    Proofs,
+    /// Claim far more work than the tip has (`chain_tip`).
+    Work,
+}
+
+/// Change one hex digit at `i` (counted from the end when negative).
+fn flip(s: &str, i: isize) -> String {
+    let mut b = s.as_bytes().to_vec();
+    if b.is_empty() {
+        return "00".into();
+    }
+    let i = if i < 0 {
+        b.len().saturating_sub(i.unsigned_abs())
+    } else {
+        (i as usize).min(b.len() - 1)
+    };
+    b[i] = if b[i] == b'0' { b'1' } else { b'0' };
+    String::from_utf8(b).expect("hex is ASCII")
+}
+
+fn tamper(mode: Tamper, method: &str, mut v: Value) -> Value {
+    match (mode, method) {
+        (Tamper::Headers, "chain_headers") => {
+            if let Some(hs) = v.as_array_mut() {
+                for h in hs {
+                    let hex = h.as_str().unwrap_or("");
+                    // Bytes 4..12 are the height (genesis is left alone so
+                    // that the headers themselves fail), 12..44 `prev`.
+                    if hex.get(8..24) != Some("0000000000000000") {
+                        *h = Value::String(flip(hex, 30));
+                    }
+                }
+            }
+        }
+        (Tamper::Proofs, "dir_get") => {
+            if let Some(bytes) = v.pointer("/record/bytes").and_then(Value::as_str) {
+                v["record"]["bytes"] = Value::String(flip(bytes, -2));
+            } else if let Some(p) = v["proof"].as_str() {
+                v["proof"] = Value::String(flip(p, -2));
+            }
+        }
+        (Tamper::Work, "chain_tip") => {
+            v["work"] = Value::String("7f".repeat(32));
+        }
+        _ => {}
+    }
+    v
+}
+
+/// A JSON-RPC server on loopback relaying the light client's methods to an
+/// honest node and tampering with the answers.
+struct Proxy {
+    url: String,
+    _handle: ServerHandle,
+}
+
+impl Proxy {
+    async fn start(upstream: &str, mode: Tamper) -> Proxy {
+        let up = jsonrpsee::http_client::HttpClientBuilder::default()
+            .build(upstream)
+            .expect("upstream client");
+        let mut module = RpcModule::new((Arc::new(up), mode));
+        for method in ["chain_tip", "chain_headers", "dir_get", "dir_params"] {
+            module
+                .register_async_method(method, move |params, ctx, _| async move {
+                    let (up, mode): &(Arc<HttpClient>, Tamper) = &ctx;
+                    let args: Vec<Value> = params.parse().unwrap_or_default();
+                    let mut p = ArrayParams::new();
+                    for a in args {
+                        p.insert(a).expect("serialisable");
+                    }
+                    let v: Value = up
+                        .request(method, p)
+                        .await
+                        .map_err(|e| ErrorObjectOwned::owned(-32000, e.to_string(), None::<()>))?;
+                    Ok::<Value, ErrorObjectOwned>(tamper(*mode, method, v))
+                })
+                .expect("register");
+        }
+        let server = Server::builder()
+            .build("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = server.local_addr().expect("bound");
+        Proxy {
+            url: format!("http://{addr}"),
+            _handle: server.start(module),
+        }
+    }
+}
+
+fn source(url: &str) -> HttpSource {
+    HttpSource::new(url, Duration::from_secs(10)).expect("url")
+}
+
+fn client(urls: &[&str], depth: u64, datadir: Option<&std::path::Path>) -> LightClient<HttpSource> {
+    let mut cfg = LcConfig::new(&REGTEST);
+    cfg.depth = depth;
+    cfg.datadir = datadir.map(ToOwned::to_owned);
+    LightClient::new(cfg, urls.iter().map(|u| source(u)).collect()).expect("client")
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).expect("valid name")
+}
+
+fn value_of(v: &xirtam_lightclient::Verified<xirtam_lightclient::Lookup>) -> Option<Vec<u8>> {
+    v.record().map(|r| r.value.as_bytes().to_vec())
+}
+
+/// One network: nodes 0 and 1 share the main chain, node 2 mines a lighter
+/// branch alone. Tampering and lying proxies sit in front of node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_client_gets_the_truth_or_an_error() {
+    let net = Testnet::start(Config {
+        nodes: 3,
+        topology: Topology::Groups(vec![vec![0, 1], vec![2]]),
+        log: "warn".into(),
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts");
+    net.wait_peers(0, 1).await.expect("0 and 1 connect");
+    net.mine(0, 5).await.expect("mine");
+    let alice = key(1);
+    let op = claim(&REGTEST, "@alice", &alice, b"v1", REGTEST.genesis_hash);
+    submit(&net, 0, &op).await;
+    net.mine(0, 5).await.expect("mine");
+    wait_record(&net, 1, "@alice", b"v1", Duration::from_secs(30)).await;
+    net.mine(2, 4).await.expect("lighter fork");
+    let main_tip = net.wait_same_tip(&[0, 1], 10).await.expect("same tip");
+
+    let urls: Vec<String> = net.nodes().iter().map(|n| n.rpc_url.clone()).collect();
+    let bad_headers = Proxy::start(&urls[1], Tamper::Headers).await;
+    let bad_proofs = Proxy::start(&urls[1], Tamper::Proofs).await;
+    let liar = Proxy::start(&urls[1], Tamper::Work).await;
+
+    // Tamperer and lighter fork listed first: neither wins.
+    let mut lc = client(&[&bad_headers.url, &urls[2], &urls[0]], 1, None);
+    let r = lc.sync().await.expect("sync");
+    assert_eq!(r.to_height, main_tip.height);
+    assert_eq!(lc.tip().hash.to_hex(), main_tip.hash);
+    let s = lc.sources();
+    assert!(
+        matches!(&s[0].status, SourceStatus::Faulty(w) if w.contains("invalid header")),
+        "{:?}",
+        s[0].status
+    );
+    assert_eq!(
+        s[1].status,
+        SourceStatus::Ok,
+        "a lighter fork is not a fault"
+    );
+    let v = lc.resolve(&name("@alice")).await.expect("resolve");
+    assert_eq!(value_of(&v).as_deref(), Some(&b"v1"[..]));
+    assert_eq!(v.height(), main_tip.height - 1);
+    assert_eq!(v.confirmations(), 2);
+    let v = lc.resolve(&name("@nobody")).await.expect("resolve");
+    assert_eq!(v.record(), None, "absence proven");
+
+    // Forged proofs and records next to the honest node.
+    let mut lc = client(&[&bad_proofs.url, &urls[1]], 1, None);
+    for n in ["@alice", "@nobody"] {
+        let v = lc.resolve(&name(n)).await.expect("resolve");
+        assert_eq!(v.source(), urls[1]);
+        assert_eq!(value_of(&v).is_some(), n == "@alice");
+    }
+    assert!(matches!(&lc.sources()[0].status, SourceStatus::Faulty(_)));
+
+    // A source lying about its work is caught when its headers do not add up.
+    let mut lc = client(&[&liar.url, &urls[0]], 1, None);
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.tip().hash.to_hex(), main_tip.hash);
+    assert!(
+        matches!(&lc.sources()[0].status, SourceStatus::Faulty(w) if w.contains("add up")),
+        "{:?}",
+        lc.sources()[0].status
+    );
+
+    // Tamperers alone: clear errors, never an answer.
+    let mut lc = client(&[&bad_headers.url], 1, None);
+    let e = lc
+        .resolve(&name("@alice"))
+        .await
+        .expect_err("only a tamperer");
+    assert!(matches!(e, Error::AllSourcesFaulty(_)), "{e}");
+    let mut lc = client(&[&bad_proofs.url], 1, None);
+    let e = lc
+        .resolve(&name("@alice"))
+        .await
+        .expect_err("only a forger");
+    assert!(matches!(e, Error::AllSourcesFaulty(_)), "{e}");
+    assert!(e.to_string().contains("does not verify"), "{e}");
+
+    // Depth: an update fewer than `depth` blocks deep is not returned yet.
+    let mut lc = client(&[&urls[0], &urls[1]], 3, None);
+    let before = lc.resolve(&name("@alice")).await.expect("resolve");
+    assert_eq!(before.record().map(|r| r.nonce), Some(1));
+    let update = {
+        let mut op = Op::sign(
+            &REGTEST,
+            name("@alice"),
+            2,
+            Owners::single(alice.public()),
+            RecordValue::new(b"v2".to_vec()).expect("small"),
+            &alice,
+        );
+        let recent = Hash::from_hex(&main_tip.hash).expect("hex");
+        assert!(op.solve_stamp(&REGTEST, recent, 0, u64::MAX / 2));
+        op
+    };
+    submit(&net, 0, &update).await;
+    net.mine(0, 1).await.expect("mine");
+    wait_for("node 1 at the update", Duration::from_secs(30), || async {
+        (net.tip(1).await.ok()?.height > main_tip.height).then_some(())
+    })
+    .await
+    .expect("block spreads");
+    lc.sync().await.expect("sync");
+    let v = lc.resolve_synced(&name("@alice")).await.expect("resolve");
+    assert_eq!(
+        value_of(&v).as_deref(),
+        Some(&b"v1"[..]),
+        "not yet {} deep",
+        3
+    );
+    net.mine(0, 3).await.expect("mine");
+    wait_for(
+        "node 1 three blocks later",
+        Duration::from_secs(30),
+        || async { (net.tip(1).await.ok()?.height >= main_tip.height + 4).then_some(()) },
+    )
+    .await
+    .expect("blocks spread");
+    lc.sync().await.expect("sync");
+    let v = lc.resolve_synced(&name("@alice")).await.expect("resolve");
+    assert_eq!(value_of(&v).as_deref(), Some(&b"v2"[..]));
+    assert_eq!(v.confirmations(), 4);
+}
+
+/// A restart resumes from the header store: the second sync downloads only
+/// what is new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_without_downloading_again() {
+    let net = Testnet::start(Config {
+        nodes: 1,
+        log: "warn".into(),
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts");
+    net.mine(0, 3000).await.expect("mine");
+    let url = net.node(0).rpc_url.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lc = client(&[&url], 1, Some(dir.path()));
+    lc.sync().await.expect("sync");
+    let first = lc.bytes_received();
+    assert!(
+        first > 3000 * 320,
+        "a cold sync downloads every header: {first} bytes"
+    );
+    drop(lc);
+
+    net.mine(0, 2).await.expect("mine");
+    let mut lc = client(&[&url], 1, Some(dir.path()));
+    assert_eq!(lc.tip().height, 3000, "resumed from disk");
+    let r = lc.sync().await.expect("sync");
+    assert_eq!((r.from_height, r.to_height, r.headers), (3000, 3002, 2));
+    let second = lc.bytes_received();
+    assert!(second < 5_000, "the second sync downloaded {second} bytes");
+    let tip = net.rpc(0).chain_tip().await.expect("tip");
+    assert_eq!(lc.tip().hash.to_hex(), tip.hash);
+}
+
+/// `xirtam-lc` from the shell: resolve with `--json`, proven absence, and a
+/// clear error when the only node is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_resolves_and_explains_failures() {
+    let net = Testnet::start(Config {
+        nodes: 1,
+        log: "warn".into(),
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts");
+    net.mine(0, 3).await.expect("mine");
+    let op = claim(&REGTEST, "@carol", &key(3), b"hi", REGTEST.genesis_hash);
+    submit(&net, 0, &op).await;
+    net.mine(0, 3).await.expect("mine");
+    let bin = xirtam_testnet::find_bin("xirtam-lc", "XIRTAM_LC_BIN").expect("xirtam-lc built");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = net.node(0).rpc_url.clone();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .args(["--network", "regtest", "--datadir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run xirtam-lc");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&["--node", &url, "--json", "resolve", "@carol"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["found"], true);
+    assert_eq!(v["record"]["value_utf8"], "hi");
+    assert_eq!(v["height"], 5);
+    assert_eq!(v["confirmations"], 2);
+    let (ok, out, err) = run(&["--node", &url, "resolve", "@dave"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("@dave is not registered (absence proven at height 5"),
+        "{out}"
+    );
+    let (ok, out, err) = run(&["--node", &url, "--json", "tip"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["height"], 6);
+    let (ok, _, err) = run(&["--node", "http://127.0.0.1:1", "resolve", "@carol"]);
+    assert!(!ok);
+    assert!(err.contains("no source is reachable"), "{err}");
+}
