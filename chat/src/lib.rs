@@ -2,7 +2,19 @@
 //! concierge server and the client library.
 //!
 //! Directory data reaches this crate only as values verified by the light
-//! client; it never depends on the node crate. Placeholder until its issue
-//! lands; see `docs/ARCHITECTURE.md`.
+//! client ([`records::VerifiedUser`], [`records::VerifiedServer`] are built
+//! from `xirtam_lightclient::Verified` lookups); it never depends on the
+//! node crate.
+//!
+//! * [`records`]: what `@user` and `~server` record values mean, their
+//!   encoding and rules.
+//!
+//! Still to come (issue 6): E2EE, the concierge server, the client library,
+//! the CLI.
 
+pub mod records;
+
+pub use records::{
+    Device, KxPublicKey, RecordError, ServerRecord, UserRecord, VerifiedServer, VerifiedUser,
+};
 pub use xirtam_proofs as proofs;
