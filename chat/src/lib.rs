@@ -7,11 +7,14 @@
 //! node crate.
 //!
 //! * [`records`]: what `@user` and `~server` record values mean, their
-//!   encoding and rules.
+//!   encoding and rules;
+//! * [`crypto`]: device and medium-term keys, signed events, encryption
+//!   once per message with the key wrapped per device (HPKE).
 //!
-//! Still to come (issue 6): E2EE, the concierge server, the client library,
-//! the CLI.
+//! Still to come (issue 6): the concierge server, the client library, the
+//! CLI.
 
+pub mod crypto;
 pub mod records;
 
 pub use records::{
