@@ -350,21 +350,34 @@ async fn bench_lightclient(
     let source = || HttpSource::new(&url, Duration::from_secs(30)).map_err(anyhow::Error::from);
     let rss_before = rss_kib();
 
-    // Cold start from genesis: fresh store, sync, verified lookup.
+    // A cold start: fresh store, sync (from genesis or a checkpoint), one
+    // verified lookup. Returns milliseconds, bytes, and the client.
+    let cold_start = |checkpoint: Option<xirtam_proofs::header::ChainState>| {
+        let source = &source;
+        let name = &name;
+        async move {
+            let dir = tempfile::tempdir()?;
+            let mut cfg = LcConfig::new(&REGTEST);
+            cfg.datadir = Some(dir.path().to_owned());
+            cfg.checkpoint = checkpoint;
+            let t = Instant::now();
+            let mut lc = LightClient::new(cfg, vec![source()?])?;
+            let v = lc.resolve(name).await?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            anyhow::ensure!(v.record().is_some(), "@bench not found");
+            anyhow::Ok((ms, lc.bytes_received(), lc, dir))
+        }
+    };
+
+    // Cold start from genesis.
     let mut times = Vec::new();
     let mut bytes = 0;
     let mut synced = None;
     let mut rss_after = None;
     for run in 0..runs.max(1) {
-        let dir = tempfile::tempdir()?;
-        let mut cfg = LcConfig::new(&REGTEST);
-        cfg.datadir = Some(dir.path().to_owned());
-        let t = Instant::now();
-        let mut lc = LightClient::new(cfg, vec![source()?])?;
-        let v = lc.resolve(&name).await?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        anyhow::ensure!(v.record().is_some(), "@bench not found");
-        bytes = lc.bytes_received();
+        let (ms, b, lc, dir) = cold_start(None).await?;
+        times.push(ms);
+        bytes = b;
         if run == 0 {
             // Measured while the first client is alive, before later runs
             // leave freed memory behind in the allocator.
@@ -415,16 +428,9 @@ async fn bench_lightclient(
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..runs.max(1) {
-        let dir = tempfile::tempdir()?;
-        let mut cfg = LcConfig::new(&REGTEST);
-        cfg.datadir = Some(dir.path().to_owned());
-        cfg.checkpoint = Some(checkpoint.clone());
-        let t = Instant::now();
-        let mut lc = LightClient::new(cfg, vec![source()?])?;
-        let v = lc.resolve(&name).await?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        anyhow::ensure!(v.record().is_some(), "@bench not found");
-        bytes = lc.bytes_received();
+        let (ms, b, _, _) = cold_start(Some(checkpoint.clone())).await?;
+        times.push(ms);
+        bytes = b;
     }
     println!(
         "cold start from a checkpoint {checkpoint_age} blocks under the tip: median {:.1} ms, {:.1} KB received",
