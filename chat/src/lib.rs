@@ -9,12 +9,15 @@
 //! * [`records`]: what `@user` and `~server` record values mean, their
 //!   encoding and rules;
 //! * [`crypto`]: device and medium-term keys, signed events, encryption
-//!   once per message with the key wrapped per device (HPKE).
+//!   once per message with the key wrapped per device (HPKE);
+//! * [`mailbox`]: the concierge server's mailbox storage (RocksDB,
+//!   server-assigned sequence numbers, one `WriteBatch` per append).
 //!
-//! Still to come (issue 6): the concierge server, the client library, the
-//! CLI.
+//! Still to come (issue 6): the concierge server's RPC, the client library,
+//! the CLI.
 
 pub mod crypto;
+pub mod mailbox;
 pub mod records;
 
 pub use records::{
