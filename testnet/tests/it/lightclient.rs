@@ -136,6 +136,28 @@ fn value_of(v: &xirtam_lightclient::Verified<xirtam_lightclient::Lookup>) -> Opt
     v.record().map(|r| r.value.as_bytes().to_vec())
 }
 
+/// A regtest network of one node.
+async fn one_node() -> Testnet {
+    Testnet::start(Config {
+        nodes: 1,
+        log: "warn".into(),
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts")
+}
+
+/// Wait until node `i` is at `height` or above.
+async fn wait_height(net: &Testnet, i: usize, height: u64) {
+    wait_for(
+        &format!("node {i} at height {height}"),
+        Duration::from_secs(30),
+        || async move { (net.tip(i).await.ok()?.height >= height).then_some(()) },
+    )
+    .await
+    .expect("blocks spread");
+}
+
 /// One network: nodes 0 and 1 share the main chain, node 2 mines a lighter
 /// branch alone. Tampering and lying proxies sit in front of node 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,11 +261,7 @@ async fn light_client_gets_the_truth_or_an_error() {
     };
     submit(&net, 0, &update).await;
     net.mine(0, 1).await.expect("mine");
-    wait_for("node 1 at the update", Duration::from_secs(30), || async {
-        (net.tip(1).await.ok()?.height > main_tip.height).then_some(())
-    })
-    .await
-    .expect("block spreads");
+    wait_height(&net, 1, main_tip.height + 1).await;
     lc.sync().await.expect("sync");
     let v = lc.resolve_synced(&name("@alice")).await.expect("resolve");
     assert_eq!(
@@ -253,13 +271,7 @@ async fn light_client_gets_the_truth_or_an_error() {
         3
     );
     net.mine(0, 3).await.expect("mine");
-    wait_for(
-        "node 1 three blocks later",
-        Duration::from_secs(30),
-        || async { (net.tip(1).await.ok()?.height >= main_tip.height + 4).then_some(()) },
-    )
-    .await
-    .expect("blocks spread");
+    wait_height(&net, 1, main_tip.height + 4).await;
     lc.sync().await.expect("sync");
     let v = lc.resolve_synced(&name("@alice")).await.expect("resolve");
     assert_eq!(value_of(&v).as_deref(), Some(&b"v2"[..]));
@@ -270,13 +282,7 @@ async fn light_client_gets_the_truth_or_an_error() {
 /// what is new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_without_downloading_again() {
-    let net = Testnet::start(Config {
-        nodes: 1,
-        log: "warn".into(),
-        ..Config::default()
-    })
-    .await
-    .expect("testnet starts");
+    let net = one_node().await;
     net.mine(0, 3000).await.expect("mine");
     let url = net.node(0).rpc_url.clone();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -304,13 +310,7 @@ async fn restart_resumes_without_downloading_again() {
 /// clear error when the only node is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_resolves_and_explains_failures() {
-    let net = Testnet::start(Config {
-        nodes: 1,
-        log: "warn".into(),
-        ..Config::default()
-    })
-    .await
-    .expect("testnet starts");
+    let net = one_node().await;
     net.mine(0, 3).await.expect("mine");
     let op = claim(&REGTEST, "@carol", &key(3), b"hi", REGTEST.genesis_hash);
     submit(&net, 0, &op).await;
