@@ -11,14 +11,42 @@
 //! * [`crypto`]: device and medium-term keys, signed events, encryption
 //!   once per message with the key wrapped per device (HPKE);
 //! * [`mailbox`]: the concierge server's mailbox storage (RocksDB,
-//!   server-assigned sequence numbers, one `WriteBatch` per append).
-//!
-//! Still to come (issue 6): the concierge server's RPC, the client library,
-//! the CLI.
+//!   server-assigned sequence numbers, one `WriteBatch` per append);
+//! * [`api`]: the concierge server's JSON-RPC API (shared by both sides);
+//! * [`server`]: the concierge server (`xirtam-server`);
+//! * [`client`]: the client library ([`client::ChatClient`]) behind the
+//!   `xirtam-chat` CLI.
 
+pub mod api;
+pub mod client;
 pub mod crypto;
 pub mod mailbox;
 pub mod records;
+pub mod server;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Write a file only its owner can read (keys), replacing it atomically.
+pub fn write_secret_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
 
 pub use records::{
     Device, KxPublicKey, RecordError, ServerRecord, UserRecord, VerifiedServer, VerifiedUser,

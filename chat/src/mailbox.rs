@@ -9,17 +9,19 @@
 //! `kill -9` loses nothing that was acknowledged.
 //!
 //! Column families: `mailboxes` (id → [`MailboxMeta`]) and `messages`
-//! (id ‖ u64be(seq) → envelope bytes).
+//! (id ‖ u64be(seq) → envelope bytes), and `keys` (key hash of the user's
+//! name ‖ device signing key → the device's latest signed medium-term key).
 
 use std::path::Path;
 
 use bincode::{Decode, Encode};
 use parking_lot::Mutex;
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
-use xirtam_proofs::{Hash, Name, decode, encode};
+use xirtam_proofs::{Hash, Name, PublicKey, decode, encode};
 
 const CF_MAILBOXES: &str = "mailboxes";
 const CF_MESSAGES: &str = "messages";
+const CF_KEYS: &str = "keys";
 
 /// A mailbox's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -96,7 +98,7 @@ impl MailboxStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = [CF_MAILBOXES, CF_MESSAGES]
+        let cfs = [CF_MAILBOXES, CF_MESSAGES, CF_KEYS]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
@@ -195,6 +197,39 @@ impl MailboxStore {
                 seq: u64::from_be_bytes(seq),
                 bytes: v.into_vec(),
             });
+        }
+        Ok(out)
+    }
+
+    /// Store `key` (encoded, already checked by the caller) as the latest
+    /// medium-term key of `user`'s `device`.
+    pub fn put_medium_key(
+        &self,
+        user: &Name,
+        device: &PublicKey,
+        key: &[u8],
+    ) -> Result<(), MailboxError> {
+        let mut k = [0u8; 64];
+        k[..32].copy_from_slice(&user.key_hash().0);
+        k[32..].copy_from_slice(&device.0);
+        self.db.put_cf(self.cf(CF_KEYS)?, k, key)?;
+        Ok(())
+    }
+
+    /// The medium-term keys stored for `user` (one per device, at most
+    /// `limit`).
+    pub fn medium_keys(&self, user: &Name, limit: usize) -> Result<Vec<Vec<u8>>, MailboxError> {
+        let prefix = user.key_hash().0;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_KEYS)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k.len() != 64 || k[..32] != prefix || out.len() >= limit {
+                break;
+            }
+            out.push(v.into_vec());
         }
         Ok(out)
     }

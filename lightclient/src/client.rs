@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xirtam_proofs::header::{ChainState, HeaderError};
 use xirtam_proofs::params::Params;
 use xirtam_proofs::state::verify_state;
-use xirtam_proofs::{Hash, Name, U256};
+use xirtam_proofs::op::{Op, Owners, Value};
+use xirtam_proofs::{Hash, Name, PublicKey, SecretKey, U256};
 
 use crate::source::{MAX_HEADERS_PER_CALL, Source, SourceError, TipClaim};
 use crate::store::{Branch, HeaderChain, LoadReport, StoreError};
@@ -120,6 +121,30 @@ pub enum Error {
     /// The header store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// [`LightClient::publish`]: the key does not own the name.
+    #[error("key {key} is not an owner of {name}")]
+    NotOwner {
+        /// The name.
+        name: Name,
+        /// The signing key.
+        key: PublicKey,
+    },
+    /// [`LightClient::publish`]: the value or owners break a rule.
+    #[error("cannot write {name}: {reason}")]
+    BadOp {
+        /// The name.
+        name: Name,
+        /// Which rule.
+        reason: String,
+    },
+    /// [`LightClient::publish`]: no source accepted the op.
+    #[error("no source accepted the op for {name}: {}", .reasons.join("; "))]
+    Refused {
+        /// The name.
+        name: Name,
+        /// What each source said.
+        reasons: Vec<String>,
+    },
 }
 
 /// How a source has behaved.
@@ -571,6 +596,101 @@ impl<S: Source> LightClient<S> {
 
     /// Resolve against the chain as it is, without syncing first.
     pub async fn resolve_synced(&mut self, name: &Name) -> Result<Verified<Lookup>, Error> {
+        self.resolve_at_depth(name, self.config.depth).await
+    }
+
+    /// Resolve `name` at the verified tip itself (depth 0), syncing first
+    /// when due: the newest state, for writers choosing the next nonce and
+    /// for watching an own write land. Users of the answer should wait for
+    /// [`LightClient::resolve`] before relying on it.
+    pub async fn resolve_latest(&mut self, name: &Name) -> Result<Verified<Lookup>, Error> {
+        let due = self
+            .last_sync
+            .is_none_or(|t| t.elapsed() >= self.config.refresh);
+        if due {
+            self.sync().await?;
+        }
+        self.resolve_at_depth(name, 0).await
+    }
+
+    /// Write `value` to `name` (claim it, or update it when `key` owns it):
+    /// build and sign the op with the next nonce from a verified lookup at
+    /// the tip, solve its stamp on our verified tip block, and hand it to
+    /// every usable source. `owners` defaults to `key` alone (for an update:
+    /// the current owners). Returns the op once a source accepted it; it
+    /// lands when a block includes it, which verified lookups show.
+    pub async fn publish(
+        &mut self,
+        key: &SecretKey,
+        name: &Name,
+        value: Vec<u8>,
+        owners: Option<Vec<PublicKey>>,
+    ) -> Result<Op, Error> {
+        self.sync().await?;
+        let latest = self.resolve_at_depth(name, 0).await?;
+        let me = key.public();
+        let bad = |reason: String| Error::BadOp {
+            name: name.clone(),
+            reason,
+        };
+        let (nonce, current_owners) = match latest.record() {
+            None => (1, None),
+            Some(r) if !r.owners.contains(&me) => {
+                return Err(Error::NotOwner {
+                    name: name.clone(),
+                    key: me,
+                });
+            }
+            Some(r) => (r.nonce + 1, Some(r.owners.clone())),
+        };
+        let owners = match (owners, current_owners) {
+            (Some(keys), _) => Owners::new(keys).ok_or_else(|| bad("between 1 and 16 owners".into()))?,
+            (None, Some(o)) => o,
+            (None, None) => Owners::single(me),
+        };
+        let len = value.len();
+        let value = Value::new(value).ok_or_else(|| bad(format!("value of {len} bytes is too long")))?;
+        let params = self.config.params;
+        let mut op = Op::sign(params, name.clone(), nonce, owners, value, key);
+        let tip = self.chain.tip().tip_height;
+        let recent = self
+            .chain
+            .hash_at(tip)
+            .ok_or_else(|| bad("no verified tip block to stamp on".into()))?;
+        let mut start = 0u64;
+        while !op.solve_stamp(params, recent, start, 1 << 16) {
+            start += 1 << 16;
+            tokio::task::yield_now().await;
+        }
+        op.check_stateless(params).map_err(|e| bad(e.to_string()))?;
+        let mut reasons = Vec::new();
+        let mut accepted = false;
+        for slot in self
+            .slots
+            .iter()
+            .filter(|s| !matches!(s.status, SourceStatus::Faulty(_)))
+        {
+            match slot.source.submit(&op).await {
+                Ok(()) => accepted = true,
+                Err(e) => reasons.push(format!("{}: {e}", slot.source.label())),
+            }
+        }
+        if !accepted {
+            return Err(Error::Refused {
+                name: name.clone(),
+                reasons,
+            });
+        }
+        tracing::info!(target: "lightclient", %name, nonce, "op submitted");
+        Ok(op)
+    }
+
+    /// Resolve `name` with a proof at `depth` blocks under the verified tip.
+    async fn resolve_at_depth(
+        &mut self,
+        name: &Name,
+        depth: u64,
+    ) -> Result<Verified<Lookup>, Error> {
         let tip = self.chain.tip().clone();
         let age = unix_now().saturating_sub(tip.tip_time());
         if age > self.config.max_tip_age.as_secs() && !self.config.allow_stale {
@@ -580,7 +700,6 @@ impl<S: Source> LightClient<S> {
                 max_secs: self.config.max_tip_age.as_secs(),
             });
         }
-        let depth = self.config.depth;
         let Some(at) = tip.tip_height.checked_sub(depth) else {
             return Err(Error::NotEnoughConfirmations {
                 tip_height: tip.tip_height,

@@ -18,9 +18,9 @@ use jsonrpsee::rpc_params;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use xirtam_proofs::header::{HEADER_LEN, Header};
-use xirtam_proofs::op::Record;
+use xirtam_proofs::op::{Op, Record};
 use xirtam_proofs::state::StateProof;
-use xirtam_proofs::{Hash, Name, U256, decode};
+use xirtam_proofs::{Hash, Name, U256, decode, encode};
 
 /// Most headers one `chain_headers` call returns (the node's cap).
 pub const MAX_HEADERS_PER_CALL: u32 = 2000;
@@ -108,6 +108,18 @@ pub trait Source: Send + Sync {
         name: &Name,
         at: u64,
     ) -> impl Future<Output = Result<DirAnswer, SourceError>> + Send;
+    /// Hand a signed op to the source for its mempool (`dir_submit`). The
+    /// answer only says whether the source took it; whether it lands is
+    /// seen later through verified lookups.
+    fn submit(&self, op: &Op) -> impl Future<Output = Result<(), SourceError>> + Send {
+        let _ = op;
+        async {
+            Err(SourceError::Rpc {
+                code: -32601,
+                message: "this source does not take ops".into(),
+            })
+        }
+    }
     /// Bytes received from this source so far.
     fn bytes_received(&self) -> u64;
 }
@@ -275,6 +287,13 @@ impl Source for HttpSource {
             record,
             proof: decode_hex_capped("proof", &d.proof, MAX_OBJECT_BYTES)?,
         })
+    }
+
+    async fn submit(&self, op: &Op) -> Result<(), SourceError> {
+        let _: serde_json::Value = self
+            .call("dir_submit", rpc_params![hex::encode(encode(op))])
+            .await?;
+        Ok(())
     }
 
     fn bytes_received(&self) -> u64 {

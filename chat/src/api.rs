@@ -1,0 +1,234 @@
+//! The concierge server's JSON-RPC API, shared by the server and the client
+//! library (docs/chat.md, "Concierge RPC").
+//!
+//! Binary values travel as hex of their canonical encoding
+//! (docs/protocol.md §17b–17d); the server never sees a plaintext.
+
+use jsonrpsee::core::RpcResult;
+use jsonrpsee::proc_macros::rpc;
+use serde::{Deserialize, Serialize};
+use xirtam_proofs::{Hash, Name, PublicKey, encode};
+
+/// Domain tag of a device's answer to a login challenge.
+pub const AUTH_TAG: &str = "xirtam/chat/auth/v1";
+/// Domain tag of a server's deposit receipt.
+pub const RECEIPT_TAG: &str = "xirtam/chat/receipt/v1";
+/// Domain tag of a user's mailbox id.
+pub const MAILBOX_TAG: &str = "xirtam/chat/mailbox/v1";
+
+/// Most cursors one `mailbox_receive` call may watch.
+pub const MAX_CURSORS: usize = 16;
+/// Most envelopes one `mailbox_receive` answer carries (per mailbox).
+pub const MAX_BATCH: u32 = 256;
+/// Most envelope bytes one `mailbox_receive` answer carries (per mailbox).
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Stable error codes of the concierge RPC (docs/chat.md).
+pub mod code {
+    /// Malformed parameters: bad hex, undecodable bytes, bad name syntax,
+    /// out-of-range numbers.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// Internal failure (storage).
+    pub const INTERNAL: i32 = -32603;
+    /// Not authenticated: unknown, expired or wrong token, challenge or
+    /// signature; or the device is not in the user's verified record.
+    pub const UNAUTHORIZED: i32 = -32050;
+    /// No such user or mailbox here.
+    pub const NOT_FOUND: i32 = -32051;
+    /// The envelope or key is larger than the server accepts.
+    pub const TOO_LARGE: i32 = -32052;
+    /// Too many deposits to this mailbox; `data.retry_after_ms` says when
+    /// to try again.
+    pub const RATE_LIMITED: i32 = -32053;
+    /// The mailbox holds as many envelopes as the server keeps.
+    pub const MAILBOX_FULL: i32 = -32054;
+    /// The server could not verify a directory record (its light client
+    /// failed); try again later.
+    pub const LOOKUP_FAILED: i32 = -32055;
+    /// The mailbox belongs to another user.
+    pub const FORBIDDEN: i32 = -32056;
+}
+
+/// The mailbox id of `user`'s direct messages on any server.
+pub fn mailbox_id(user: &Name) -> Hash {
+    xirtam_proofs::hash::hash_tagged(MAILBOX_TAG, user.as_str().as_bytes())
+}
+
+/// The bytes a device signs to answer a login challenge.
+pub fn auth_payload(server: &Name, user: &Name, challenge: &[u8; 32]) -> Vec<u8> {
+    encode(&(server.clone(), user.clone(), *challenge))
+}
+
+/// The bytes a server signs to acknowledge a deposit.
+pub fn receipt_payload(server: &Name, mailbox: &Hash, seq: u64, envelope: &Hash) -> Vec<u8> {
+    encode(&(server.clone(), *mailbox, seq, *envelope))
+}
+
+/// Hash of deposited envelope bytes (as the receipt names it).
+pub fn envelope_hash(bytes: &[u8]) -> Hash {
+    xirtam_proofs::hash::hash_tagged(RECEIPT_TAG, bytes)
+}
+
+/// `server_info`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The server's `~name`.
+    pub name: String,
+    /// Its server key (hex), as its record should carry.
+    pub key: String,
+    /// The network.
+    pub network: String,
+    /// Software version.
+    pub version: String,
+    /// Height at which the light client saw the server's own record match
+    /// its configuration (confirmed), or `null` while not yet.
+    pub registered_at: Option<u64>,
+}
+
+/// `auth_challenge`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Challenge {
+    /// 32 random bytes (hex) to sign.
+    pub challenge: String,
+    /// Seconds it stays valid.
+    pub valid_secs: u64,
+}
+
+/// `auth_login`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Token {
+    /// Bearer token (hex) for the other methods.
+    pub token: String,
+    /// Seconds it stays valid.
+    pub valid_secs: u64,
+    /// Height of the verified record the device was found in.
+    pub record_height: u64,
+}
+
+/// `mailbox_create`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MailboxInfo {
+    /// The mailbox id (hex).
+    pub mailbox: String,
+    /// Whether this call created it.
+    pub created: bool,
+    /// Sequence number the next envelope gets.
+    pub next_seq: u64,
+}
+
+/// `mailbox_deposit`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Receipt {
+    /// The mailbox (hex).
+    pub mailbox: String,
+    /// Sequence number the envelope got.
+    pub seq: u64,
+    /// Server-key signature (hex) over [`receipt_payload`].
+    pub sig: String,
+}
+
+/// One mailbox cursor of `mailbox_receive`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cursor {
+    /// The mailbox (hex).
+    pub mailbox: String,
+    /// Last sequence number already processed (0: from the start).
+    pub after: u64,
+}
+
+/// One envelope delivered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Delivered {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The envelope (hex).
+    pub envelope: String,
+}
+
+/// What `mailbox_receive` found in one mailbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Batch {
+    /// The mailbox (hex).
+    pub mailbox: String,
+    /// Envelopes after the cursor, in sequence order.
+    pub messages: Vec<Delivered>,
+}
+
+/// The concierge server's RPC (docs/chat.md).
+#[rpc(server, client)]
+pub trait ConciergeApi {
+    /// Who the server is and whether its record is confirmed.
+    #[method(name = "server_info")]
+    fn server_info(&self) -> RpcResult<ServerInfo>;
+
+    /// A fresh login challenge for `user`.
+    #[method(name = "auth_challenge")]
+    fn auth_challenge(&self, user: String) -> RpcResult<Challenge>;
+
+    /// Answer a challenge with a signature by `device` (a signing key in
+    /// `user`'s verified record); returns an expiring token.
+    #[method(name = "auth_login")]
+    async fn auth_login(
+        &self,
+        user: String,
+        device: String,
+        challenge: String,
+        sig: String,
+    ) -> RpcResult<Token>;
+
+    /// Create the token holder's mailbox (idempotent).
+    #[method(name = "mailbox_create")]
+    fn mailbox_create(&self, token: String) -> RpcResult<MailboxInfo>;
+
+    /// Deposit an envelope (hex) for `recipient`; anyone may, within size
+    /// and rate limits.
+    #[method(name = "mailbox_deposit")]
+    fn mailbox_deposit(&self, recipient: String, envelope: String) -> RpcResult<Receipt>;
+
+    /// Envelopes after each cursor; waits up to `wait_ms` for one to
+    /// arrive (long-poll).
+    #[method(name = "mailbox_receive")]
+    async fn mailbox_receive(
+        &self,
+        token: String,
+        cursors: Vec<Cursor>,
+        wait_ms: u64,
+    ) -> RpcResult<Vec<Batch>>;
+
+    /// Delete envelopes up to and including `up_to`; returns how many.
+    #[method(name = "mailbox_ack")]
+    fn mailbox_ack(&self, token: String, mailbox: String, up_to: u64) -> RpcResult<u64>;
+
+    /// Publish a signed medium-term key (hex) of the token's device.
+    #[method(name = "keys_publish")]
+    fn keys_publish(&self, token: String, key: String) -> RpcResult<bool>;
+
+    /// The medium-term keys published for `user`'s devices (hex); the caller
+    /// checks them against the verified record.
+    #[method(name = "keys_fetch")]
+    fn keys_fetch(&self, user: String) -> RpcResult<Vec<String>>;
+}
+
+/// Check a deposit receipt against the server key from the verified
+/// `~server` record.
+pub fn check_receipt(
+    server: &Name,
+    key: &PublicKey,
+    mailbox: &Hash,
+    envelope: &[u8],
+    r: &Receipt,
+) -> Result<(), String> {
+    if r.mailbox != mailbox.to_hex() {
+        return Err(format!("receipt names mailbox {}, not {mailbox}", r.mailbox));
+    }
+    let sig = hex::decode(&r.sig)
+        .ok()
+        .and_then(|b| xirtam_proofs::decode::<xirtam_proofs::Signature>(&b).ok())
+        .ok_or("receipt signature is not hex of a signature")?;
+    key.verify(
+        RECEIPT_TAG,
+        &receipt_payload(server, mailbox, r.seq, &envelope_hash(envelope)),
+        &sig,
+    )
+    .map_err(|_| "receipt is not signed by the server key in its verified record".to_string())
+}

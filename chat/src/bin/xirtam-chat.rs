@@ -1,0 +1,237 @@
+//! `xirtam-chat`: end-to-end-encrypted chat from the shell, a thin layer
+//! over the client library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use xirtam_chat::client::store::Message;
+use xirtam_chat::client::{ChatClient, ClientConfig, FlushReport};
+use xirtam_proofs::Name;
+use xirtam_proofs::params::Params;
+
+/// Chat with names verified on the directory chain.
+#[derive(Parser, Debug)]
+#[command(name = "xirtam-chat", version)]
+struct Cli {
+    /// Network: local, testnet or regtest.
+    #[arg(long, default_value = "local", global = true)]
+    network: String,
+    /// A directory node's RPC URL; repeat for several. Remembered by
+    /// `init` (DATADIR/nodes) for later commands.
+    #[arg(long = "node", global = true)]
+    nodes: Vec<String>,
+    /// Where this device's identity and messages live (default
+    /// ~/.xirtam/chat-<network>).
+    #[arg(long, global = true)]
+    datadir: Option<PathBuf>,
+    /// Blocks under the verified tip lookups are proven at.
+    #[arg(long, global = true)]
+    depth: Option<u64>,
+    /// Log filter (tracing).
+    #[arg(long, default_value = "warn", global = true)]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create this device's keys.
+    Init,
+    /// Claim `@name` on the chain with this device, hosted on `~server`.
+    Register {
+        /// The name (`@...`).
+        name: String,
+        /// The concierge server (`~...`).
+        #[arg(long)]
+        server: String,
+    },
+    /// Show a user's verified record.
+    Whois {
+        /// The name (`@...`).
+        name: String,
+    },
+    /// Send a text message.
+    Send {
+        /// Recipient (`@...`).
+        to: String,
+        /// The text.
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Fetch new messages once, then show the conversation history.
+    Inbox {
+        /// Seconds to wait for new messages.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// Stream incoming messages until interrupted.
+    Listen,
+    /// Move to another concierge server (the old one is still read for a
+    /// grace period).
+    Move {
+        /// The new server (`~...`).
+        #[arg(long)]
+        server: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .map_err(|e| anyhow!("bad --log filter: {e}"))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(run(cli))
+}
+
+fn name(s: &str) -> Result<Name> {
+    Name::new(s).map_err(|e| anyhow!("invalid name {s:?}: {e}"))
+}
+
+fn show(m: &Message) {
+    let arrow = if m.delivered { "" } else { " (queued)" };
+    println!("[{}] {} -> {}: {}{}", m.local, m.from, m.to, m.text, arrow);
+}
+
+fn show_flush(f: &FlushReport) {
+    for d in &f.delivered {
+        println!(
+            "delivered to {} via {} (seq {}, recipient record verified at height {}, {} device(s))",
+            d.to, d.server, d.seq, d.record_height, d.devices
+        );
+        for r in &d.refused_keys {
+            println!("  refused key: {r}");
+        }
+    }
+    for (_, to, e) in &f.queued {
+        println!("queued for {to}, will retry: {e}");
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let params = Params::by_name(&cli.network).ok_or_else(|| {
+        anyhow!(
+            "unknown network {:?}: use local, testnet or regtest",
+            cli.network
+        )
+    })?;
+    let dir = match &cli.datadir {
+        Some(d) => d.clone(),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set; pass --datadir")?;
+            PathBuf::from(home)
+                .join(".xirtam")
+                .join(format!("chat-{}", params.name))
+        }
+    };
+    let nodes_file = dir.join("nodes");
+    let nodes = if cli.nodes.is_empty() {
+        std::fs::read_to_string(&nodes_file)
+            .map(|s| s.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+            .unwrap_or_default()
+    } else {
+        cli.nodes.clone()
+    };
+    if nodes.is_empty() {
+        bail!("no directory nodes: pass --node URL (remembered after `init`)");
+    }
+    let mut config = ClientConfig::new(params, nodes.clone());
+    config.depth = cli.depth;
+    if let Cmd::Init = cli.cmd {
+        let c = ChatClient::init(&dir, config)?;
+        std::fs::write(&nodes_file, nodes.join("\n"))
+            .with_context(|| format!("write {}", nodes_file.display()))?;
+        println!(
+            "new identity in {}\n  root key   {}\n  device key {}",
+            dir.display(),
+            c.root_key(),
+            c.device().sign
+        );
+        return Ok(());
+    }
+    let mut c = ChatClient::open(&dir, config)?;
+    match cli.cmd {
+        Cmd::Init => {}
+        Cmd::Register { name: n, server } => {
+            let (n, s) = (name(&n)?, name(&server)?);
+            println!("registering {n} on {s} (waiting for confirmation)...");
+            let v = c.register(&n, &s).await?;
+            println!(
+                "{n} registered on {s}: record verified at height {} ({} confirmation(s))",
+                v.lookup().height(),
+                v.lookup().confirmations()
+            );
+        }
+        Cmd::Whois { name: n } => {
+            let v = c.whois(&name(&n)?).await?;
+            let l = v.lookup();
+            println!(
+                "{}\n  server  {}\n  height  {} ({} confirmation(s), verified from {})",
+                l.name(),
+                v.record().server,
+                l.height(),
+                l.confirmations(),
+                l.source()
+            );
+            for d in &v.record().devices {
+                println!("  device  {}", d.sign);
+            }
+            if let Some(r) = l.record() {
+                for o in r.owners.keys() {
+                    println!("  owner   {o}");
+                }
+            }
+        }
+        Cmd::Send { to, text } => {
+            let (m, f) = c.send(&name(&to)?, &text.join(" ")).await?;
+            show(&m);
+            show_flush(&f);
+        }
+        Cmd::Inbox { wait } => {
+            let r = c.poll(Duration::from_secs(wait)).await?;
+            for e in r.rejected.iter().chain(&r.errors) {
+                eprintln!("warning: {e}");
+            }
+            for m in c.inbox()? {
+                show(&m);
+            }
+        }
+        Cmd::Listen => loop {
+            tokio::select! {
+                r = c.poll(Duration::from_secs(25)) => {
+                    let r = r?;
+                    for m in &r.messages {
+                        show(m);
+                    }
+                    for e in r.rejected.iter().chain(&r.errors) {
+                        eprintln!("warning: {e}");
+                    }
+                    if !r.errors.is_empty() {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        },
+        Cmd::Move { server } => {
+            let s = name(&server)?;
+            println!("moving to {s} (waiting for confirmation)...");
+            let v = c.move_to(&s).await?;
+            println!(
+                "now on {s}: record verified at height {}; the previous server is still read for the grace period",
+                v.lookup().height()
+            );
+        }
+    }
+    Ok(())
+}

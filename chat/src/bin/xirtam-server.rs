@@ -1,0 +1,120 @@
+//! `xirtam-server`: a concierge chat server.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use xirtam_chat::server::{Limits, ServerConfig, start};
+use xirtam_proofs::Name;
+use xirtam_proofs::params::Params;
+
+/// Host mailboxes for the users who name this server in their records.
+/// Stores only ciphertext; learns users' device keys from verified
+/// directory lookups.
+#[derive(Parser, Debug)]
+#[command(name = "xirtam-server", version)]
+struct Cli {
+    /// The server's `~name` (claimed on the chain on first start).
+    #[arg(long)]
+    name: String,
+    /// Network: local, testnet or regtest.
+    #[arg(long, default_value = "local")]
+    network: String,
+    /// Data directory (keys, mailboxes, verified headers).
+    #[arg(long)]
+    datadir: PathBuf,
+    /// A directory node's RPC URL; repeat for several.
+    #[arg(long = "node", required = true)]
+    nodes: Vec<String>,
+    /// Address to listen on (port 0: any free port; the bound address is
+    /// written to DATADIR/rpc.addr).
+    #[arg(long, default_value = "127.0.0.1:8650")]
+    listen: std::net::SocketAddr,
+    /// URL published in the server's record (default: http:// + the bound
+    /// address).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Blocks under the verified tip lookups are proven at (default: the
+    /// network's confirmation depth).
+    #[arg(long)]
+    depth: Option<u64>,
+    /// Largest envelope accepted (bytes).
+    #[arg(long, default_value_t = 128 * 1024)]
+    max_envelope: usize,
+    /// Most unacknowledged envelopes per mailbox.
+    #[arg(long, default_value_t = 10_000)]
+    max_stored: u64,
+    /// Sustained deposits per second into one mailbox.
+    #[arg(long, default_value_t = 200.0)]
+    deposit_rate: f64,
+    /// Deposit burst per mailbox.
+    #[arg(long, default_value_t = 1000.0)]
+    deposit_burst: f64,
+    /// Login token lifetime (seconds).
+    #[arg(long, default_value_t = 3600)]
+    token_lifetime: u64,
+    /// Log filter (tracing), e.g. `info` or `server=debug`.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .map_err(|e| anyhow!("bad --log filter: {e}"))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let params = Params::by_name(&cli.network).ok_or_else(|| {
+        anyhow!(
+            "unknown network {:?}: use local, testnet or regtest",
+            cli.network
+        )
+    })?;
+    let name = Name::new(&cli.name).map_err(|e| anyhow!("invalid --name {:?}: {e}", cli.name))?;
+    if cli.deposit_rate <= 0.0 || cli.deposit_burst < 1.0 {
+        bail!("--deposit-rate must be positive and --deposit-burst at least 1");
+    }
+    let limits = Limits {
+        max_envelope: cli.max_envelope,
+        max_stored: cli.max_stored,
+        deposit_rate: cli.deposit_rate,
+        deposit_burst: cli.deposit_burst,
+        token_lifetime: Duration::from_secs(cli.token_lifetime),
+        ..Limits::default()
+    };
+    let server = start(ServerConfig {
+        name,
+        params,
+        datadir: cli.datadir,
+        nodes: cli.nodes,
+        listen: cli.listen,
+        public_url: cli.public_url,
+        depth: cli.depth,
+        limits,
+    })
+    .await?;
+    eprintln!(
+        "xirtam-server {} serving on {} (record URL {}, server key {})",
+        cli.name, server.addr, server.url, server.key
+    );
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            r.context("wait for Ctrl-C")?;
+            tracing::info!(target: "server", "shutting down");
+            server.stop().await;
+        }
+    }
+    Ok(())
+}

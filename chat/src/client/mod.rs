@@ -1,0 +1,1115 @@
+//! The client library: everything a chat UI needs (TDLib-like), behind one
+//! type, [`ChatClient`].
+//!
+//! * Identity: a root key (owns the `@name` record), a device key (signs
+//!   events, logs in), medium-term key-agreement keys (rotated, old ones
+//!   kept until they expire), all in the local store.
+//! * Lookups go through the light client only: every record the client
+//!   acts on is a [`VerifiedUser`] or [`VerifiedServer`].
+//! * Sending: the message is stored and queued in one batch, then
+//!   delivered (encrypt once, wrap per device, deposit, check the server's
+//!   signed receipt). Failures stay queued with backoff, across restarts;
+//!   a retry re-resolves the recipient.
+//! * Receiving: long-poll the current server and, for a grace period after
+//!   a move, the previous one; decrypt, check the signing device against
+//!   the sender's verified record, drop duplicates, store the batch and the
+//!   cursor in one batch, then acknowledge to the server.
+
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::client::Error as RpcError;
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use xirtam_lightclient::{Config as LcConfig, HttpSource, LightClient};
+use xirtam_proofs::name::NameKind;
+use xirtam_proofs::params::Params;
+use xirtam_proofs::{Hash, Name, SecretKey, decode, encode};
+
+use crate::api::{self, ConciergeApiClient, Cursor, code};
+use crate::crypto::{
+    self, CryptoError, DeviceKeys, Event, KIND_TEXT, MediumKey, MediumSecret, Recipient,
+    SignedEvent,
+};
+use crate::records::{Device, RecordError, UserRecord, VerifiedServer, VerifiedUser};
+use store::{Identity, LocalStore, Message, Pending, Servers, StoreError, StoredMedium};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The network.
+    pub params: &'static Params,
+    /// Directory node RPC URLs (the light client's sources).
+    pub nodes: Vec<String>,
+    /// Blocks under the tip lookups are proven at (default: the network's).
+    pub depth: Option<u64>,
+    /// A cached recipient record older than this is looked up again before
+    /// sending.
+    pub record_ttl: Duration,
+    /// How long the previous server is still polled after a move.
+    pub grace: Duration,
+    /// How long to wait for an own record write to be confirmed.
+    pub confirm_timeout: Duration,
+    /// Timeout of one server call (long-polls add their wait).
+    pub rpc_timeout: Duration,
+    /// Lifetime of a medium-term key (a new one after half of it).
+    pub medium_lifetime: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `params` and `nodes`.
+    pub fn new(params: &'static Params, nodes: Vec<String>) -> Self {
+        ClientConfig {
+            params,
+            nodes,
+            depth: None,
+            record_ttl: Duration::from_secs(30),
+            grace: Duration::from_secs(7 * 24 * 3600),
+            confirm_timeout: Duration::from_secs(120),
+            rpc_timeout: Duration::from_secs(10),
+            medium_lifetime: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// What went wrong, in terms a user can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The local store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The light client gave no verified answer.
+    #[error("directory lookup failed: {0}")]
+    Lookup(#[from] xirtam_lightclient::Error),
+    /// A record is absent or does not parse.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// Cryptography.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// No identity in the data directory.
+    #[error("no identity in {0}; run `xirtam-chat init` first")]
+    NoIdentity(PathBuf),
+    /// An identity already exists.
+    #[error("an identity already exists in {0}")]
+    Exists(PathBuf),
+    /// The identity is for another network.
+    #[error("the identity in {dir} is for network {theirs}, not {ours}")]
+    WrongNetwork {
+        /// Data directory.
+        dir: PathBuf,
+        /// Its network.
+        theirs: String,
+        /// Ours.
+        ours: String,
+    },
+    /// Not registered yet.
+    #[error("this device has no name yet; run `xirtam-chat register @name --server ~server`")]
+    NotRegistered,
+    /// A server could not be reached.
+    #[error("server {server} ({url}) is unreachable: {reason}")]
+    Unreachable {
+        /// The server.
+        server: Name,
+        /// Its URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A server refused a call.
+    #[error("server {server} refused {what}: {message} (code {code})")]
+    Refused {
+        /// The server.
+        server: Name,
+        /// The call.
+        what: &'static str,
+        /// JSON-RPC error code.
+        code: i32,
+        /// Its message.
+        message: String,
+    },
+    /// A server answered something that fails verification.
+    #[error("server {server} misbehaved: {reason}")]
+    Misbehaved {
+        /// The server.
+        server: Name,
+        /// What it did.
+        reason: String,
+    },
+    /// An own record write was not confirmed in time.
+    #[error(
+        "{name} was not confirmed within {secs} s; is the network mining? The write may still land"
+    )]
+    NotConfirmed {
+        /// The name.
+        name: Name,
+        /// The wait.
+        secs: u64,
+    },
+    /// A bad argument.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Delivery of one queued message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Local sequence of the message.
+    pub local: u64,
+    /// Recipient.
+    pub to: Name,
+    /// The server that signed the receipt.
+    pub server: Name,
+    /// The sequence number it assigned.
+    pub seq: u64,
+    /// Height of the recipient's verified record used.
+    pub record_height: u64,
+    /// Height of the server's verified record used.
+    pub server_height: u64,
+    /// Devices the key was wrapped to.
+    pub devices: usize,
+    /// Medium-term keys refused (forged, stale, or for unknown devices);
+    /// their devices got the long-term key from the verified record.
+    pub refused_keys: Vec<String>,
+}
+
+/// Result of [`ChatClient::flush`].
+#[derive(Debug, Clone, Default)]
+pub struct FlushReport {
+    /// Messages delivered now.
+    pub delivered: Vec<Delivery>,
+    /// Messages still queued, with the last error.
+    pub queued: Vec<(u64, Name, String)>,
+}
+
+/// Result of [`ChatClient::poll`].
+#[derive(Debug, Clone, Default)]
+pub struct PollReport {
+    /// New messages, in arrival order.
+    pub messages: Vec<Message>,
+    /// Envelopes dropped, and why (undecryptable, bad signature, device not
+    /// in the sender's record).
+    pub rejected: Vec<String>,
+    /// Envelopes already seen (replays).
+    pub duplicates: usize,
+    /// Servers that could not be read now.
+    pub errors: Vec<String>,
+}
+
+struct Conn {
+    server: VerifiedServer,
+    url: String,
+    rpc: HttpClient,
+    poll: HttpClient,
+    token: Option<(String, Instant)>,
+}
+
+/// A chat client on one device.
+pub struct ChatClient {
+    config: ClientConfig,
+    dir: PathBuf,
+    store: LocalStore,
+    lc: LightClient<HttpSource>,
+    identity: Identity,
+    root: SecretKey,
+    device: DeviceKeys,
+    mediums: Vec<MediumSecret>,
+    conns: HashMap<Name, Conn>,
+    users: HashMap<Name, (Instant, VerifiedUser)>,
+}
+
+impl std::fmt::Debug for ChatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChatClient({:?}, {})", self.identity.name, self.dir.display())
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn random32() -> Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| CryptoError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+/// Backoff before retry `attempts` (1 s doubling, at most 5 min).
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(8)).min(Duration::from_secs(300))
+}
+
+fn head_key(peer: &Name) -> String {
+    format!("head/{peer}")
+}
+
+fn cursor_key(server: &Name) -> String {
+    format!("cursor/{server}")
+}
+
+/// Order messages so that each comes after the event its `after` link
+/// names (when that event is known), keeping local order otherwise.
+pub fn order_by_after(messages: Vec<Message>) -> Vec<Message> {
+    let index: HashMap<Hash, usize> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id, i))
+        .collect();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); messages.len()];
+    let mut roots = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match index.get(&m.after) {
+            Some(&p) if p != i => children[p].push(i),
+            _ => roots.push(i),
+        }
+    }
+    // Depth-first from the roots in local order; a parent's children follow
+    // it, earliest first. Messages on a cycle (impossible with hashes) are
+    // appended at the end.
+    let mut out = Vec::with_capacity(messages.len());
+    let mut done = vec![false; messages.len()];
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
+        roots.into_iter().map(std::cmp::Reverse).collect();
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        if done[i] {
+            continue;
+        }
+        done[i] = true;
+        out.push(i);
+        for &c in &children[i] {
+            ready.push(std::cmp::Reverse(c));
+        }
+    }
+    out.extend((0..messages.len()).filter(|&i| !done[i]));
+    let mut slots: Vec<Option<Message>> = messages.into_iter().map(Some).collect();
+    out.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+impl ChatClient {
+    fn open_parts(dir: &Path, config: &ClientConfig) -> Result<(LocalStore, LightClient<HttpSource>)> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ClientError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+        let store = LocalStore::open(&dir.join("store"))?;
+        let mut lc_config = LcConfig::new(config.params);
+        lc_config.datadir = Some(dir.join("headers"));
+        if let Some(d) = config.depth {
+            lc_config.depth = d;
+        }
+        let sources = config
+            .nodes
+            .iter()
+            .map(|u| HttpSource::new(u, Duration::from_secs(10)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Invalid(format!("bad node URL: {e}")))?;
+        let lc = LightClient::new(lc_config, sources)?;
+        Ok((store, lc))
+    }
+
+    /// Create a new identity (root and device keys) in `dir`.
+    pub fn init(dir: &Path, config: ClientConfig) -> Result<Self> {
+        let (store, lc) = Self::open_parts(dir, &config)?;
+        if store.state::<Identity>("identity")?.is_some() {
+            return Err(ClientError::Exists(dir.to_path_buf()));
+        }
+        let identity = Identity {
+            network: config.params.name.to_string(),
+            root_seed: random32()?,
+            device_seed: random32()?,
+            name: None,
+        };
+        store.put_state("identity", &identity)?;
+        Self::from_parts(dir, config, store, lc, identity)
+    }
+
+    /// Open the identity in `dir`.
+    pub fn open(dir: &Path, config: ClientConfig) -> Result<Self> {
+        let (store, lc) = Self::open_parts(dir, &config)?;
+        let identity: Identity = store
+            .state("identity")?
+            .ok_or_else(|| ClientError::NoIdentity(dir.to_path_buf()))?;
+        Self::from_parts(dir, config, store, lc, identity)
+    }
+
+    fn from_parts(
+        dir: &Path,
+        config: ClientConfig,
+        store: LocalStore,
+        lc: LightClient<HttpSource>,
+        identity: Identity,
+    ) -> Result<Self> {
+        if identity.network != config.params.name {
+            return Err(ClientError::WrongNetwork {
+                dir: dir.to_path_buf(),
+                theirs: identity.network.clone(),
+                ours: config.params.name.to_string(),
+            });
+        }
+        let stored: Vec<StoredMedium> = store.state("mediums")?.unwrap_or_default();
+        let mediums = stored
+            .into_iter()
+            .map(|m| MediumSecret::from_parts(m.key, m.secret))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ChatClient {
+            root: SecretKey::from_seed(identity.root_seed),
+            device: DeviceKeys::from_seed(identity.device_seed),
+            config,
+            dir: dir.to_path_buf(),
+            store,
+            lc,
+            identity,
+            mediums,
+            conns: HashMap::new(),
+            users: HashMap::new(),
+        })
+    }
+
+    /// The registered name, if any.
+    pub fn name(&self) -> Option<&Name> {
+        self.identity.name.as_ref()
+    }
+
+    /// This device's public keys (as listed in the record).
+    pub fn device(&self) -> Device {
+        self.device.device()
+    }
+
+    /// The root key's public half (owner of the record).
+    pub fn root_key(&self) -> xirtam_proofs::PublicKey {
+        self.root.public()
+    }
+
+    /// The servers this device reads from.
+    pub fn servers(&self) -> Result<Servers> {
+        Ok(self.store.state("servers")?.unwrap_or_default())
+    }
+
+    /// The light client (tip, sources).
+    pub fn light_client(&self) -> &LightClient<HttpSource> {
+        &self.lc
+    }
+
+    fn me(&self) -> Result<Name> {
+        self.identity.name.clone().ok_or(ClientError::NotRegistered)
+    }
+
+    /// Look up a user's verified record (always fresh).
+    pub async fn whois(&mut self, name: &Name) -> Result<VerifiedUser> {
+        self.user(name, true).await
+    }
+
+    async fn user(&mut self, name: &Name, fresh: bool) -> Result<VerifiedUser> {
+        if name.kind() != NameKind::User {
+            return Err(ClientError::Invalid(format!(
+                "{name} is not a user name (user names start with @)"
+            )));
+        }
+        if !fresh
+            && let Some((at, v)) = self.users.get(name)
+            && at.elapsed() < self.config.record_ttl
+        {
+            return Ok(v.clone());
+        }
+        let v = VerifiedUser::from_lookup(self.lc.resolve(name).await?)?;
+        self.users.insert(name.clone(), (Instant::now(), v.clone()));
+        Ok(v)
+    }
+
+    /// Look up a server's verified record.
+    pub async fn server(&mut self, name: &Name) -> Result<VerifiedServer> {
+        if name.kind() != NameKind::Server {
+            return Err(ClientError::Invalid(format!(
+                "{name} is not a server name (server names start with ~)"
+            )));
+        }
+        Ok(VerifiedServer::from_lookup(self.lc.resolve(name).await?)?)
+    }
+
+    /// Wait until `name`'s confirmed record carries `value`.
+    async fn wait_value(&mut self, name: &Name, value: &[u8]) -> Result<VerifiedUser> {
+        let deadline = Instant::now() + self.config.confirm_timeout;
+        loop {
+            match self.lc.resolve(name).await {
+                Ok(l) if l.record().is_some_and(|r| r.value.as_bytes() == value) => {
+                    let v = VerifiedUser::from_lookup(l)?;
+                    self.users.insert(name.clone(), (Instant::now(), v.clone()));
+                    return Ok(v);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(target: "client", error = %e, "waiting for confirmation"),
+            }
+            if Instant::now() > deadline {
+                return Err(ClientError::NotConfirmed {
+                    name: name.clone(),
+                    secs: self.config.confirm_timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Register `name` with concierge `server`: claim the name with this
+    /// device in its record, wait for confirmation, then set up a mailbox
+    /// and a medium-term key on the server.
+    pub async fn register(&mut self, name: &Name, server: &Name) -> Result<VerifiedUser> {
+        if name.kind() != NameKind::User {
+            return Err(ClientError::Invalid(format!(
+                "{name} is not a user name (user names start with @)"
+            )));
+        }
+        if let Some(n) = &self.identity.name
+            && n != name
+        {
+            return Err(ClientError::Invalid(format!(
+                "this device is already registered as {n}"
+            )));
+        }
+        self.server(server).await?;
+        let record = UserRecord {
+            server: server.clone(),
+            devices: vec![self.device.device()],
+        };
+        let value = record.to_value().map_err(ClientError::Invalid)?;
+        let latest = self.lc.resolve_latest(name).await?;
+        if latest.record().is_none_or(|r| r.value.as_bytes() != value) {
+            self.lc.publish(&self.root, name, value.clone(), None).await?;
+        }
+        let v = self.wait_value(name, &value).await?;
+        self.identity.name = Some(name.clone());
+        let mut b = self.store.batch();
+        b.state("identity", &self.identity)?;
+        b.state(
+            "servers",
+            &Servers {
+                current: Some(server.clone()),
+                previous: None,
+            },
+        )?;
+        b.commit()?;
+        self.setup_server(server).await?;
+        Ok(v)
+    }
+
+    /// Move to another concierge: set up a mailbox there, update the
+    /// record, and keep reading the old server for the grace period.
+    pub async fn move_to(&mut self, server: &Name) -> Result<VerifiedUser> {
+        let me = self.me()?;
+        let mut servers = self.servers()?;
+        if servers.current.as_ref() == Some(server) {
+            return Err(ClientError::Invalid(format!("{me} is already on {server}")));
+        }
+        self.server(server).await?;
+        self.setup_server(server).await?;
+        let mine = self.user(&me, true).await?;
+        let record = UserRecord {
+            server: server.clone(),
+            devices: mine.record().devices.clone(),
+        };
+        let value = record.to_value().map_err(ClientError::Invalid)?;
+        self.lc.publish(&self.root, &me, value.clone(), None).await?;
+        // Start reading the new server at once: senders switch as soon as
+        // they see the new record.
+        let until = unix_ms() / 1000 + self.config.grace.as_secs();
+        servers.previous = servers.current.take().map(|old| (old, until));
+        servers.current = Some(server.clone());
+        self.store.put_state("servers", &servers)?;
+        self.wait_value(&me, &value).await
+    }
+
+    async fn conn(&mut self, server: &Name) -> Result<&mut Conn> {
+        if !self.conns.contains_key(server) {
+            let sv = self.server(server).await?;
+            let url = sv
+                .record()
+                .urls
+                .first()
+                .cloned()
+                .ok_or_else(|| ClientError::Invalid(format!("{server} lists no URL")))?;
+            let build = |timeout: Duration| {
+                HttpClientBuilder::default()
+                    .request_timeout(timeout)
+                    .max_response_size(
+                        (2 * api::MAX_BATCH_BYTES * api::MAX_CURSORS + 65536) as u32,
+                    )
+                    .max_request_size(1 << 20)
+                    .build(&url)
+                    .map_err(|e| ClientError::Unreachable {
+                        server: server.clone(),
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })
+            };
+            let rpc = build(self.config.rpc_timeout)?;
+            let poll = build(self.config.rpc_timeout + Duration::from_secs(35))?;
+            self.conns.insert(
+                server.clone(),
+                Conn {
+                    server: sv,
+                    url: url.clone(),
+                    rpc,
+                    poll,
+                    token: None,
+                },
+            );
+        }
+        self.conns
+            .get_mut(server)
+            .ok_or_else(|| ClientError::Invalid("connection vanished".into()))
+    }
+
+    fn rpc_err(server: &Name, url: &str, what: &'static str, e: RpcError) -> ClientError {
+        match e {
+            RpcError::Call(c) => ClientError::Refused {
+                server: server.clone(),
+                what,
+                code: c.code(),
+                message: c.message().to_owned(),
+            },
+            other => ClientError::Unreachable {
+                server: server.clone(),
+                url: url.to_owned(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    /// A valid token for `server` (logging in when needed).
+    async fn token(&mut self, server: &Name) -> Result<String> {
+        let me = self.me()?;
+        let device = self.device.device().sign;
+        let conn = self.conn(server).await?;
+        if let Some((t, exp)) = &conn.token
+            && *exp > Instant::now() + Duration::from_secs(30)
+        {
+            return Ok(t.clone());
+        }
+        let (rpc, url) = (conn.rpc.clone(), conn.url.clone());
+        let ch = rpc
+            .auth_challenge(me.to_string())
+            .await
+            .map_err(|e| Self::rpc_err(server, &url, "a login challenge", e))?;
+        let challenge: [u8; 32] = hex::decode(&ch.challenge)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| ClientError::Misbehaved {
+                server: server.clone(),
+                reason: "challenge is not 32 bytes of hex".into(),
+            })?;
+        let sig = self
+            .device
+            .sign(api::AUTH_TAG, &api::auth_payload(server, &me, &challenge));
+        let t = rpc
+            .auth_login(
+                me.to_string(),
+                device.to_hex(),
+                ch.challenge,
+                hex::encode(sig.0),
+            )
+            .await
+            .map_err(|e| Self::rpc_err(server, &url, "the login", e))?;
+        let exp = Instant::now() + Duration::from_secs(t.valid_secs);
+        let conn = self.conn(server).await?;
+        conn.token = Some((t.token.clone(), exp));
+        Ok(t.token)
+    }
+
+    /// Forget a token the server no longer accepts.
+    fn drop_token(&mut self, server: &Name, e: &ClientError) {
+        if let ClientError::Refused {
+            code: code::UNAUTHORIZED,
+            ..
+        } = e
+            && let Some(c) = self.conns.get_mut(server)
+        {
+            c.token = None;
+        }
+    }
+
+    /// Make a fresh medium-term key when the newest is past half its
+    /// lifetime; drop expired ones. Returns whether a new key was made.
+    fn rotate_medium(&mut self) -> Result<bool> {
+        let now = unix_ms() / 1000;
+        let life = self.config.medium_lifetime.as_secs().max(2);
+        let fresh = self
+            .mediums
+            .iter()
+            .any(|m| m.key.created + life / 2 > now && m.key.expires > now);
+        // Keep expired secrets a day longer for messages still in flight.
+        self.mediums.retain(|m| m.key.expires + 86_400 > now);
+        if fresh {
+            return Ok(false);
+        }
+        self.mediums.push(self.device.medium_key(now, life)?);
+        let stored: Vec<StoredMedium> = self
+            .mediums
+            .iter()
+            .map(|m| StoredMedium {
+                key: m.key.clone(),
+                secret: m.secret_bytes(),
+            })
+            .collect();
+        self.store.put_state("mediums", &stored)?;
+        Ok(true)
+    }
+
+    async fn publish_medium(&mut self, server: &Name) -> Result<()> {
+        let Some(key) = self.mediums.iter().max_by_key(|m| m.key.created) else {
+            return Ok(());
+        };
+        let hex_key = hex::encode(encode(&key.key));
+        let token = self.token(server).await?;
+        let conn = self.conn(server).await?;
+        let (rpc, url) = (conn.rpc.clone(), conn.url.clone());
+        rpc.keys_publish(token, hex_key)
+            .await
+            .map_err(|e| Self::rpc_err(server, &url, "the medium-term key", e))?;
+        Ok(())
+    }
+
+    async fn setup_server(&mut self, server: &Name) -> Result<()> {
+        let token = self.token(server).await?;
+        let conn = self.conn(server).await?;
+        let (rpc, url) = (conn.rpc.clone(), conn.url.clone());
+        rpc.mailbox_create(token)
+            .await
+            .map_err(|e| Self::rpc_err(server, &url, "the mailbox", e))?;
+        self.rotate_medium()?;
+        self.publish_medium(server).await
+    }
+
+    /// Send `text` to `to`: verify the recipient exists, store and queue
+    /// the message, then try to deliver everything queued.
+    pub async fn send(&mut self, to: &Name, text: &str) -> Result<(Message, FlushReport)> {
+        let me = self.me()?;
+        if text.len() > crypto::MAX_BODY {
+            return Err(ClientError::Invalid(format!(
+                "message of {} bytes; at most {}",
+                text.len(),
+                crypto::MAX_BODY
+            )));
+        }
+        self.user(to, false).await?;
+        let after: Hash = self.store.state(&head_key(to))?.unwrap_or_default();
+        let event = SignedEvent::sign(
+            &self.device,
+            Event {
+                sender: me.clone(),
+                device: self.device.device().sign,
+                recipient: to.clone(),
+                time: unix_ms(),
+                after,
+                kind: KIND_TEXT,
+                body: text.as_bytes().to_vec(),
+            },
+        );
+        let local = self.store.next_local()?;
+        let msg = Message {
+            local,
+            id: event.id(),
+            from: me,
+            to: to.clone(),
+            time_ms: event.event.time,
+            after,
+            text: text.to_owned(),
+            delivered: false,
+            verified_at: 0,
+            via: None,
+        };
+        let mut b = self.store.batch();
+        b.message(&msg)?;
+        b.pending(&Pending {
+            local,
+            event: encode(&event),
+            to: to.clone(),
+            attempts: 0,
+            next_try_ms: 0,
+            last_error: String::new(),
+        })?;
+        b.state(&head_key(to), &msg.id)?;
+        b.commit()?;
+        let report = self.flush().await?;
+        let msg = self.store.message(local)?.unwrap_or(msg);
+        Ok((msg, report))
+    }
+
+    /// Messages still queued.
+    pub fn outbox(&self) -> Result<Vec<Pending>> {
+        Ok(self.store.outbox()?)
+    }
+
+    /// Try to deliver every queued message that is due.
+    pub async fn flush(&mut self) -> Result<FlushReport> {
+        let mut report = FlushReport::default();
+        let now = unix_ms();
+        for mut p in self.store.outbox()? {
+            if p.next_try_ms > now {
+                report.queued.push((p.local, p.to.clone(), p.last_error.clone()));
+                continue;
+            }
+            match self.deliver(&p).await {
+                Ok(d) => {
+                    let mut b = self.store.batch();
+                    b.sent(p.local)?;
+                    if let Some(mut m) = self.store.message(p.local)? {
+                        m.delivered = true;
+                        m.via = Some(d.server.clone());
+                        m.verified_at = d.record_height;
+                        b.message(&m)?;
+                    }
+                    b.commit()?;
+                    report.delivered.push(d);
+                }
+                Err(e) => {
+                    p.attempts += 1;
+                    p.next_try_ms = unix_ms() + backoff(p.attempts).as_millis() as u64;
+                    p.last_error = e.to_string();
+                    tracing::warn!(target: "client::send", to = %p.to, attempts = p.attempts, error = %e, "delivery failed; will retry");
+                    let mut b = self.store.batch();
+                    b.pending(&p)?;
+                    b.commit()?;
+                    report.queued.push((p.local, p.to.clone(), p.last_error.clone()));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The devices of `user` to wrap to: each with its newest valid
+    /// medium-term key from `server`, or the long-term key from the
+    /// verified record.
+    async fn recipients(
+        &mut self,
+        user: &VerifiedUser,
+        server: &Name,
+        skip: Option<&xirtam_proofs::PublicKey>,
+    ) -> Result<(Vec<Recipient>, Vec<String>)> {
+        let name = user.lookup().name().clone();
+        let conn = self.conn(server).await?;
+        let (rpc, url) = (conn.rpc.clone(), conn.url.clone());
+        let fetched = rpc
+            .keys_fetch(name.to_string())
+            .await
+            .map_err(|e| Self::rpc_err(server, &url, "the key fetch", e))?;
+        let now = unix_ms() / 1000;
+        let mut best: HashMap<xirtam_proofs::PublicKey, MediumKey> = HashMap::new();
+        let mut refused = Vec::new();
+        for h in fetched.iter().take(crate::records::MAX_DEVICES * 2) {
+            let key = hex::decode(h)
+                .ok()
+                .filter(|b| b.len() <= 512)
+                .and_then(|b| decode::<MediumKey>(&b).ok());
+            let Some(key) = key else {
+                refused.push(format!("{server} sent a malformed key for {name}"));
+                continue;
+            };
+            match key.check(&name, user.record(), now) {
+                Ok(()) => {
+                    if best.get(&key.device).is_none_or(|b| b.created < key.created) {
+                        best.insert(key.device, key);
+                    }
+                }
+                Err(e) => refused.push(format!("{server}'s key {:?} for {name}: {e}", key.kx)),
+            }
+        }
+        if !refused.is_empty() {
+            tracing::warn!(target: "client::send", %server, refused = ?refused, "refused medium-term keys");
+        }
+        let to = user
+            .record()
+            .devices
+            .iter()
+            .filter(|d| Some(&d.sign) != skip)
+            .map(|d| Recipient {
+                device: d.sign,
+                kx: best.get(&d.sign).map_or(d.kx, |k| k.kx),
+            })
+            .collect();
+        Ok((to, refused))
+    }
+
+    async fn deposit(&mut self, server: &Name, to: &Name, bytes: &[u8]) -> Result<api::Receipt> {
+        let conn = self.conn(server).await?;
+        let (rpc, url, key) = (conn.rpc.clone(), conn.url.clone(), conn.server.record().key);
+        let r = rpc
+            .mailbox_deposit(to.to_string(), hex::encode(bytes))
+            .await
+            .map_err(|e| Self::rpc_err(server, &url, "the deposit", e))?;
+        api::check_receipt(server, &key, &api::mailbox_id(to), bytes, &r).map_err(|reason| {
+            ClientError::Misbehaved {
+                server: server.clone(),
+                reason,
+            }
+        })?;
+        Ok(r)
+    }
+
+    async fn deliver(&mut self, p: &Pending) -> Result<Delivery> {
+        let me = self.me()?;
+        let event: SignedEvent = decode(&p.event)
+            .map_err(|e| ClientError::Invalid(format!("queued event does not decode: {e}")))?;
+        // A retry looks the recipient up again: the record may have moved.
+        let user = self.user(&p.to, p.attempts > 0).await?;
+        let server = user.record().server.clone();
+        if p.attempts > 0 {
+            self.conns.remove(&server);
+        }
+        let (to, refused) = self.recipients(&user, &server, None).await?;
+        let envelope = crypto::seal(&event, &to)?;
+        let bytes = encode(&envelope);
+        let receipt = self.deposit(&server, &p.to, &bytes).await?;
+        let server_height = self
+            .conns
+            .get(&server)
+            .map_or(0, |c| c.server.lookup().height());
+        // A copy for our own other devices, through our own server.
+        if let Ok(mine) = self.user(&me, false).await
+            && mine.record().devices.len() > 1
+        {
+            let own_server = mine.record().server.clone();
+            let skip = self.device.device().sign;
+            let copy = async {
+                let (own, _) = self.recipients(&mine, &own_server, Some(&skip)).await?;
+                let env = crypto::seal(&event, &own)?;
+                self.deposit(&own_server, &me, &encode(&env)).await
+            };
+            if let Err(e) = copy.await {
+                tracing::warn!(target: "client::send", error = %e, "could not deposit the copy for our other devices");
+            }
+        }
+        Ok(Delivery {
+            local: p.local,
+            to: p.to.clone(),
+            server,
+            seq: receipt.seq,
+            record_height: user.lookup().height(),
+            server_height,
+            devices: to.len(),
+            refused_keys: refused,
+        })
+    }
+
+    /// Read every server we read from once, waiting up to `wait` for
+    /// something to arrive; also delivers due queued messages and rotates
+    /// the medium-term key when due.
+    pub async fn poll(&mut self, wait: Duration) -> Result<PollReport> {
+        let me = self.me()?;
+        let mut report = PollReport::default();
+        let mut servers = self.servers()?;
+        let now = unix_ms() / 1000;
+        if servers.previous.as_ref().is_some_and(|(_, until)| *until <= now) {
+            servers.previous = None;
+            self.store.put_state("servers", &servers)?;
+        }
+        let list: Vec<Name> = servers
+            .current
+            .iter()
+            .cloned()
+            .chain(servers.previous.iter().map(|(s, _)| s.clone()))
+            .collect();
+        if self.rotate_medium()? {
+            for s in &list {
+                if let Err(e) = self.publish_medium(s).await {
+                    report.errors.push(format!("{s}: publishing the new key: {e}"));
+                }
+            }
+        }
+        let mailbox = api::mailbox_id(&me);
+        let mut calls = Vec::new();
+        for s in &list {
+            let after: u64 = self.store.state(&cursor_key(s))?.unwrap_or(0);
+            match self.token(s).await {
+                Ok(token) => {
+                    let conn = self.conn(s).await?;
+                    calls.push((s.clone(), conn.poll.clone(), conn.url.clone(), token, after));
+                }
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    self.drop_token(s, &e);
+                }
+            }
+        }
+        let wait_ms = wait.as_millis() as u64;
+        let results = futures::future::join_all(calls.into_iter().map(
+            |(s, rpc, url, token, after)| {
+                let mailbox = mailbox.to_hex();
+                async move {
+                    let r = rpc
+                        .mailbox_receive(token.clone(), vec![Cursor { mailbox, after }], wait_ms)
+                        .await
+                        .map_err(|e| Self::rpc_err(&s, &url, "the receive", e));
+                    (s, rpc, url, token, r)
+                }
+            },
+        ))
+        .await;
+        for (s, _, url, token, r) in results {
+            let batches = match r {
+                Ok(b) => b,
+                Err(e) => {
+                    self.drop_token(&s, &e);
+                    report.errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let Some(last) = batches
+                .iter()
+                .flat_map(|b| b.messages.iter().map(|m| m.seq))
+                .max()
+            else {
+                continue;
+            };
+            let mut processed = Vec::new();
+            for d in batches.iter().flat_map(|b| b.messages.iter()) {
+                processed.push((d.seq, self.process(&me, &s, &d.envelope).await?));
+            }
+            let mut b = self.store.batch();
+            let mut local = self.store.next_local()?;
+            let mut batch_seen = HashSet::new();
+            for (seq, p) in processed {
+                match p {
+                    Processed::New(mut m) => {
+                        if !batch_seen.insert(m.id) {
+                            report.duplicates += 1;
+                            continue;
+                        }
+                        m.local = local;
+                        local += 1;
+                        b.message(&m)?;
+                        let peer = if m.from == me { &m.to } else { &m.from };
+                        b.state(&head_key(peer), &m.id)?;
+                        report.messages.push(m);
+                    }
+                    Processed::Duplicate => report.duplicates += 1,
+                    Processed::Rejected(why) => report.rejected.push(format!("{s} #{seq}: {why}")),
+                }
+            }
+            b.state(&cursor_key(&s), &last)?;
+            b.commit()?;
+            let conn = self.conn(&s).await?;
+            let rpc = conn.rpc.clone();
+            if let Err(e) = rpc.mailbox_ack(token, mailbox.to_hex(), last).await {
+                let e = Self::rpc_err(&s, &url, "the acknowledgement", e);
+                tracing::warn!(target: "client::receive", error = %e, "ack failed; the next one covers it");
+            }
+        }
+        match self.flush().await {
+            Ok(f) => {
+                for (_, to, e) in f.queued {
+                    report.errors.push(format!("message to {to} still queued: {e}"));
+                }
+            }
+            Err(e) => report.errors.push(e.to_string()),
+        }
+        Ok(report)
+    }
+
+    async fn process(&mut self, me: &Name, via: &Name, envelope_hex: &str) -> Result<Processed> {
+        let Some(env) = hex::decode(envelope_hex)
+            .ok()
+            .and_then(|b| decode::<crypto::Envelope>(&b).ok())
+        else {
+            return Ok(Processed::Rejected("not an envelope".into()));
+        };
+        let ev = match crypto::open(&env, &self.device, &self.mediums) {
+            Ok(ev) => ev,
+            Err(e) => return Ok(Processed::Rejected(format!("cannot decrypt: {e}"))),
+        };
+        let id = ev.id();
+        if self.store.seen(&id)? {
+            return Ok(Processed::Duplicate);
+        }
+        let sender = ev.event.sender.clone();
+        if sender.kind() != NameKind::User {
+            return Ok(Processed::Rejected(format!("sender {sender} is not a user")));
+        }
+        let peer_me = if &sender == me {
+            ev.event.recipient.clone()
+        } else {
+            me.clone()
+        };
+        // Cached record first; a device we do not know may be new, so look
+        // again once before refusing.
+        let mut user = self.user(&sender, false).await?;
+        if user.record().device(&ev.event.device).is_none() {
+            user = self.user(&sender, true).await?;
+        }
+        if let Err(e) = ev.check(&sender, user.record(), &peer_me) {
+            return Ok(Processed::Rejected(format!(
+                "event claiming to be from {sender}: {e} (record at height {})",
+                user.lookup().height()
+            )));
+        }
+        let text = String::from_utf8_lossy(&ev.event.body).into_owned();
+        Ok(Processed::New(Message {
+            local: 0,
+            id,
+            from: sender,
+            to: ev.event.recipient.clone(),
+            time_ms: ev.event.time,
+            after: ev.event.after,
+            text,
+            delivered: true,
+            verified_at: user.lookup().height(),
+            via: Some(via.clone()),
+        }))
+    }
+
+    /// Every stored message, each after the one it follows.
+    pub fn inbox(&self) -> Result<Vec<Message>> {
+        Ok(order_by_after(self.store.messages()?))
+    }
+}
+
+enum Processed {
+    New(Message),
+    Duplicate,
+    Rejected(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(local: u64, id: u8, after: u8) -> Message {
+        Message {
+            local,
+            id: Hash([id; 32]),
+            from: Name::new("@a").expect("valid"),
+            to: Name::new("@b").expect("valid"),
+            time_ms: 0,
+            after: Hash([after; 32]),
+            text: String::new(),
+            delivered: true,
+            verified_at: 0,
+            via: None,
+        }
+    }
+
+    #[test]
+    fn after_links_order_messages() {
+        // 3 follows 2 follows 1, but they arrived 3, 1, 2.
+        let got = order_by_after(vec![msg(1, 3, 2), msg(2, 1, 0), msg(3, 2, 1)]);
+        let ids: Vec<u8> = got.iter().map(|m| m.id.0[0]).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn unknown_after_keeps_local_order() {
+        let got = order_by_after(vec![msg(1, 5, 9), msg(2, 6, 8)]);
+        let ids: Vec<u8> = got.iter().map(|m| m.id.0[0]).collect();
+        assert_eq!(ids, vec![5, 6]);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert!(backoff(3) > backoff(2));
+        assert_eq!(backoff(30), Duration::from_secs(256));
+    }
+}

@@ -1,0 +1,292 @@
+//! The client's local store (RocksDB): identity, medium-term secrets,
+//! messages, seen event ids, per-server cursors and the outbox.
+//!
+//! Every step that changes several of these at once is one `WriteBatch`:
+//! queueing a message (message + outbox + conversation head), a received
+//! batch (messages + seen ids + heads + the server cursor), a delivery
+//! (outbox entry removed + message marked delivered).
+//!
+//! Column families: `state` (small named values), `messages` (u64be local
+//! sequence → [`Message`]), `seen` (event id → local sequence), `outbox`
+//! (u64be local sequence → [`Pending`]).
+
+use std::path::Path;
+
+use bincode::{Decode, Encode};
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
+use xirtam_proofs::{Hash, Name, decode, encode};
+
+use crate::crypto::MediumKey;
+
+const CF_STATE: &str = "state";
+const CF_MESSAGES: &str = "messages";
+const CF_SEEN: &str = "seen";
+const CF_OUTBOX: &str = "outbox";
+
+/// A local-store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// RocksDB failed (another process may hold the store).
+    #[error("local store: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// Stored bytes do not decode.
+    #[error("local store is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Who this device is (secrets: the store is private to the user).
+#[derive(Clone, Encode, Decode)]
+pub struct Identity {
+    /// Network name.
+    pub network: String,
+    /// Seed of the root key (owns the `@name` record).
+    pub root_seed: [u8; 32],
+    /// Seed of the device keys.
+    pub device_seed: [u8; 32],
+    /// The registered name, once registered.
+    pub name: Option<Name>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({:?}, {})", self.name, self.network)
+    }
+}
+
+/// Servers this device reads from.
+#[derive(Debug, Clone, Default, Encode, Decode)]
+pub struct Servers {
+    /// The server named in our record.
+    pub current: Option<Name>,
+    /// The server we moved from, polled until `until` (Unix seconds).
+    pub previous: Option<(Name, u64)>,
+}
+
+/// A stored medium-term key pair.
+#[derive(Clone, Encode, Decode)]
+pub struct StoredMedium {
+    /// The signed public part.
+    pub key: MediumKey,
+    /// The secret.
+    pub secret: [u8; 32],
+}
+
+impl std::fmt::Debug for StoredMedium {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredMedium({:?})", self.key.kx)
+    }
+}
+
+/// A message as the client keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Message {
+    /// Local sequence number (arrival or send order on this device).
+    pub local: u64,
+    /// Event id.
+    pub id: Hash,
+    /// Sender.
+    pub from: Name,
+    /// Recipient.
+    pub to: Name,
+    /// Sender's clock (Unix ms), informative.
+    pub time_ms: u64,
+    /// The event this one follows in its conversation.
+    pub after: Hash,
+    /// Text.
+    pub text: String,
+    /// For outgoing messages: whether a server has signed a receipt.
+    pub delivered: bool,
+    /// For incoming messages: the height of the sender's verified record
+    /// the signature was checked against.
+    pub verified_at: u64,
+    /// The server it came through or went to.
+    pub via: Option<Name>,
+}
+
+/// An outgoing message not yet acknowledged by a server.
+#[derive(Debug, Clone, Encode, Decode)]
+pub struct Pending {
+    /// Local sequence of the message.
+    pub local: u64,
+    /// Encoded signed event.
+    pub event: Vec<u8>,
+    /// Recipient.
+    pub to: Name,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Not before (Unix ms).
+    pub next_try_ms: u64,
+    /// Last error.
+    pub last_error: String,
+}
+
+/// The local store.
+pub struct LocalStore {
+    db: DB,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalStore({})", self.db.path().display())
+    }
+}
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+impl LocalStore {
+    /// Open (or create) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = [CF_STATE, CF_MESSAGES, CF_SEEN, CF_OUTBOX]
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        Ok(LocalStore {
+            db: DB::open_cf_descriptors(&opts, path, cfs)?,
+        })
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::Corrupt(format!("column family {name} missing")))
+    }
+
+    fn get<T: Decode<()>>(&self, cf: &str, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.db.get_cf(self.cf(cf)?, key)? {
+            None => Ok(None),
+            Some(b) => decode(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("{cf}/{}: {e}", hex::encode(key)))),
+        }
+    }
+
+    /// A named state value.
+    pub fn state<T: Decode<()>>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.get(CF_STATE, key.as_bytes())
+    }
+
+    /// Set a named state value.
+    pub fn put_state<T: Encode>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.db
+            .put_cf(self.cf(CF_STATE)?, key.as_bytes(), encode(value))?;
+        Ok(())
+    }
+
+    /// A fresh batch.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            wb: WriteBatch::default(),
+        }
+    }
+
+    /// The next local sequence number (one past the last message).
+    pub fn next_local(&self) -> Result<u64, StoreError> {
+        let mut it = self.db.iterator_cf(self.cf(CF_MESSAGES)?, IteratorMode::End);
+        match it.next() {
+            None => Ok(1),
+            Some(item) => {
+                let (k, _) = item?;
+                let k: [u8; 8] = k
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("message key".into()))?;
+                Ok(u64::from_be_bytes(k) + 1)
+            }
+        }
+    }
+
+    /// Has this event been stored?
+    pub fn seen(&self, id: &Hash) -> Result<bool, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_SEEN)?, id.0)?.is_some())
+    }
+
+    /// A message by local sequence.
+    pub fn message(&self, local: u64) -> Result<Option<Message>, StoreError> {
+        self.get(CF_MESSAGES, &be(local))
+    }
+
+    /// Every message, in local order.
+    pub fn messages(&self) -> Result<Vec<Message>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_MESSAGES)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push(decode(&v).map_err(|e| {
+                StoreError::Corrupt(format!("message {}: {e}", hex::encode(&k)))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The outbox, oldest first.
+    pub fn outbox(&self) -> Result<Vec<Pending>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_OUTBOX)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push(decode(&v).map_err(|e| {
+                StoreError::Corrupt(format!("outbox {}: {e}", hex::encode(&k)))
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+/// Changes applied together.
+pub struct Batch<'a> {
+    store: &'a LocalStore,
+    wb: WriteBatch,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Batch({} ops)", self.wb.len())
+    }
+}
+
+impl Batch<'_> {
+    /// Store a message (and mark its event seen).
+    pub fn message(&mut self, m: &Message) -> Result<(), StoreError> {
+        self.wb
+            .put_cf(self.store.cf(CF_MESSAGES)?, be(m.local), encode(m));
+        self.wb
+            .put_cf(self.store.cf(CF_SEEN)?, m.id.0, be(m.local));
+        Ok(())
+    }
+
+    /// Mark an event seen without a message (a rejected one).
+    pub fn seen(&mut self, id: &Hash) -> Result<(), StoreError> {
+        self.wb.put_cf(self.store.cf(CF_SEEN)?, id.0, be(0));
+        Ok(())
+    }
+
+    /// Put or replace an outbox entry.
+    pub fn pending(&mut self, p: &Pending) -> Result<(), StoreError> {
+        self.wb
+            .put_cf(self.store.cf(CF_OUTBOX)?, be(p.local), encode(p));
+        Ok(())
+    }
+
+    /// Remove an outbox entry.
+    pub fn sent(&mut self, local: u64) -> Result<(), StoreError> {
+        self.wb.delete_cf(self.store.cf(CF_OUTBOX)?, be(local));
+        Ok(())
+    }
+
+    /// Set a named state value.
+    pub fn state<T: Encode>(&mut self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.wb
+            .put_cf(self.store.cf(CF_STATE)?, key.as_bytes(), encode(value));
+        Ok(())
+    }
+
+    /// Apply every change at once.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.store.db.write(self.wb)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,762 @@
+//! The concierge server: mailboxes, device login, medium-term keys, over
+//! JSON-RPC (docs/chat.md, "Concierge RPC").
+//!
+//! * Users are known only through the server's own light client: a device
+//!   logs in by signing a fresh challenge, and the server checks that its
+//!   key is listed in the user's **verified** record. Tokens expire.
+//! * Anyone may deposit into a user's mailbox, within a size limit and a
+//!   per-mailbox rate limit; each deposit is one RocksDB `WriteBatch`,
+//!   written before the signed receipt is returned.
+//! * Receivers long-poll with server-assigned sequence numbers as cursors.
+//! * On start the server makes its own `~name` record match its
+//!   configuration (claim or update through the light client), and keeps
+//!   checking until the record is confirmed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::{RpcResult, async_trait};
+use jsonrpsee::server::{Server, ServerHandle};
+use jsonrpsee::types::ErrorObjectOwned;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use xirtam_lightclient::{Config as LcConfig, HttpSource, LightClient};
+use xirtam_proofs::name::NameKind;
+use xirtam_proofs::params::Params;
+use xirtam_proofs::{Hash, Name, PublicKey, SecretKey, Signature, decode, encode};
+
+use crate::api::{self, Batch, Challenge, ConciergeApiServer, Cursor, Delivered, code};
+use crate::crypto::MediumKey;
+use crate::mailbox::{MailboxError, MailboxStore};
+use crate::records::{RecordError, ServerRecord, UserRecord, VerifiedUser};
+
+/// Limits a server enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest envelope accepted (bytes).
+    pub max_envelope: usize,
+    /// Most unacknowledged envelopes per mailbox.
+    pub max_stored: u64,
+    /// Sustained deposits per second into one mailbox.
+    pub deposit_rate: f64,
+    /// Deposits one mailbox accepts in a burst.
+    pub deposit_burst: f64,
+    /// How long a login token stays valid.
+    pub token_lifetime: Duration,
+    /// Longest long-poll wait.
+    pub max_wait: Duration,
+    /// Most concurrent HTTP connections.
+    pub max_connections: u32,
+    /// How long a verified user record is reused for logins.
+    pub record_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_envelope: 128 * 1024,
+            max_stored: 10_000,
+            deposit_rate: 200.0,
+            deposit_burst: 1_000.0,
+            token_lifetime: Duration::from_secs(3600),
+            max_wait: Duration::from_secs(30),
+            max_connections: 10_000,
+            record_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The server's `~name`.
+    pub name: Name,
+    /// The network.
+    pub params: &'static Params,
+    /// Data directory (keys, mailboxes, the light client's headers).
+    pub datadir: PathBuf,
+    /// Directory node RPC URLs for the light client.
+    pub nodes: Vec<String>,
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// URL published in the record (default: `http://` + the bound address).
+    pub public_url: Option<String>,
+    /// Blocks under the tip lookups are proven at (default: the network's).
+    pub depth: Option<u64>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The name is not a `~server` name.
+    #[error("{0} is not a server name (server names start with ~)")]
+    NotServerName(Name),
+    /// Files in the data directory.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The key file is damaged.
+    #[error("key file {0} is damaged")]
+    BadKeys(PathBuf),
+    /// Mailbox storage.
+    #[error(transparent)]
+    Mailbox(#[from] MailboxError),
+    /// The light client.
+    #[error("light client: {0}")]
+    LightClient(#[from] xirtam_lightclient::Error),
+    /// The RPC server.
+    #[error("cannot serve RPC on {addr}: {reason}")]
+    Rpc {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// The server's keys: the root key owns the `~name` record, the server
+/// key signs receipts.
+#[derive(Debug)]
+pub struct ServerKeys {
+    /// Owner of the `~name` record.
+    pub root: SecretKey,
+    /// Signs deposit receipts; published in the record.
+    pub server: SecretKey,
+}
+
+impl ServerKeys {
+    /// Load `dir/server.keys`, creating it (mode 0600) on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Self, ServerError> {
+        let path = dir.join("server.keys");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => {
+                let seeds: Vec<[u8; 32]> = s
+                    .lines()
+                    .filter_map(|l| hex::decode(l.trim()).ok())
+                    .filter_map(|b| <[u8; 32]>::try_from(b).ok())
+                    .collect();
+                match seeds.as_slice() {
+                    [root, server] => Ok(ServerKeys {
+                        root: SecretKey::from_seed(*root),
+                        server: SecretKey::from_seed(*server),
+                    }),
+                    _ => Err(ServerError::BadKeys(path)),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut seeds = [[0u8; 32]; 2];
+                for s in &mut seeds {
+                    getrandom::fill(s).map_err(|e| ServerError::Io {
+                        what: "random key".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                }
+                let text = format!("{}\n{}\n", hex::encode(seeds[0]), hex::encode(seeds[1]));
+                crate::write_secret_file(&path, text.as_bytes())
+                    .map_err(io(format!("write {}", path.display())))?;
+                Ok(ServerKeys {
+                    root: SecretKey::from_seed(seeds[0]),
+                    server: SecretKey::from_seed(seeds[1]),
+                })
+            }
+            Err(e) => Err(io(format!("read {}", path.display()))(e)),
+        }
+    }
+}
+
+struct Session {
+    user: Name,
+    device: PublicKey,
+    expires: Instant,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Shared state behind the RPC methods.
+struct Concierge {
+    name: Name,
+    params: &'static Params,
+    keys: ServerKeys,
+    store: MailboxStore,
+    lc: tokio::sync::Mutex<LightClient<HttpSource>>,
+    limits: Limits,
+    challenges: Mutex<HashMap<[u8; 32], (Name, Instant)>>,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    users: Mutex<HashMap<Name, (Instant, VerifiedUser)>>,
+    waiters: Mutex<HashMap<Hash, Arc<Notify>>>,
+    buckets: Mutex<HashMap<Hash, Bucket>>,
+    registered_at: Mutex<Option<u64>>,
+}
+
+/// Bound on pending challenges and live sessions (oldest dropped first
+/// when expired; refused beyond).
+const MAX_PENDING: usize = 100_000;
+/// How long a challenge may be answered.
+const CHALLENGE_SECS: u64 = 60;
+
+fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(code, msg, None::<()>)
+}
+
+fn invalid(msg: impl Into<String>) -> ErrorObjectOwned {
+    err(code::INVALID_PARAMS, msg)
+}
+
+fn parse_user(s: &str) -> RpcResult<Name> {
+    let n = Name::new(s).map_err(|e| invalid(format!("invalid name {s:?}: {e}")))?;
+    if n.kind() != NameKind::User {
+        return Err(invalid(format!("{n} is not a user name (user names start with @)")));
+    }
+    Ok(n)
+}
+
+fn parse_hex32(what: &str, s: &str) -> RpcResult<[u8; 32]> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| invalid(format!("{what} must be 32 bytes of hex")))
+}
+
+fn parse_hex_capped(what: &str, s: &str, max: usize) -> RpcResult<Vec<u8>> {
+    if s.len() > 2 * max {
+        return Err(err(
+            code::TOO_LARGE,
+            format!("{what} is larger than {max} bytes"),
+        ));
+    }
+    hex::decode(s).map_err(|e| invalid(format!("{what} is not hex: {e}")))
+}
+
+fn store_err(e: MailboxError) -> ErrorObjectOwned {
+    match e {
+        MailboxError::NotFound(id) => err(code::NOT_FOUND, format!("no mailbox {id}")),
+        MailboxError::Full(id) => err(
+            code::MAILBOX_FULL,
+            format!("mailbox {id} is full; the owner must read and acknowledge first"),
+        ),
+        MailboxError::Taken { .. } => err(code::FORBIDDEN, e.to_string()),
+        other => {
+            tracing::error!(target: "server", error = %other, "storage failure");
+            err(code::INTERNAL, format!("internal error: {other}"))
+        }
+    }
+}
+
+impl Concierge {
+    fn session(&self, token: &str) -> RpcResult<(Name, PublicKey)> {
+        let t = parse_hex32("token", token)?;
+        let mut sessions = self.sessions.lock();
+        match sessions.get(&t) {
+            Some(s) if s.expires > Instant::now() => Ok((s.user.clone(), s.device)),
+            Some(_) => {
+                sessions.remove(&t);
+                Err(err(code::UNAUTHORIZED, "token expired; log in again"))
+            }
+            None => Err(err(code::UNAUTHORIZED, "unknown token; log in again")),
+        }
+    }
+
+    fn waiter(&self, id: &Hash) -> Arc<Notify> {
+        self.waiters.lock().entry(*id).or_default().clone()
+    }
+
+    /// The user's verified record (cached for `record_ttl`).
+    async fn user(&self, user: &Name) -> RpcResult<VerifiedUser> {
+        if let Some((at, v)) = self.users.lock().get(user)
+            && at.elapsed() < self.limits.record_ttl
+        {
+            return Ok(v.clone());
+        }
+        let lookup = self.lc.lock().await.resolve(user).await.map_err(|e| {
+            err(
+                code::LOOKUP_FAILED,
+                format!("cannot verify {user}'s record now: {e}"),
+            )
+        })?;
+        let v = VerifiedUser::from_lookup(lookup).map_err(|e| match e {
+            RecordError::NotRegistered(_) => err(code::NOT_FOUND, e.to_string()),
+            other => err(code::UNAUTHORIZED, other.to_string()),
+        })?;
+        let mut users = self.users.lock();
+        if users.len() >= MAX_PENDING {
+            users.clear();
+        }
+        users.insert(user.clone(), (Instant::now(), v.clone()));
+        Ok(v)
+    }
+
+    fn rate_check(&self, id: &Hash) -> RpcResult<()> {
+        let mut buckets = self.buckets.lock();
+        let now = Instant::now();
+        if buckets.len() >= MAX_PENDING {
+            buckets.retain(|_, b| now.duration_since(b.at) < Duration::from_secs(60));
+        }
+        let b = buckets.entry(*id).or_insert(Bucket {
+            tokens: self.limits.deposit_burst,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * self.limits.deposit_rate;
+        b.tokens = (b.tokens + refill).min(self.limits.deposit_burst);
+        b.at = now;
+        if b.tokens < 1.0 {
+            let wait_ms = ((1.0 - b.tokens) / self.limits.deposit_rate * 1000.0).ceil() as u64;
+            return Err(ErrorObjectOwned::owned(
+                code::RATE_LIMITED,
+                format!("too many deposits to this mailbox; retry in {wait_ms} ms"),
+                Some(serde_json::json!({ "retry_after_ms": wait_ms })),
+            ));
+        }
+        b.tokens -= 1.0;
+        Ok(())
+    }
+
+    fn read_batches(&self, ids: &[(Hash, u64)]) -> RpcResult<Vec<Batch>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, after) in ids {
+            let msgs = self
+                .store
+                .read(id, *after, api::MAX_BATCH as usize, api::MAX_BATCH_BYTES)
+                .map_err(store_err)?;
+            out.push(Batch {
+                mailbox: id.to_hex(),
+                messages: msgs
+                    .into_iter()
+                    .map(|m| Delivered {
+                        seq: m.seq,
+                        envelope: hex::encode(m.bytes),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The RPC front of a [`Concierge`].
+#[derive(Clone)]
+struct Rpc(Arc<Concierge>);
+
+impl std::fmt::Debug for Rpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Concierge({})", self.0.name)
+    }
+}
+
+#[async_trait]
+impl ConciergeApiServer for Rpc {
+    fn server_info(&self) -> RpcResult<api::ServerInfo> {
+        let c = &self.0;
+        Ok(api::ServerInfo {
+            name: c.name.to_string(),
+            key: c.keys.server.public().to_hex(),
+            network: c.params.name.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            registered_at: *c.registered_at.lock(),
+        })
+    }
+
+    fn auth_challenge(&self, user: String) -> RpcResult<Challenge> {
+        let user = parse_user(&user)?;
+        let mut challenge = [0u8; 32];
+        getrandom::fill(&mut challenge).map_err(|e| err(code::INTERNAL, e.to_string()))?;
+        let now = Instant::now();
+        let mut ch = self.0.challenges.lock();
+        if ch.len() >= MAX_PENDING {
+            ch.retain(|_, (_, exp)| *exp > now);
+            if ch.len() >= MAX_PENDING {
+                return Err(err(code::RATE_LIMITED, "too many pending logins; retry later"));
+            }
+        }
+        ch.insert(challenge, (user, now + Duration::from_secs(CHALLENGE_SECS)));
+        Ok(Challenge {
+            challenge: hex::encode(challenge),
+            valid_secs: CHALLENGE_SECS,
+        })
+    }
+
+    async fn auth_login(
+        &self,
+        user: String,
+        device: String,
+        challenge: String,
+        sig: String,
+    ) -> RpcResult<api::Token> {
+        let c = &self.0;
+        let user = parse_user(&user)?;
+        let device = PublicKey(parse_hex32("device", &device)?);
+        let challenge = parse_hex32("challenge", &challenge)?;
+        let sig = hex::decode(&sig)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(Signature)
+            .ok_or_else(|| invalid("sig must be 64 bytes of hex"))?;
+        // A challenge is single-use, whatever the outcome.
+        match c.challenges.lock().remove(&challenge) {
+            Some((u, exp)) if u == user && exp > Instant::now() => {}
+            _ => {
+                return Err(err(
+                    code::UNAUTHORIZED,
+                    "unknown, expired or foreign challenge; ask for a new one",
+                ));
+            }
+        }
+        device
+            .verify(
+                api::AUTH_TAG,
+                &api::auth_payload(&c.name, &user, &challenge),
+                &sig,
+            )
+            .map_err(|_| err(code::UNAUTHORIZED, "the signature does not verify"))?;
+        let v = c.user(&user).await?;
+        if v.record().device(&device).is_none() {
+            return Err(err(
+                code::UNAUTHORIZED,
+                format!(
+                    "device {device} is not in {user}'s verified record (height {})",
+                    v.lookup().height()
+                ),
+            ));
+        }
+        let mut token = [0u8; 32];
+        getrandom::fill(&mut token).map_err(|e| err(code::INTERNAL, e.to_string()))?;
+        let now = Instant::now();
+        let mut sessions = c.sessions.lock();
+        if sessions.len() >= MAX_PENDING {
+            sessions.retain(|_, s| s.expires > now);
+            if sessions.len() >= MAX_PENDING {
+                return Err(err(code::RATE_LIMITED, "too many sessions; retry later"));
+            }
+        }
+        sessions.insert(
+            token,
+            Session {
+                user: user.clone(),
+                device,
+                expires: now + c.limits.token_lifetime,
+            },
+        );
+        tracing::info!(target: "server::auth", %user, %device, "login");
+        Ok(api::Token {
+            token: hex::encode(token),
+            valid_secs: c.limits.token_lifetime.as_secs(),
+            record_height: v.lookup().height(),
+        })
+    }
+
+    fn mailbox_create(&self, token: String) -> RpcResult<api::MailboxInfo> {
+        let c = &self.0;
+        let (user, _) = c.session(&token)?;
+        let id = api::mailbox_id(&user);
+        let created = c.store.create(&id, &user).map_err(store_err)?;
+        let meta = c
+            .store
+            .meta(&id)
+            .map_err(store_err)?
+            .ok_or_else(|| err(code::INTERNAL, "mailbox vanished"))?;
+        if created {
+            tracing::info!(target: "server::mailbox", %user, "mailbox created");
+        }
+        Ok(api::MailboxInfo {
+            mailbox: id.to_hex(),
+            created,
+            next_seq: meta.next_seq,
+        })
+    }
+
+    fn mailbox_deposit(&self, recipient: String, envelope: String) -> RpcResult<api::Receipt> {
+        let c = &self.0;
+        let recipient = parse_user(&recipient)?;
+        let bytes = parse_hex_capped("envelope", &envelope, c.limits.max_envelope)?;
+        // Opaque to the server, but it must at least be an envelope.
+        decode::<crate::crypto::Envelope>(&bytes)
+            .map_err(|e| invalid(format!("not an envelope: {e}")))?;
+        let id = api::mailbox_id(&recipient);
+        if c.store.meta(&id).map_err(store_err)?.is_none() {
+            return Err(err(
+                code::NOT_FOUND,
+                format!("{recipient} has no mailbox on {}", c.name),
+            ));
+        }
+        c.rate_check(&id)?;
+        let seq = c.store.append(&id, &bytes).map_err(store_err)?;
+        c.waiter(&id).notify_waiters();
+        let sig = c.keys.server.sign(
+            api::RECEIPT_TAG,
+            &api::receipt_payload(&c.name, &id, seq, &api::envelope_hash(&bytes)),
+        );
+        Ok(api::Receipt {
+            mailbox: id.to_hex(),
+            seq,
+            sig: hex::encode(sig.0),
+        })
+    }
+
+    async fn mailbox_receive(
+        &self,
+        token: String,
+        cursors: Vec<Cursor>,
+        wait_ms: u64,
+    ) -> RpcResult<Vec<Batch>> {
+        let c = &self.0;
+        let (user, _) = c.session(&token)?;
+        if cursors.is_empty() || cursors.len() > api::MAX_CURSORS {
+            return Err(invalid(format!(
+                "between 1 and {} cursors",
+                api::MAX_CURSORS
+            )));
+        }
+        let mut ids = Vec::with_capacity(cursors.len());
+        for cur in &cursors {
+            let id = Hash(parse_hex32("mailbox", &cur.mailbox)?);
+            match c.store.meta(&id).map_err(store_err)? {
+                None => return Err(err(code::NOT_FOUND, format!("no mailbox {id}"))),
+                Some(m) if m.owner != user => {
+                    return Err(err(code::FORBIDDEN, format!("mailbox {id} is not yours")));
+                }
+                Some(_) => ids.push((id, cur.after)),
+            }
+        }
+        let wait = Duration::from_millis(wait_ms).min(c.limits.max_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notifies: Vec<Arc<Notify>> = ids.iter().map(|(id, _)| c.waiter(id)).collect();
+            let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> =
+                notifies.iter().map(|n| Box::pin(n.notified())).collect();
+            for w in &mut waits {
+                w.as_mut().enable();
+            }
+            let batches = c.read_batches(&ids)?;
+            if batches.iter().any(|b| !b.messages.is_empty())
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(batches);
+            }
+            let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
+        }
+    }
+
+    fn mailbox_ack(&self, token: String, mailbox: String, up_to: u64) -> RpcResult<u64> {
+        let c = &self.0;
+        let (user, _) = c.session(&token)?;
+        let id = Hash(parse_hex32("mailbox", &mailbox)?);
+        match c.store.meta(&id).map_err(store_err)? {
+            None => Err(err(code::NOT_FOUND, format!("no mailbox {id}"))),
+            Some(m) if m.owner != user => {
+                Err(err(code::FORBIDDEN, format!("mailbox {id} is not yours")))
+            }
+            Some(_) => c.store.ack(&id, up_to).map_err(store_err),
+        }
+    }
+
+    fn keys_publish(&self, token: String, key: String) -> RpcResult<bool> {
+        let c = &self.0;
+        let (user, device) = c.session(&token)?;
+        let bytes = parse_hex_capped("key", &key, 512)?;
+        let mk: MediumKey =
+            decode(&bytes).map_err(|e| invalid(format!("not a medium-term key: {e}")))?;
+        if mk.device != device {
+            return Err(err(
+                code::UNAUTHORIZED,
+                "the key is for another device than the one logged in",
+            ));
+        }
+        // Check the signature and validity against a record holding just
+        // this device (which the login checked against the verified one).
+        let only = UserRecord {
+            server: c.name.clone(),
+            devices: vec![crate::records::Device {
+                sign: device,
+                kx: mk.kx,
+            }],
+        };
+        mk.check(&user, &only, crate::unix_now())
+            .map_err(|e| invalid(format!("refused medium-term key: {e}")))?;
+        c.store
+            .put_medium_key(&user, &device, &encode(&mk))
+            .map_err(store_err)?;
+        Ok(true)
+    }
+
+    fn keys_fetch(&self, user: String) -> RpcResult<Vec<String>> {
+        let user = parse_user(&user)?;
+        let keys = self
+            .0
+            .store
+            .medium_keys(&user, crate::records::MAX_DEVICES)
+            .map_err(store_err)?;
+        Ok(keys.into_iter().map(hex::encode).collect())
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The URL in the record.
+    pub url: String,
+    /// The server key (receipts).
+    pub key: PublicKey,
+    handle: ServerHandle,
+    register: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stop serving and wait until stopped.
+    pub async fn stop(self) {
+        self.register.abort();
+        let _ = self.handle.stop();
+        self.handle.stopped().await;
+    }
+
+    /// Wait until the server stops.
+    pub async fn stopped(self) {
+        self.handle.stopped().await;
+    }
+}
+
+/// Start a server: open storage, bind, write `rpc.addr` in the data
+/// directory, and keep its `~name` record matching its configuration in
+/// the background.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    if config.name.kind() != NameKind::Server {
+        return Err(ServerError::NotServerName(config.name));
+    }
+    std::fs::create_dir_all(&config.datadir)
+        .map_err(io(format!("create {}", config.datadir.display())))?;
+    let keys = ServerKeys::load_or_create(&config.datadir)?;
+    let store = MailboxStore::open(&config.datadir.join("mailboxes"), config.limits.max_stored)?;
+    let mut lc_config = LcConfig::new(config.params);
+    lc_config.datadir = Some(config.datadir.join("headers"));
+    if let Some(d) = config.depth {
+        lc_config.depth = d;
+    }
+    let sources = config
+        .nodes
+        .iter()
+        .map(|u| HttpSource::new(u, Duration::from_secs(10)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| xirtam_lightclient::Error::NoSourceReachable(vec![e.to_string()]))?;
+    let lc = LightClient::new(lc_config, sources)?;
+    let rpc_err = |reason: String| ServerError::Rpc {
+        addr: config.listen,
+        reason,
+    };
+    let rpc_config = jsonrpsee::server::ServerConfig::builder()
+        .max_connections(config.limits.max_connections)
+        .max_request_body_size((2 * config.limits.max_envelope + 4096) as u32)
+        .max_response_body_size((2 * api::MAX_BATCH_BYTES * api::MAX_CURSORS + 65536) as u32)
+        .http_only()
+        .build();
+    let server = Server::builder()
+        .set_config(rpc_config)
+        .build(config.listen)
+        .await
+        .map_err(|e| rpc_err(e.to_string()))?;
+    let addr = server.local_addr().map_err(|e| rpc_err(e.to_string()))?;
+    let url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let server_key = keys.server.public();
+    let concierge = Arc::new(Concierge {
+        name: config.name.clone(),
+        params: config.params,
+        keys,
+        store,
+        lc: tokio::sync::Mutex::new(lc),
+        limits: config.limits.clone(),
+        challenges: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(HashMap::new()),
+        users: Mutex::new(HashMap::new()),
+        waiters: Mutex::new(HashMap::new()),
+        buckets: Mutex::new(HashMap::new()),
+        registered_at: Mutex::new(None),
+    });
+    let handle = server.start(Rpc(concierge.clone()).into_rpc());
+    let addr_file = config.datadir.join("rpc.addr");
+    std::fs::write(&addr_file, addr.to_string())
+        .map_err(io(format!("write {}", addr_file.display())))?;
+    tracing::info!(target: "server", name = %config.name, %addr, %url, "serving");
+    let record = ServerRecord {
+        key: server_key,
+        urls: vec![url.clone()],
+    };
+    let register = tokio::spawn(keep_registered(concierge, record));
+    Ok(RunningServer {
+        addr,
+        url,
+        key: server_key,
+        handle,
+        register,
+    })
+}
+
+/// Make the `~name` record match `record`: publish when the newest
+/// verified state differs (and nothing we sent is pending), then watch
+/// until it is confirmed; re-check every so often afterwards.
+async fn keep_registered(c: Arc<Concierge>, record: ServerRecord) {
+    let value = match record.to_value() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(target: "server::register", error = %e, "invalid server record");
+            return;
+        }
+    };
+    let interval = Duration::from_secs(c.params.block_interval.clamp(1, 10));
+    let mut sent: Option<(u64, Instant)> = None;
+    loop {
+        let step = async {
+            let mut lc = c.lc.lock().await;
+            let confirmed = lc.resolve(&c.name).await?;
+            if confirmed.record().is_some_and(|r| r.value.as_bytes() == value) {
+                return Ok::<_, xirtam_lightclient::Error>(Some(confirmed.height()));
+            }
+            let latest = lc.resolve_latest(&c.name).await?;
+            let latest_ok = latest.record().is_some_and(|r| r.value.as_bytes() == value);
+            let pending = sent.is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(60));
+            if !latest_ok && !pending {
+                let op = lc
+                    .publish(&c.keys.root, &c.name, value.clone(), None)
+                    .await?;
+                tracing::info!(target: "server::register", name = %c.name, nonce = op.nonce, "record submitted");
+                sent = Some((op.nonce, Instant::now()));
+            }
+            Ok(None)
+        };
+        match step.await {
+            Ok(Some(h)) => {
+                let first = c.registered_at.lock().replace(h).is_none();
+                if first {
+                    tracing::info!(target: "server::register", name = %c.name, height = h, "record confirmed");
+                }
+                tokio::time::sleep(interval * 10).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(target: "server::register", error = %e, "cannot check or publish the server record yet")
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
