@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use xirtam_node::p2p::NetInfo;
 use xirtam_node::rpc::{NodeApiClient, TipView};
 
+pub mod chat;
+pub mod demo;
+
+pub use xirtam_chat;
 pub use xirtam_node;
 pub use xirtam_proofs as proofs;
 
@@ -45,11 +49,11 @@ pub enum TestnetError {
         /// How long.
         secs: f64,
     },
-    /// A node exited early.
-    #[error("node {index} exited early ({status}); log: {log}")]
+    /// A process exited early.
+    #[error("{what} exited early ({status}); log: {log}")]
     Exited {
-        /// Node index.
-        index: usize,
+        /// Which process.
+        what: String,
         /// Exit status.
         status: String,
         /// Its log file.
@@ -197,6 +201,8 @@ pub struct Testnet {
     root: PathBuf,
     _temp: Option<tempfile::TempDir>,
     nodes: Vec<NodeProc>,
+    servers: Vec<chat::ServerProc>,
+    miner: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Find `xirtam-node`: `XIRTAM_NODE_BIN`, else next to the running
@@ -261,6 +267,66 @@ where
     }
 }
 
+/// Start `bin` with `args`, logging to `datadir/log_name`, and wait until
+/// it has written each of `files` (non-empty) in `datadir` (stale copies
+/// are removed first). Returns the child and the files' contents.
+pub(crate) async fn spawn_until_files(
+    bin: &Path,
+    args: &[String],
+    datadir: &Path,
+    log_name: &str,
+    files: &[&str],
+    label: &str,
+    timeout: Duration,
+) -> Result<(Child, Vec<String>)> {
+    for f in files {
+        let _ = std::fs::remove_file(datadir.join(f));
+    }
+    std::fs::create_dir_all(datadir).map_err(io(format!("create {}", datadir.display())))?;
+    let log_path = datadir.join(log_name);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io(format!("open {}", log_path.display())))?;
+    let log2 = log.try_clone().map_err(io("clone the log handle"))?;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(io(format!("start {}", bin.display())))?;
+    let read = |name: &str| {
+        std::fs::read_to_string(datadir.join(name))
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    };
+    let start = Instant::now();
+    loop {
+        let got: Vec<Option<String>> = files.iter().map(|f| read(f)).collect();
+        if got.iter().all(Option::is_some) {
+            return Ok((child, got.into_iter().flatten().collect()));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(TestnetError::Exited {
+                what: label.to_string(),
+                status: status.to_string(),
+                log: log_path.display().to_string(),
+            });
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(TestnetError::Timeout {
+                what: format!("{label} to start (log: {})", log_path.display()),
+                secs: timeout.as_secs_f64(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn rpc_client(url: &str) -> Result<HttpClient> {
     HttpClientBuilder::default()
         .request_timeout(Duration::from_secs(120))
@@ -301,6 +367,8 @@ impl Testnet {
             root,
             _temp: temp,
             nodes: Vec::new(),
+            servers: Vec::new(),
+            miner: None,
         };
         let groups = match &config.topology {
             Topology::Groups(g) => g.clone(),
@@ -376,52 +444,18 @@ impl Testnet {
     }
 
     async fn launch(&self, index: usize, datadir: PathBuf, args: Vec<String>) -> Result<NodeProc> {
-        for f in ["rpc.addr", "p2p.addr"] {
-            let _ = std::fs::remove_file(datadir.join(f));
-        }
-        let log_path = datadir.join("node.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io(format!("open {}", log_path.display())))?;
-        let log2 = log.try_clone().map_err(io("clone the log handle"))?;
-        let mut child = Command::new(&self.bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(io(format!("start {}", self.bin.display())))?;
-        let read = |name: &str| {
-            std::fs::read_to_string(datadir.join(name))
-                .ok()
-                .filter(|s| !s.trim().is_empty())
-        };
-        let start = Instant::now();
-        let (rpc_addr, p2p_addr) = loop {
-            if let (Some(r), Some(p)) = (read("rpc.addr"), read("p2p.addr")) {
-                break (
-                    r.trim().to_string(),
-                    p.lines().next().unwrap_or("").to_string(),
-                );
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(TestnetError::Exited {
-                    index,
-                    status: status.to_string(),
-                    log: log_path.display().to_string(),
-                });
-            }
-            if start.elapsed() > self.config.timeout {
-                let _ = child.kill();
-                return Err(TestnetError::Timeout {
-                    what: format!("node {index} to start (log: {})", log_path.display()),
-                    secs: self.config.timeout.as_secs_f64(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let (child, files) = spawn_until_files(
+            &self.bin,
+            &args,
+            &datadir,
+            "node.log",
+            &["rpc.addr", "p2p.addr"],
+            &format!("node {index}"),
+            self.config.timeout,
+        )
+        .await?;
+        let rpc_addr = files[0].trim().to_string();
+        let p2p_addr = files[1].lines().next().unwrap_or("").to_string();
         let rpc_url = format!("http://{rpc_addr}");
         Ok(NodeProc {
             index,
@@ -597,6 +631,12 @@ impl Testnet {
 
 impl Drop for Testnet {
     fn drop(&mut self) {
+        if let Some(m) = self.miner.take() {
+            m.abort();
+        }
+        for s in &mut self.servers {
+            s.kill();
+        }
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();

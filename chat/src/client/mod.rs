@@ -935,19 +935,31 @@ impl ChatClient {
             }
         }
         let wait_ms = wait.as_millis() as u64;
-        let results = futures::future::join_all(calls.into_iter().map(
-            |(s, rpc, url, token, after)| {
+        let mut pending: Vec<_> = calls
+            .into_iter()
+            .map(|(s, rpc, url, token, after)| {
                 let mailbox = mailbox.to_hex();
-                async move {
+                Box::pin(async move {
                     let r = rpc
                         .mailbox_receive(token.clone(), vec![Cursor { mailbox, after }], wait_ms)
                         .await
                         .map_err(|e| Self::rpc_err(&s, &url, "the receive", e));
                     (s, rpc, url, token, r)
-                }
-            },
-        ))
-        .await;
+                })
+            })
+            .collect();
+        // Long-poll every server at once; as soon as one has something,
+        // stop waiting for the others (the next poll reads them).
+        let mut results = Vec::new();
+        while !pending.is_empty() {
+            let (done, _, rest) = futures::future::select_all(pending).await;
+            let has = matches!(&done.4, Ok(b) if b.iter().any(|x| !x.messages.is_empty()));
+            results.push(done);
+            pending = rest;
+            if has {
+                break;
+            }
+        }
         for (s, _, url, token, r) in results {
             let batches = match r {
                 Ok(b) => b,

@@ -37,6 +37,14 @@ enum Cmd {
         #[arg(long, default_value = "local")]
         network: String,
     },
+    /// The chat demo: 3 nodes, 2 concierge servers, @alice and @bob
+    /// exchange messages, @alice moves servers; prints a transcript, cleans
+    /// up, exits 0 when every message arrived.
+    Demo {
+        /// Keep the data here instead of a temporary directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Show each node's tip and peers.
     Status,
     /// Stop the nodes and delete the directory.
@@ -102,6 +110,10 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Cmd::Demo { keep } => {
+            xirtam_testnet::demo::run(keep.as_deref(), true).await?;
+            Ok(())
+        }
         Cmd::Up {
             nodes,
             miners,
