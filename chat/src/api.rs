@@ -219,7 +219,10 @@ pub fn check_receipt(
     r: &Receipt,
 ) -> Result<(), String> {
     if r.mailbox != mailbox.to_hex() {
-        return Err(format!("receipt names mailbox {}, not {mailbox}", r.mailbox));
+        return Err(format!(
+            "receipt names mailbox {}, not {mailbox}",
+            r.mailbox
+        ));
     }
     let sig = hex::decode(&r.sig)
         .ok()

@@ -67,8 +67,8 @@ pub enum CryptoError {
         /// Why it failed.
         reason: String,
     },
-    /// A medium-term key is not signed by a device of the verified record.
-    #[error("medium-term key is not signed by a device of {0}")]
+    /// A key or event is signed by a device not in the verified record.
+    #[error("signed by a device that is not in {0}'s verified record")]
     UnknownDevice(Name),
     /// A signature does not verify.
     #[error("bad signature on {0}")]

@@ -224,7 +224,9 @@ fn invalid(msg: impl Into<String>) -> ErrorObjectOwned {
 fn parse_user(s: &str) -> RpcResult<Name> {
     let n = Name::new(s).map_err(|e| invalid(format!("invalid name {s:?}: {e}")))?;
     if n.kind() != NameKind::User {
-        return Err(invalid(format!("{n} is not a user name (user names start with @)")));
+        return Err(invalid(format!(
+            "{n} is not a user name (user names start with @)"
+        )));
     }
     Ok(n)
 }
@@ -383,7 +385,10 @@ impl ConciergeApiServer for Rpc {
         if ch.len() >= MAX_PENDING {
             ch.retain(|_, (_, exp)| *exp > now);
             if ch.len() >= MAX_PENDING {
-                return Err(err(code::RATE_LIMITED, "too many pending logins; retry later"));
+                return Err(err(
+                    code::RATE_LIMITED,
+                    "too many pending logins; retry later",
+                ));
             }
         }
         ch.insert(challenge, (user, now + Duration::from_secs(CHALLENGE_SECS)));
@@ -728,7 +733,10 @@ async fn keep_registered(c: Arc<Concierge>, record: ServerRecord) {
         let step = async {
             let mut lc = c.lc.lock().await;
             let confirmed = lc.resolve(&c.name).await?;
-            if confirmed.record().is_some_and(|r| r.value.as_bytes() == value) {
+            if confirmed
+                .record()
+                .is_some_and(|r| r.value.as_bytes() == value)
+            {
                 return Ok::<_, xirtam_lightclient::Error>(Some(confirmed.height()));
             }
             let latest = lc.resolve_latest(&c.name).await?;

@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use xirtam_proofs::header::{ChainState, HeaderError};
+use xirtam_proofs::op::{Op, Owners, Value};
 use xirtam_proofs::params::Params;
 use xirtam_proofs::state::verify_state;
-use xirtam_proofs::op::{Op, Owners, Value};
 use xirtam_proofs::{Hash, Name, PublicKey, SecretKey, U256};
 
 use crate::source::{MAX_HEADERS_PER_CALL, Source, SourceError, TipClaim};
@@ -644,12 +644,15 @@ impl<S: Source> LightClient<S> {
             Some(r) => (r.nonce + 1, Some(r.owners.clone())),
         };
         let owners = match (owners, current_owners) {
-            (Some(keys), _) => Owners::new(keys).ok_or_else(|| bad("between 1 and 16 owners".into()))?,
+            (Some(keys), _) => {
+                Owners::new(keys).ok_or_else(|| bad("between 1 and 16 owners".into()))?
+            }
             (None, Some(o)) => o,
             (None, None) => Owners::single(me),
         };
         let len = value.len();
-        let value = Value::new(value).ok_or_else(|| bad(format!("value of {len} bytes is too long")))?;
+        let value =
+            Value::new(value).ok_or_else(|| bad(format!("value of {len} bytes is too long")))?;
         let params = self.config.params;
         let mut op = Op::sign(params, name.clone(), nonce, owners, value, key);
         let tip = self.chain.tip().tip_height;

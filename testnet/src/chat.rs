@@ -63,8 +63,9 @@ impl Testnet {
 
     /// The network's parameters.
     pub fn params(&self) -> Result<&'static Params> {
-        Params::by_name(&self.config.network)
-            .ok_or_else(|| TestnetError::Invalid(format!("unknown network {}", self.config.network)))
+        Params::by_name(&self.config.network).ok_or_else(|| {
+            TestnetError::Invalid(format!("unknown network {}", self.config.network))
+        })
     }
 
     /// A chat client configuration using every node as a source.
@@ -113,7 +114,9 @@ impl Testnet {
             args.push(u);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let s = self.launch_server(name, datadir, args, "127.0.0.1:0").await?;
+        let s = self
+            .launch_server(name, datadir, args, "127.0.0.1:0")
+            .await?;
         self.servers.push(s);
         self.wait_server_registered(index).await?;
         Ok(index)
@@ -140,10 +143,9 @@ impl Testnet {
             self.config.timeout,
         )
         .await?;
-        let addr: SocketAddr = files[0]
-            .trim()
-            .parse()
-            .map_err(|e| TestnetError::Invalid(format!("server {name} wrote a bad address: {e}")))?;
+        let addr: SocketAddr = files[0].trim().parse().map_err(|e| {
+            TestnetError::Invalid(format!("server {name} wrote a bad address: {e}"))
+        })?;
         let url = format!("http://{addr}");
         Ok(ServerProc {
             name: name.to_string(),
@@ -160,7 +162,11 @@ impl Testnet {
     pub async fn wait_server_registered(&self, i: usize) -> Result<u64> {
         let s = &self.servers[i];
         poll_until(
-            &format!("server {} to confirm its record (log: {})", s.name, s.log_path().display()),
+            &format!(
+                "server {} to confirm its record (log: {})",
+                s.name,
+                s.log_path().display()
+            ),
             self.config.timeout,
             Duration::from_millis(100),
             || async { s.rpc.server_info().await.ok().and_then(|i| i.registered_at) },

@@ -32,7 +32,11 @@ struct Log {
 
 impl Log {
     fn say(&mut self, line: impl Into<String>) {
-        let line = format!("[{:6.1}s] {}", self.start.elapsed().as_secs_f64(), line.into());
+        let line = format!(
+            "[{:6.1}s] {}",
+            self.start.elapsed().as_secs_f64(),
+            line.into()
+        );
         if self.echo {
             println!("{line}");
         }
@@ -142,7 +146,13 @@ pub async fn run(dir: Option<&Path>, echo: bool) -> Result<DemoOutcome> {
         w.lookup().height(),
         w.lookup().source()
     ));
-    send(&mut log, &mut alice, &b, "Hi Bob! This is end-to-end encrypted.").await?;
+    send(
+        &mut log,
+        &mut alice,
+        &b,
+        "Hi Bob! This is end-to-end encrypted.",
+    )
+    .await?;
     show_received(&mut log, &mut bob, 1).await?;
     send(&mut log, &mut bob, &a, "Hi Alice, loud and clear.").await?;
     show_received(&mut log, &mut alice, 1).await?;
@@ -164,12 +174,21 @@ pub async fn run(dir: Option<&Path>, echo: bool) -> Result<DemoOutcome> {
     ));
     send(&mut log, &mut bob, &a, "Now straight to ~s2.").await?;
     show_received(&mut log, &mut alice, 1).await?;
-    send(&mut log, &mut alice, &b, "Same conversation, new server. Nothing lost.").await?;
+    send(
+        &mut log,
+        &mut alice,
+        &b,
+        "Same conversation, new server. Nothing lost.",
+    )
+    .await?;
     show_received(&mut log, &mut bob, 1).await?;
 
     let alice_inbox = alice.inbox()?;
     let bob_inbox = bob.inbox()?;
-    log.say(format!("{a}'s conversation ({} messages):", alice_inbox.len()));
+    log.say(format!(
+        "{a}'s conversation ({} messages):",
+        alice_inbox.len()
+    ));
     for m in &alice_inbox {
         log.say(format!("    {} -> {}: {}", m.from, m.to, m.text));
     }

@@ -137,7 +137,12 @@ async fn run(cli: Cli) -> Result<()> {
     let nodes_file = dir.join("nodes");
     let nodes = if cli.nodes.is_empty() {
         std::fs::read_to_string(&nodes_file)
-            .map(|s| s.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+            .map(|s| {
+                s.lines()
+                    .map(str::to_owned)
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     } else {
         cli.nodes.clone()

@@ -225,7 +225,12 @@ pub struct ChatClient {
 
 impl std::fmt::Debug for ChatClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChatClient({:?}, {})", self.identity.name, self.dir.display())
+        write!(
+            f,
+            "ChatClient({:?}, {})",
+            self.identity.name,
+            self.dir.display()
+        )
     }
 }
 
@@ -293,7 +298,10 @@ pub fn order_by_after(messages: Vec<Message>) -> Vec<Message> {
 }
 
 impl ChatClient {
-    fn open_parts(dir: &Path, config: &ClientConfig) -> Result<(LocalStore, LightClient<HttpSource>)> {
+    fn open_parts(
+        dir: &Path,
+        config: &ClientConfig,
+    ) -> Result<(LocalStore, LightClient<HttpSource>)> {
         std::fs::create_dir_all(dir)
             .map_err(|e| ClientError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
         let store = LocalStore::open(&dir.join("store"))?;
@@ -478,7 +486,9 @@ impl ChatClient {
         let value = record.to_value().map_err(ClientError::Invalid)?;
         let latest = self.lc.resolve_latest(name).await?;
         if latest.record().is_none_or(|r| r.value.as_bytes() != value) {
-            self.lc.publish(&self.root, name, value.clone(), None).await?;
+            self.lc
+                .publish(&self.root, name, value.clone(), None)
+                .await?;
         }
         let v = self.wait_value(name, &value).await?;
         self.identity.name = Some(name.clone());
@@ -512,7 +522,9 @@ impl ChatClient {
             devices: mine.record().devices.clone(),
         };
         let value = record.to_value().map_err(ClientError::Invalid)?;
-        self.lc.publish(&self.root, &me, value.clone(), None).await?;
+        self.lc
+            .publish(&self.root, &me, value.clone(), None)
+            .await?;
         // Start reading the new server at once: senders switch as soon as
         // they see the new record.
         let until = unix_ms() / 1000 + self.config.grace.as_secs();
@@ -534,9 +546,7 @@ impl ChatClient {
             let build = |timeout: Duration| {
                 HttpClientBuilder::default()
                     .request_timeout(timeout)
-                    .max_response_size(
-                        (2 * api::MAX_BATCH_BYTES * api::MAX_CURSORS + 65536) as u32,
-                    )
+                    .max_response_size((2 * api::MAX_BATCH_BYTES * api::MAX_CURSORS + 65536) as u32)
                     .max_request_size(1 << 20)
                     .build(&url)
                     .map_err(|e| ClientError::Unreachable {
@@ -749,7 +759,9 @@ impl ChatClient {
         let now = unix_ms();
         for mut p in self.store.outbox()? {
             if p.next_try_ms > now {
-                report.queued.push((p.local, p.to.clone(), p.last_error.clone()));
+                report
+                    .queued
+                    .push((p.local, p.to.clone(), p.last_error.clone()));
                 continue;
             }
             match self.deliver(&p).await {
@@ -773,7 +785,9 @@ impl ChatClient {
                     let mut b = self.store.batch();
                     b.pending(&p)?;
                     b.commit()?;
-                    report.queued.push((p.local, p.to.clone(), p.last_error.clone()));
+                    report
+                        .queued
+                        .push((p.local, p.to.clone(), p.last_error.clone()));
                 }
             }
         }
@@ -810,7 +824,10 @@ impl ChatClient {
             };
             match key.check(&name, user.record(), now) {
                 Ok(()) => {
-                    if best.get(&key.device).is_none_or(|b| b.created < key.created) {
+                    if best
+                        .get(&key.device)
+                        .is_none_or(|b| b.created < key.created)
+                    {
                         best.insert(key.device, key);
                     }
                 }
@@ -902,7 +919,11 @@ impl ChatClient {
         let mut report = PollReport::default();
         let mut servers = self.servers()?;
         let now = unix_ms() / 1000;
-        if servers.previous.as_ref().is_some_and(|(_, until)| *until <= now) {
+        if servers
+            .previous
+            .as_ref()
+            .is_some_and(|(_, until)| *until <= now)
+        {
             servers.previous = None;
             self.store.put_state("servers", &servers)?;
         }
@@ -915,7 +936,9 @@ impl ChatClient {
         if self.rotate_medium()? {
             for s in &list {
                 if let Err(e) = self.publish_medium(s).await {
-                    report.errors.push(format!("{s}: publishing the new key: {e}"));
+                    report
+                        .errors
+                        .push(format!("{s}: publishing the new key: {e}"));
                 }
             }
         }
@@ -1013,7 +1036,9 @@ impl ChatClient {
         match self.flush().await {
             Ok(f) => {
                 for (_, to, e) in f.queued {
-                    report.errors.push(format!("message to {to} still queued: {e}"));
+                    report
+                        .errors
+                        .push(format!("message to {to} still queued: {e}"));
                 }
             }
             Err(e) => report.errors.push(e.to_string()),
@@ -1038,7 +1063,9 @@ impl ChatClient {
         }
         let sender = ev.event.sender.clone();
         if sender.kind() != NameKind::User {
-            return Ok(Processed::Rejected(format!("sender {sender} is not a user")));
+            return Ok(Processed::Rejected(format!(
+                "sender {sender} is not a user"
+            )));
         }
         let peer_me = if &sender == me {
             ev.event.recipient.clone()

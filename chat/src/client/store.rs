@@ -187,7 +187,9 @@ impl LocalStore {
 
     /// The next local sequence number (one past the last message).
     pub fn next_local(&self) -> Result<u64, StoreError> {
-        let mut it = self.db.iterator_cf(self.cf(CF_MESSAGES)?, IteratorMode::End);
+        let mut it = self
+            .db
+            .iterator_cf(self.cf(CF_MESSAGES)?, IteratorMode::End);
         match it.next() {
             None => Ok(1),
             Some(item) => {
@@ -214,11 +216,16 @@ impl LocalStore {
     /// Every message, in local order.
     pub fn messages(&self) -> Result<Vec<Message>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_MESSAGES)?, IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MESSAGES)?, IteratorMode::Start)
+        {
             let (k, v) = item?;
-            out.push(decode(&v).map_err(|e| {
-                StoreError::Corrupt(format!("message {}: {e}", hex::encode(&k)))
-            })?);
+            out.push(
+                decode(&v).map_err(|e| {
+                    StoreError::Corrupt(format!("message {}: {e}", hex::encode(&k)))
+                })?,
+            );
         }
         Ok(out)
     }
@@ -226,11 +233,15 @@ impl LocalStore {
     /// The outbox, oldest first.
     pub fn outbox(&self) -> Result<Vec<Pending>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_OUTBOX)?, IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_OUTBOX)?, IteratorMode::Start)
+        {
             let (k, v) = item?;
-            out.push(decode(&v).map_err(|e| {
-                StoreError::Corrupt(format!("outbox {}: {e}", hex::encode(&k)))
-            })?);
+            out.push(
+                decode(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("outbox {}: {e}", hex::encode(&k))))?,
+            );
         }
         Ok(out)
     }
@@ -253,8 +264,7 @@ impl Batch<'_> {
     pub fn message(&mut self, m: &Message) -> Result<(), StoreError> {
         self.wb
             .put_cf(self.store.cf(CF_MESSAGES)?, be(m.local), encode(m));
-        self.wb
-            .put_cf(self.store.cf(CF_SEEN)?, m.id.0, be(m.local));
+        self.wb.put_cf(self.store.cf(CF_SEEN)?, m.id.0, be(m.local));
         Ok(())
     }
 

@@ -1,0 +1,3 @@
+//! Integration tests of the chat crate (in-process concierge server).
+
+mod server;
