@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The Xirtam main command (README "Run it"): start a local mining directory
-# node on the embedded RocksDB, with JSON-RPC on 127.0.0.1:8645.
+# The Xirtam main command (README "Run it"): the chat demo on a local
+# testnet - 3 directory nodes, 2 concierge servers, @alice and @bob
+# exchanging end-to-end-encrypted messages, @alice moving servers - with a
+# transcript of every step. Exits 0 when every message arrived; cleans up.
 #
-#   bash scripts/run.sh        # = xirtam-node run --network local --mine (data in ~/.xirtam/local)
-#   bash scripts/run.sh --network regtest --mine --datadir /tmp/x   # your own `xirtam-node run` flags
+#   bash scripts/run.sh                 # the demo (xirtam-testnet demo)
+#   bash scripts/run.sh node [flags]    # one mining directory node instead
+#                                       # (= xirtam-node run --network local --mine)
 #
 # Installs the system packages the build needs when they are missing. The
 # first build compiles RocksDB from C++ source (about 10-15 minutes on two
-# cores); later runs start at once. Stop the node with Ctrl-C.
+# cores); later runs start at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
@@ -23,6 +26,12 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-args=("$@")
-if ((${#args[@]} == 0)); then args=(--network local --mine); fi
-exec cargo run --locked -q -p xirtam-node -- run "${args[@]}"
+if [ "${1:-}" = "node" ]; then
+  shift
+  args=("$@")
+  if ((${#args[@]} == 0)); then args=(--network local --mine); fi
+  exec cargo run --locked -q -p xirtam-node -- run "${args[@]}"
+fi
+# The demo starts xirtam-node and xirtam-server processes: build every binary.
+cargo build --locked -q --workspace --bins
+exec "${CARGO_TARGET_DIR:-target}/debug/xirtam-testnet" demo "$@"

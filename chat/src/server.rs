@@ -495,14 +495,14 @@ impl ConciergeApiServer for Rpc {
         decode::<crate::crypto::Envelope>(&bytes)
             .map_err(|e| invalid(format!("not an envelope: {e}")))?;
         let id = api::mailbox_id(&recipient);
-        if c.store.meta(&id).map_err(store_err)?.is_none() {
-            return Err(err(
+        c.rate_check(&id)?;
+        let seq = c.store.append(&id, &bytes).map_err(|e| match e {
+            MailboxError::NotFound(_) => err(
                 code::NOT_FOUND,
                 format!("{recipient} has no mailbox on {}", c.name),
-            ));
-        }
-        c.rate_check(&id)?;
-        let seq = c.store.append(&id, &bytes).map_err(store_err)?;
+            ),
+            other => store_err(other),
+        })?;
         c.waiter(&id).notify_waiters();
         let sig = c.keys.server.sign(
             api::RECEIPT_TAG,

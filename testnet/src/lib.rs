@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use xirtam_node::p2p::NetInfo;
 use xirtam_node::rpc::{NodeApiClient, TipView};
 
+pub mod bench_chat;
 pub mod chat;
 pub mod demo;
 
@@ -309,10 +310,14 @@ pub(crate) async fn spawn_until_files(
             return Ok((child, got.into_iter().flatten().collect()));
         }
         if let Ok(Some(status)) = child.try_wait() {
+            // The directory may be temporary: quote the log's tail.
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
             return Err(TestnetError::Exited {
                 what: label.to_string(),
                 status: status.to_string(),
-                log: log_path.display().to_string(),
+                log: format!("{}:\n{}", log_path.display(), tail.join("\n")),
             });
         }
         if start.elapsed() > timeout {

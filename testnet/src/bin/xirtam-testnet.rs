@@ -74,6 +74,22 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10_000)]
         blocks: u32,
     },
+    /// Concierge server: deposit throughput and deposit-to-delivery
+    /// latency with many long-polling receivers; memory per idle long-poll.
+    Chat {
+        /// Long-polling receivers.
+        #[arg(long, default_value_t = 100)]
+        receivers: usize,
+        /// Concurrent depositors.
+        #[arg(long, default_value_t = 32)]
+        senders: usize,
+        /// Envelopes in total.
+        #[arg(long, default_value_t = 50_000)]
+        messages: usize,
+        /// Idle long-polls for the memory figure.
+        #[arg(long, default_value_t = 1000)]
+        idle: usize,
+    },
     /// Light client: cold start to a verified name (from genesis and from a
     /// checkpoint), resolve latency on a synced client, memory.
     Lightclient {
@@ -222,6 +238,44 @@ async fn bench(b: BenchCmd) -> Result<()> {
     use std::time::Instant;
     use xirtam_testnet::percentile;
     match b {
+        BenchCmd::Chat {
+            receivers,
+            senders,
+            messages,
+            idle,
+        } => {
+            let r = xirtam_testnet::bench_chat::run(xirtam_testnet::bench_chat::ChatBench {
+                receivers,
+                senders,
+                messages,
+                idle,
+            })
+            .await?;
+            println!(
+                "chat server: {messages} envelopes of {} B, {receivers} long-polling receivers, {senders} depositors",
+                r.envelope_bytes
+            );
+            println!(
+                "  throughput      {:.0} envelopes/s (first deposit to last delivery)",
+                r.throughput
+            );
+            println!(
+                "  delivery        p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms (deposit call to long-poll return)",
+                r.latency_ms[0], r.latency_ms[1], r.latency_ms[2]
+            );
+            println!(
+                "  deposit call    p50 {:.2} ms  p99 {:.2} ms",
+                r.deposit_ms[0], r.deposit_ms[1]
+            );
+            let per = (r.rss_kib.1 as f64 - r.rss_kib.0 as f64) * 1024.0 / r.idle.max(1) as f64;
+            println!(
+                "  idle long-polls server RSS {} KiB -> {} KiB with {} parked: {:.1} KiB each",
+                r.rss_kib.0,
+                r.rss_kib.1,
+                r.idle,
+                per / 1024.0
+            );
+        }
         BenchCmd::Propagation { nodes, blocks } => {
             let net = Testnet::start(Config {
                 nodes,
