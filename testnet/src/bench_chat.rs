@@ -104,12 +104,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
     let s = net
         .add_server(
             "~bench",
-            &[
-                "--deposit-rate",
-                "100000",
-                "--deposit-burst",
-                "100000",
-            ],
+            &["--deposit-rate", "100000", "--deposit-burst", "100000"],
         )
         .await?;
     let url = net.server(s).url.clone();
