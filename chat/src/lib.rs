@@ -24,6 +24,31 @@ pub mod mailbox;
 pub mod records;
 pub mod server;
 
+/// The light client the server and the client use: headers kept in
+/// `headers_dir`, one `HttpSource` per node URL, lookups `depth` blocks under
+/// the tip (default: the network's).
+pub fn light_client(
+    params: &'static xirtam_proofs::params::Params,
+    headers_dir: std::path::PathBuf,
+    depth: Option<u64>,
+    nodes: &[String],
+) -> Result<
+    xirtam_lightclient::LightClient<xirtam_lightclient::HttpSource>,
+    xirtam_lightclient::Error,
+> {
+    let mut config = xirtam_lightclient::Config::new(params);
+    config.datadir = Some(headers_dir);
+    if let Some(d) = depth {
+        config.depth = d;
+    }
+    let sources = nodes
+        .iter()
+        .map(|u| xirtam_lightclient::HttpSource::new(u, std::time::Duration::from_secs(10)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| xirtam_lightclient::Error::NoSourceReachable(vec![e.to_string()]))?;
+    xirtam_lightclient::LightClient::new(config, sources)
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -24,7 +24,7 @@ use jsonrpsee::server::{Server, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use xirtam_lightclient::{Config as LcConfig, HttpSource, LightClient};
+use xirtam_lightclient::{HttpSource, LightClient};
 use xirtam_proofs::name::NameKind;
 use xirtam_proofs::params::Params;
 use xirtam_proofs::{Hash, Name, PublicKey, SecretKey, Signature, decode, encode};
@@ -650,18 +650,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .map_err(io(format!("create {}", config.datadir.display())))?;
     let keys = ServerKeys::load_or_create(&config.datadir)?;
     let store = MailboxStore::open(&config.datadir.join("mailboxes"), config.limits.max_stored)?;
-    let mut lc_config = LcConfig::new(config.params);
-    lc_config.datadir = Some(config.datadir.join("headers"));
-    if let Some(d) = config.depth {
-        lc_config.depth = d;
-    }
-    let sources = config
-        .nodes
-        .iter()
-        .map(|u| HttpSource::new(u, Duration::from_secs(10)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| xirtam_lightclient::Error::NoSourceReachable(vec![e.to_string()]))?;
-    let lc = LightClient::new(lc_config, sources)?;
+    let lc = crate::light_client(
+        config.params,
+        config.datadir.join("headers"),
+        config.depth,
+        &config.nodes,
+    )?;
     let rpc_err = |reason: String| ServerError::Rpc {
         addr: config.listen,
         reason,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use jsonrpsee::core::client::Error as RpcError;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
-use xirtam_lightclient::{Config as LcConfig, HttpSource, LightClient};
+use xirtam_lightclient::{HttpSource, LightClient};
 use xirtam_proofs::name::NameKind;
 use xirtam_proofs::params::Params;
 use xirtam_proofs::{Hash, Name, SecretKey, decode, encode};
@@ -305,18 +305,12 @@ impl ChatClient {
         std::fs::create_dir_all(dir)
             .map_err(|e| ClientError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
         let store = LocalStore::open(&dir.join("store"))?;
-        let mut lc_config = LcConfig::new(config.params);
-        lc_config.datadir = Some(dir.join("headers"));
-        if let Some(d) = config.depth {
-            lc_config.depth = d;
-        }
-        let sources = config
-            .nodes
-            .iter()
-            .map(|u| HttpSource::new(u, Duration::from_secs(10)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClientError::Invalid(format!("bad node URL: {e}")))?;
-        let lc = LightClient::new(lc_config, sources)?;
+        let lc = crate::light_client(
+            config.params,
+            dir.join("headers"),
+            config.depth,
+            &config.nodes,
+        )?;
         Ok((store, lc))
     }
 
