@@ -30,7 +30,7 @@ use xirtam_proofs::{Hash, Name, SecretKey, decode, encode};
 
 use crate::api::{self, ConciergeApiClient, Cursor, code};
 use crate::crypto::{
-    self, CryptoError, DeviceKeys, Event, KIND_TEXT, MediumKey, MediumSecret, Recipient,
+    self, CryptoError, DeviceKeys, Event, KIND_TEXT, MediumKey, MediumSecret, Recipient, Sealer,
     SignedEvent,
 };
 use crate::records::{Device, RecordError, UserRecord, VerifiedServer, VerifiedUser};
@@ -219,6 +219,8 @@ pub struct ChatClient {
     root: SecretKey,
     device: DeviceKeys,
     mediums: Vec<MediumSecret>,
+    /// Remembers recipients' keys: repeat wraps to them are cheaper.
+    sealer: Sealer,
     conns: HashMap<Name, Conn>,
     users: HashMap<Name, (Instant, VerifiedUser)>,
 }
@@ -367,6 +369,7 @@ impl ChatClient {
             lc,
             identity,
             mediums,
+            sealer: Sealer::new(),
             conns: HashMap::new(),
             users: HashMap::new(),
         })
@@ -871,7 +874,7 @@ impl ChatClient {
             self.conns.remove(&server);
         }
         let (to, refused) = self.recipients(&user, &server, None).await?;
-        let envelope = crypto::seal(&event, &to)?;
+        let envelope = self.sealer.seal(&event, &to)?;
         let bytes = encode(&envelope);
         let receipt = self.deposit(&server, &p.to, &bytes).await?;
         let server_height = self
@@ -886,7 +889,7 @@ impl ChatClient {
             let skip = self.device.device().sign;
             let copy = async {
                 let (own, _) = self.recipients(&mine, &own_server, Some(&skip)).await?;
-                let env = crypto::seal(&event, &own)?;
+                let env = self.sealer.seal(&event, &own)?;
                 self.deposit(&own_server, &me, &encode(&env)).await
             };
             if let Err(e) = copy.await {

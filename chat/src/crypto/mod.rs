@@ -28,12 +28,16 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hpke::aead::ChaCha20Poly1305 as HpkeAead;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
+use hpke::{Deserializable, Kem, OpModeR, Serializable};
 use rand_core::TryRngCore;
 use xirtam_proofs::hash::hash_tagged;
 use xirtam_proofs::{Hash, Name, PublicKey, SecretKey, Signature, decode, encode};
 
 use crate::records::{Device, KxPublicKey, UserRecord};
+
+mod hpke_seal;
+pub use hpke_seal::Sealer;
+use zeroize::Zeroizing;
 
 /// Tag of a device's signature over a medium-term key.
 pub const MEDIUM_KEY_TAG: &str = "xirtam/chat/medium-key/v1";
@@ -102,13 +106,6 @@ pub enum CryptoError {
 
 type KxSecret = <X25519HkdfSha256 as Kem>::PrivateKey;
 type KxPublic = <X25519HkdfSha256 as Kem>::PublicKey;
-
-fn kx_public(pk: &KxPublicKey) -> Result<KxPublic, CryptoError> {
-    KxPublic::from_bytes(&pk.0).map_err(|e| CryptoError::Malformed {
-        what: "key-agreement key",
-        reason: format!("{e:?}"),
-    })
-}
 
 fn kx_bytes(pk: &KxPublic) -> KxPublicKey {
     let mut out = [0u8; 32];
@@ -381,58 +378,56 @@ fn body_cipher(key: &[u8; 32]) -> ChaCha20Poly1305 {
 /// Each content key encrypts one body, so a zero nonce is safe.
 const BODY_NONCE: [u8; 12] = [0; 12];
 
-/// Encrypt a signed event once and wrap its key to every recipient.
+/// Encrypt a signed event once and wrap its key to every recipient, with a
+/// one-off [`Sealer`] (a client keeps one and calls [`Sealer::seal`]).
 pub fn seal(event: &SignedEvent, to: &[Recipient]) -> Result<Envelope, CryptoError> {
-    if to.is_empty() || to.len() > MAX_WRAPS {
-        return Err(CryptoError::TooLarge(format!(
-            "{} recipients; between 1 and {MAX_WRAPS}",
-            to.len()
-        )));
+    Sealer::new().seal(event, to)
+}
+
+impl Sealer {
+    /// Encrypt a signed event once and wrap its key to every recipient.
+    pub fn seal(&mut self, event: &SignedEvent, to: &[Recipient]) -> Result<Envelope, CryptoError> {
+        if to.is_empty() || to.len() > MAX_WRAPS {
+            return Err(CryptoError::TooLarge(format!(
+                "{} recipients; between 1 and {MAX_WRAPS}",
+                to.len()
+            )));
+        }
+        if event.event.body.len() > MAX_BODY {
+            return Err(CryptoError::TooLarge(format!(
+                "body of {} bytes; at most {MAX_BODY}",
+                event.event.body.len()
+            )));
+        }
+        let content_key = Zeroizing::new(random_bytes::<32>()?);
+        let body = body_cipher(&content_key)
+            .encrypt(
+                Nonce::from_slice(&BODY_NONCE),
+                Payload {
+                    msg: &encode(event),
+                    aad: BODY_AAD,
+                },
+            )
+            .map_err(|_| CryptoError::Tampered)?;
+        let body_hash = hash_tagged(BODY_HASH_TAG, &body);
+        let mut wraps = Vec::with_capacity(to.len());
+        for r in to {
+            let (enc, ct) = self.wrap(
+                &r.kx.0,
+                &wrap_info(&r.device, &r.kx),
+                &body_hash.0,
+                content_key.as_ref(),
+            )?;
+            let key = <[u8; 48]>::try_from(ct.as_slice()).map_err(|_| CryptoError::Tampered)?;
+            wraps.push(Wrap {
+                device: r.device,
+                kx: r.kx,
+                enc,
+                key,
+            });
+        }
+        Ok(Envelope { wraps, body })
     }
-    if event.event.body.len() > MAX_BODY {
-        return Err(CryptoError::TooLarge(format!(
-            "body of {} bytes; at most {MAX_BODY}",
-            event.event.body.len()
-        )));
-    }
-    let content_key: [u8; 32] = random_bytes()?;
-    let body = body_cipher(&content_key)
-        .encrypt(
-            Nonce::from_slice(&BODY_NONCE),
-            Payload {
-                msg: &encode(event),
-                aad: BODY_AAD,
-            },
-        )
-        .map_err(|_| CryptoError::Tampered)?;
-    let body_hash = hash_tagged(BODY_HASH_TAG, &body);
-    let mut rng = rand_core::OsRng.unwrap_err();
-    let mut wraps = Vec::with_capacity(to.len());
-    for r in to {
-        let pk = kx_public(&r.kx)?;
-        let (enc, ct) = hpke::single_shot_seal::<HpkeAead, HkdfSha256, X25519HkdfSha256, _>(
-            &OpModeS::Base,
-            &pk,
-            &wrap_info(&r.device, &r.kx),
-            &content_key,
-            &body_hash.0,
-            &mut rng,
-        )
-        .map_err(|e| CryptoError::Malformed {
-            what: "recipient key",
-            reason: format!("{e:?}"),
-        })?;
-        let mut e = [0u8; 32];
-        e.copy_from_slice(&enc.to_bytes());
-        let key = <[u8; 48]>::try_from(ct.as_slice()).map_err(|_| CryptoError::Tampered)?;
-        wraps.push(Wrap {
-            device: r.device,
-            kx: r.kx,
-            enc: e,
-            key,
-        });
-    }
-    Ok(Envelope { wraps, body })
 }
 
 /// Decrypt an envelope addressed to `me` with one of `mediums` (or the

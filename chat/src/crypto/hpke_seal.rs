@@ -1,0 +1,375 @@
+//! The sender side of HPKE (RFC 9180): base mode, single shot, for the one
+//! suite chat uses - DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
+//! ChaCha20-Poly1305 (ids 0x0020, 0x0001, 0x0003).
+//!
+//! Why our own sender: speed (ADR 0008). Every wrap is a standard HPKE
+//! encapsulation with its own fresh ephemeral key, so receivers open with the
+//! `hpke` crate unchanged. What differs is how the Diffie-Hellman with the
+//! recipient's key is computed: a key the [`Sealer`] has seen before gets a
+//! precomputed multiples table, and `[e]·pkR` then costs a fixed-base
+//! multiplication (~16 µs) instead of a Montgomery ladder (~54 µs). The table
+//! path computes the very same X25519 function, but only for keys where that
+//! is provably so - points of the prime-order subgroup, where a scalar may
+//! be reduced mod ℓ; any other key (twist, small order, torsion component)
+//! takes the ladder. Checked against the RFC 9180 test vector, against the
+//! ladder for random keys, and by opening with the `hpke` crate.
+
+use std::collections::HashMap;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use curve25519_dalek::edwards::EdwardsBasepointTable;
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use curve25519_dalek::scalar::{Scalar, clamp_integer};
+use curve25519_dalek::traits::BasepointTable;
+use hkdf::{Hkdf, HkdfExtract};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::CryptoError;
+
+/// `suite_id` of the KEM: "KEM" || I2OSP(kem_id = 0x0020, 2).
+const KEM_SUITE: &[u8] = b"KEM\x00\x20";
+/// `suite_id` of the key schedule: "HPKE" || kem_id || kdf_id || aead_id.
+const HPKE_SUITE: &[u8] = b"HPKE\x00\x20\x00\x01\x00\x03";
+/// Base mode.
+const MODE_BASE: u8 = 0;
+
+/// `LabeledExtract(salt, label, ikm)`, with the IKM given in parts: the
+/// pseudorandom key, and it ready for `Expand`.
+fn labeled_extract(
+    suite: &[u8],
+    salt: &[u8],
+    label: &[u8],
+    ikm: &[&[u8]],
+) -> ([u8; 32], Hkdf<Sha256>) {
+    let mut ex = HkdfExtract::<Sha256>::new(Some(salt));
+    ex.input_ikm(b"HPKE-v1");
+    ex.input_ikm(suite);
+    ex.input_ikm(label);
+    for part in ikm {
+        ex.input_ikm(part);
+    }
+    let (prk, hkdf) = ex.finalize();
+    (prk.into(), hkdf)
+}
+
+/// `LabeledExpand(prk, label, info, L)` into `out` (L = `out.len()` ≤ 255·32).
+fn labeled_expand(prk: &Hkdf<Sha256>, suite: &[u8], label: &[u8], info: &[&[u8]], out: &mut [u8]) {
+    let len = u16::try_from(out.len())
+        .expect("callers ask for 12 or 32 bytes")
+        .to_be_bytes();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(4 + info.len());
+    parts.extend_from_slice(&[&len, b"HPKE-v1", suite, label]);
+    parts.extend_from_slice(info);
+    prk.expand_multi_info(&parts, out)
+        .expect("12 and 32 bytes are far below HKDF-SHA256's 8160-byte limit");
+}
+
+/// A recipient key prepared for fast Diffie-Hellman.
+struct Prepared {
+    /// Multiples of the key's Edwards form; `None` for keys outside the
+    /// prime-order subgroup, which keep the ladder.
+    table: Option<Box<EdwardsBasepointTable>>,
+    /// Tick of the last use, for eviction.
+    used: u64,
+}
+
+impl Prepared {
+    fn new(pk: &[u8; 32]) -> Self {
+        // Either sign gives the same X25519 result: u([k]P) = u([k](-P)).
+        let table = MontgomeryPoint(*pk)
+            .to_edwards(0)
+            .filter(|p| p.is_torsion_free())
+            .map(|p| Box::new(EdwardsBasepointTable::create(&p)));
+        Prepared { table, used: 0 }
+    }
+
+    /// X25519(sk, pk): on the prime-order subgroup `[clamp(sk)]P =
+    /// [clamp(sk) mod ℓ]P`, so the table computes exactly the ladder's value.
+    fn dh(&self, pk: &[u8; 32], sk: &[u8; 32]) -> [u8; 32] {
+        match &self.table {
+            Some(t) => {
+                let s = Zeroizing::new(Scalar::from_bytes_mod_order(clamp_integer(*sk)));
+                t.mul_base(&s).to_montgomery().0
+            }
+            None => MontgomeryPoint(*pk).mul_clamped(*sk).0,
+        }
+    }
+}
+
+/// Seals envelopes ([`Sealer::seal`]), remembering the recipient keys it
+/// wrapped to: the second time a key is used it gets a precomputed table
+/// (about 1 ms and 30 KiB), and every later wrap to it costs about 40% less.
+/// At most [`Sealer::CAPACITY`] keys have tables (least recently used
+/// evicted). A client keeps one for its lifetime.
+pub struct Sealer {
+    keys: HashMap<[u8; 32], Prepared>,
+    seen: HashMap<[u8; 32], u64>,
+    tick: u64,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealer({} prepared keys)", self.keys.len())
+    }
+}
+
+impl Default for Sealer {
+    fn default() -> Self {
+        Sealer::new()
+    }
+}
+
+impl Sealer {
+    /// How many recipient keys get tables (at ~30 KiB each).
+    pub const CAPACITY: usize = 64;
+
+    /// A sealer that remembers nothing yet.
+    pub fn new() -> Self {
+        Sealer {
+            keys: HashMap::new(),
+            seen: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// X25519(sk, pk), through a table when `pk` has been used before.
+    fn dh(&mut self, pk: &[u8; 32], sk: &[u8; 32]) -> [u8; 32] {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(p) = self.keys.get_mut(pk) {
+            p.used = tick;
+            return p.dh(pk, sk);
+        }
+        if self.seen.remove(pk).is_none() {
+            // First use: remember the key, take the ladder.
+            if self.seen.len() >= 4 * Self::CAPACITY {
+                self.seen.clear();
+            }
+            self.seen.insert(*pk, tick);
+            return MontgomeryPoint(*pk).mul_clamped(*sk).0;
+        }
+        if self.keys.len() >= Self::CAPACITY
+            && let Some(old) = self
+                .keys
+                .iter()
+                .min_by_key(|(_, p)| p.used)
+                .map(|(k, _)| *k)
+        {
+            self.keys.remove(&old);
+        }
+        let mut p = Prepared::new(pk);
+        p.used = tick;
+        let out = p.dh(pk, sk);
+        self.keys.insert(*pk, p);
+        out
+    }
+
+    /// HPKE single-shot seal of `plaintext` to `pk_r` with a fresh
+    /// ephemeral key; returns `(enc, ciphertext)`.
+    pub(super) fn wrap(
+        &mut self,
+        pk_r: &[u8; 32],
+        info: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<([u8; 32], Vec<u8>), CryptoError> {
+        let mut sk_e = Zeroizing::new([0u8; 32]);
+        getrandom::fill(sk_e.as_mut()).map_err(|e| CryptoError::Random(e.to_string()))?;
+        self.seal_with(&sk_e, pk_r, info, aad, plaintext)
+    }
+
+    /// [`Sealer::wrap`] with a given ephemeral secret (for test vectors).
+    fn seal_with(
+        &mut self,
+        sk_e: &[u8; 32],
+        pk_r: &[u8; 32],
+        info: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<([u8; 32], Vec<u8>), CryptoError> {
+        let enc = MontgomeryPoint::mul_base_clamped(*sk_e).0;
+        let dh = Zeroizing::new(self.dh(pk_r, sk_e));
+        if dh.iter().all(|b| *b == 0) {
+            // RFC 9180 §7.1.4: a small-order key gives an all-zero secret.
+            return Err(CryptoError::Malformed {
+                what: "recipient key",
+                reason: "a small-order X25519 point".into(),
+            });
+        }
+        let (key, nonce) = key_schedule(&shared_secret(&dh, &enc, pk_r), info);
+        let ct = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|_| CryptoError::TooLarge("HPKE plaintext".into()))?;
+        Ok((enc, ct))
+    }
+}
+
+/// DHKEM `ExtractAndExpand(dh, enc || pkR)`.
+fn shared_secret(dh: &[u8; 32], enc: &[u8; 32], pk_r: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let (_, prk) = labeled_extract(KEM_SUITE, b"", b"eae_prk", &[dh]);
+    let mut out = Zeroizing::new([0u8; 32]);
+    labeled_expand(
+        &prk,
+        KEM_SUITE,
+        b"shared_secret",
+        &[enc, pk_r],
+        out.as_mut(),
+    );
+    out
+}
+
+/// The base-mode key schedule: the AEAD key and base nonce.
+fn key_schedule(shared_secret: &[u8; 32], info: &[u8]) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
+    let (psk_id_hash, _) = labeled_extract(HPKE_SUITE, b"", b"psk_id_hash", &[]);
+    let (info_hash, _) = labeled_extract(HPKE_SUITE, b"", b"info_hash", &[info]);
+    let context: [&[u8]; 3] = [&[MODE_BASE], &psk_id_hash, &info_hash];
+    let (_, secret) = labeled_extract(HPKE_SUITE, shared_secret, b"secret", &[]);
+    let mut key = Zeroizing::new([0u8; 32]);
+    labeled_expand(&secret, HPKE_SUITE, b"key", &context, key.as_mut());
+    let mut nonce = [0u8; 12];
+    labeled_expand(&secret, HPKE_SUITE, b"base_nonce", &context, &mut nonce);
+    (key, nonce)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hpke::aead::ChaCha20Poly1305 as HpkeAead;
+    use hpke::kdf::HkdfSha256;
+    use hpke::kem::X25519HkdfSha256;
+    use hpke::{Deserializable, Kem, OpModeR, Serializable};
+    use proptest::prelude::*;
+
+    /// `name = hex` lines of the RFC 9180 A.2.1 vector.
+    fn vector() -> HashMap<String, Vec<u8>> {
+        include_str!("../../tests/vectors/hpke-rfc9180-a2-base.hex")
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.split_once('=').expect("vector lines are name = hex");
+                (
+                    k.trim().to_string(),
+                    hex::decode(v.trim()).expect("vector values are hex"),
+                )
+            })
+            .collect()
+    }
+
+    fn arr(v: &[u8]) -> [u8; 32] {
+        v.try_into().expect("32 bytes")
+    }
+
+    #[test]
+    fn rfc9180_vector_through_ladder_and_table() {
+        let v = vector();
+        let (sk_e, pk_r) = (arr(&v["skEm"]), arr(&v["pkRm"]));
+        let dh = MontgomeryPoint(pk_r).mul_clamped(sk_e).0;
+        let ss = shared_secret(&dh, &arr(&v["pkEm"]), &pk_r);
+        assert_eq!(ss.as_ref(), v["shared_secret"].as_slice());
+        let (key, nonce) = key_schedule(&ss, &v["info"]);
+        assert_eq!(key.as_ref(), v["key"].as_slice());
+        assert_eq!(nonce.as_slice(), v["base_nonce"].as_slice());
+        let mut sealer = Sealer::new();
+        // First use takes the ladder, the second and third the table.
+        for round in 0..3 {
+            let (enc, ct) = sealer
+                .seal_with(&sk_e, &pk_r, &v["info"], &v["aad"], &v["pt"])
+                .expect("seal");
+            assert_eq!(enc.as_slice(), v["pkEm"].as_slice(), "round {round}");
+            assert_eq!(ct, v["ct"], "round {round}");
+            assert_eq!(sealer.keys.len(), usize::from(round > 0));
+        }
+        assert!(sealer.keys[&pk_r].table.is_some());
+    }
+
+    #[test]
+    fn small_order_and_twist_keys_take_the_ladder_or_are_refused() {
+        let mut sealer = Sealer::new();
+        // u = 0 (order 2) and u = 1 (order 4): X25519 gives zero; refused.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for pk in [[0u8; 32], one] {
+            for _ in 0..3 {
+                assert!(matches!(
+                    sealer.wrap(&pk, b"i", b"a", b"p"),
+                    Err(CryptoError::Malformed { .. })
+                ));
+            }
+        }
+        // A point with a torsion component: P + T (T of order 8) is on the
+        // curve but not in the subgroup; its table would be wrong, so none.
+        let p = curve25519_dalek::constants::ED25519_BASEPOINT_POINT * Scalar::from(7u8);
+        let t = curve25519_dalek::constants::EIGHT_TORSION[1];
+        let pk = (p + t).to_montgomery().0;
+        for _ in 0..3 {
+            let sk = [5u8; 32];
+            assert_eq!(sealer.dh(&pk, &sk), MontgomeryPoint(pk).mul_clamped(sk).0);
+        }
+        assert!(sealer.keys[&pk].table.is_none());
+        // A u-coordinate on the twist has no Edwards form: the ladder.
+        let twist = (2u8..)
+            .map(|u| {
+                let mut b = [0u8; 32];
+                b[0] = u;
+                b
+            })
+            .find(|b| MontgomeryPoint(*b).to_edwards(0).is_none())
+            .expect("half of all u-coordinates are on the twist");
+        for _ in 0..3 {
+            assert_eq!(
+                sealer.dh(&twist, &[9u8; 32]),
+                MontgomeryPoint(twist).mul_clamped([9u8; 32]).0
+            );
+        }
+        assert!(sealer.keys[&twist].table.is_none());
+    }
+
+    #[test]
+    fn eviction_keeps_at_most_capacity_tables() {
+        let mut sealer = Sealer::new();
+        for i in 0..(Sealer::CAPACITY + 8) {
+            let pk = MontgomeryPoint::mul_base_clamped([i as u8 + 1; 32]).0;
+            sealer.dh(&pk, &[3; 32]);
+            sealer.dh(&pk, &[3; 32]);
+        }
+        assert_eq!(sealer.keys.len(), Sealer::CAPACITY);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The table and the ladder agree, and the `hpke` crate opens every
+        /// wrap, whichever path sealed it.
+        #[test]
+        fn table_equals_ladder_and_hpke_crate_opens(
+            ikm in any::<[u8; 32]>(),
+            sk_e in any::<[u8; 32]>(),
+            info in proptest::collection::vec(any::<u8>(), 0..80),
+            aad in proptest::collection::vec(any::<u8>(), 0..80),
+            pt in proptest::collection::vec(any::<u8>(), 0..100),
+        ) {
+            let (sk_r, pk_r) = X25519HkdfSha256::derive_keypair(&ikm);
+            let pk = arr(&pk_r.to_bytes());
+            let prepared = Prepared::new(&pk);
+            prop_assert!(prepared.table.is_some());
+            prop_assert_eq!(prepared.dh(&pk, &sk_e), MontgomeryPoint(pk).mul_clamped(sk_e).0);
+            let mut sealer = Sealer::new();
+            for _ in 0..2 {
+                let (enc, ct) = sealer.wrap(&pk, &info, &aad, &pt).expect("seal");
+                let enc = <X25519HkdfSha256 as Kem>::EncappedKey::from_bytes(&enc).expect("enc");
+                let opened = hpke::single_shot_open::<HpkeAead, HkdfSha256, X25519HkdfSha256>(
+                    &OpModeR::Base, &sk_r, &enc, &info, &ct, &aad,
+                ).expect("the hpke crate opens our wrap");
+                prop_assert_eq!(&opened, &pt);
+            }
+        }
+    }
+}
