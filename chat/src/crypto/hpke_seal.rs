@@ -99,14 +99,23 @@ impl Prepared {
 }
 
 /// Seals envelopes ([`Sealer::seal`]), remembering the recipient keys it
-/// wrapped to: the second time a key is used it gets a precomputed table
-/// (about 1 ms and 30 KiB), and every later wrap to it costs about 40% less.
-/// At most [`Sealer::CAPACITY`] keys have tables (least recently used
+/// wrapped to: the third time a key is used it gets a precomputed table
+/// (about 1.1 ms and 30 KiB), and every later wrap to it costs about 40%
+/// less. At most [`Sealer::CAPACITY`] keys have tables (least recently used
 /// evicted). A client keeps one for its lifetime.
+///
+/// Keys come from servers and contacts, so a hostile one can serve many
+/// distinct valid keys to make us build tables in vain. At most one table is
+/// built per envelope, which bounds that to +1.1 ms per send (an envelope of
+/// 32 wraps costs ~1.7 ms on the ladder anyway); evicted tables only put
+/// wraps back on the ladder.
 pub struct Sealer {
     keys: HashMap<[u8; 32], Prepared>,
-    seen: HashMap<[u8; 32], u64>,
+    /// Keys without a table yet, and how often they were used.
+    seen: HashMap<[u8; 32], u32>,
     tick: u64,
+    /// Tables still allowed in the current envelope.
+    builds: u32,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -124,6 +133,10 @@ impl Default for Sealer {
 impl Sealer {
     /// How many recipient keys get tables (at ~30 KiB each).
     pub const CAPACITY: usize = 64;
+    /// Uses of a key before it gets a table.
+    const USES_BEFORE_TABLE: u32 = 2;
+    /// Keys remembered without a table.
+    const SEEN_CAPACITY: usize = 4 * Self::CAPACITY;
 
     /// A sealer that remembers nothing yet.
     pub fn new() -> Self {
@@ -131,10 +144,21 @@ impl Sealer {
             keys: HashMap::new(),
             seen: HashMap::new(),
             tick: 0,
+            builds: 1,
         }
     }
 
-    /// X25519(sk, pk), through a table when `pk` has been used before.
+    /// How many recipient keys have tables now.
+    pub fn tables(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Start an envelope: it may build one table.
+    pub(super) fn begin_envelope(&mut self) {
+        self.builds = 1;
+    }
+
+    /// X25519(sk, pk), through `pk`'s table when it has one (or earns one).
     fn dh(&mut self, pk: &[u8; 32], sk: &[u8; 32]) -> [u8; 32] {
         self.tick += 1;
         let tick = self.tick;
@@ -142,14 +166,17 @@ impl Sealer {
             p.used = tick;
             return p.dh(pk, sk);
         }
-        if self.seen.remove(pk).is_none() {
-            // First use: remember the key, take the ladder.
-            if self.seen.len() >= 4 * Self::CAPACITY {
+        let uses = self.seen.get(pk).copied().unwrap_or(0);
+        if uses < Self::USES_BEFORE_TABLE || self.builds == 0 {
+            // Not (yet) worth a table: remember the key, take the ladder.
+            if uses == 0 && self.seen.len() >= Self::SEEN_CAPACITY {
                 self.seen.clear();
             }
-            self.seen.insert(*pk, tick);
+            self.seen.insert(*pk, uses.saturating_add(1));
             return MontgomeryPoint(*pk).mul_clamped(*sk).0;
         }
+        self.seen.remove(pk);
+        self.builds -= 1;
         if self.keys.len() >= Self::CAPACITY
             && let Some(old) = self
                 .keys
@@ -278,14 +305,15 @@ mod tests {
         assert_eq!(key.as_ref(), v["key"].as_slice());
         assert_eq!(nonce.as_slice(), v["base_nonce"].as_slice());
         let mut sealer = Sealer::new();
-        // First use takes the ladder, the second and third the table.
-        for round in 0..3 {
+        // Two uses take the ladder; the third builds the table.
+        for round in 0..4 {
+            sealer.begin_envelope();
             let (enc, ct) = sealer
                 .seal_with(&sk_e, &pk_r, &v["info"], &v["aad"], &v["pt"])
                 .expect("seal");
             assert_eq!(enc.as_slice(), v["pkEm"].as_slice(), "round {round}");
             assert_eq!(ct, v["ct"], "round {round}");
-            assert_eq!(sealer.keys.len(), usize::from(round > 0));
+            assert_eq!(sealer.tables(), usize::from(round >= 2));
         }
         assert!(sealer.keys[&pk_r].table.is_some());
     }
@@ -297,7 +325,8 @@ mod tests {
         let mut one = [0u8; 32];
         one[0] = 1;
         for pk in [[0u8; 32], one] {
-            for _ in 0..3 {
+            for _ in 0..4 {
+                sealer.begin_envelope();
                 assert!(matches!(
                     sealer.wrap(&pk, b"i", b"a", b"p"),
                     Err(CryptoError::Malformed { .. })
@@ -309,7 +338,8 @@ mod tests {
         let p = curve25519_dalek::constants::ED25519_BASEPOINT_POINT * Scalar::from(7u8);
         let t = curve25519_dalek::constants::EIGHT_TORSION[1];
         let pk = (p + t).to_montgomery().0;
-        for _ in 0..3 {
+        for _ in 0..4 {
+            sealer.begin_envelope();
             let sk = [5u8; 32];
             assert_eq!(sealer.dh(&pk, &sk), MontgomeryPoint(pk).mul_clamped(sk).0);
         }
@@ -323,7 +353,8 @@ mod tests {
             })
             .find(|b| MontgomeryPoint(*b).to_edwards(0).is_none())
             .expect("half of all u-coordinates are on the twist");
-        for _ in 0..3 {
+        for _ in 0..4 {
+            sealer.begin_envelope();
             assert_eq!(
                 sealer.dh(&twist, &[9u8; 32]),
                 MontgomeryPoint(twist).mul_clamped([9u8; 32]).0
@@ -333,14 +364,74 @@ mod tests {
     }
 
     #[test]
-    fn eviction_keeps_at_most_capacity_tables() {
-        let mut sealer = Sealer::new();
-        for i in 0..(Sealer::CAPACITY + 8) {
-            let pk = MontgomeryPoint::mul_base_clamped([i as u8 + 1; 32]).0;
-            sealer.dh(&pk, &[3; 32]);
-            sealer.dh(&pk, &[3; 32]);
+    fn non_canonical_encodings_agree_with_the_ladder() {
+        // The base point u = 9 with bit 255 set, and as 9 + p (≥ p): both
+        // decode to u = 9 on either path (RFC 7748 masks bit 255).
+        let mut high = [0u8; 32];
+        high[0] = 9;
+        high[31] = 0x80;
+        let mut plus_p = [0xffu8; 32];
+        plus_p[0] = 0xf6;
+        plus_p[31] = 0x7f;
+        for pk in [high, plus_p] {
+            let prepared = Prepared::new(&pk);
+            assert!(prepared.table.is_some());
+            for sk in [[1u8; 32], [0xabu8; 32], [0xffu8; 32]] {
+                let ladder = MontgomeryPoint(pk).mul_clamped(sk).0;
+                assert_eq!(prepared.dh(&pk, &sk), ladder);
+                assert_eq!(ladder, MontgomeryPoint::mul_base_clamped(sk).0);
+            }
         }
-        assert_eq!(sealer.keys.len(), Sealer::CAPACITY);
+    }
+
+    fn key(i: usize) -> [u8; 32] {
+        let mut seed = [1u8; 32];
+        seed[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+        MontgomeryPoint::mul_base_clamped(seed).0
+    }
+
+    #[test]
+    fn least_recently_used_tables_are_evicted() {
+        let mut sealer = Sealer::new();
+        let n = Sealer::CAPACITY + 8;
+        for i in 0..n {
+            for _ in 0..3 {
+                sealer.begin_envelope();
+                sealer.dh(&key(i), &[3; 32]);
+            }
+        }
+        assert_eq!(sealer.tables(), Sealer::CAPACITY);
+        assert!((0..8).all(|i| !sealer.keys.contains_key(&key(i))));
+        assert!((8..n).all(|i| sealer.keys.contains_key(&key(i))));
+        // Using key 8 again makes key 9 the oldest.
+        sealer.dh(&key(8), &[3; 32]);
+        for _ in 0..3 {
+            sealer.begin_envelope();
+            sealer.dh(&key(0), &[3; 32]);
+        }
+        assert!(sealer.keys.contains_key(&key(8)));
+        assert!(!sealer.keys.contains_key(&key(9)));
+    }
+
+    #[test]
+    fn hostile_keys_cost_at_most_one_table_per_envelope_and_bounded_memory() {
+        let mut sealer = Sealer::new();
+        // Envelopes of 32 wraps to keys used for the third time: one table
+        // per envelope, the rest on the ladder.
+        for _ in 0..3 {
+            sealer.begin_envelope();
+            for i in 0..32 {
+                sealer.dh(&key(i), &[3; 32]);
+            }
+        }
+        assert_eq!(sealer.tables(), 1);
+        // Ever-new keys: the untabled ones are forgotten beyond a bound.
+        for i in 0..(3 * Sealer::SEEN_CAPACITY) {
+            sealer.begin_envelope();
+            sealer.dh(&key(1000 + i), &[3; 32]);
+            assert!(sealer.seen.len() <= Sealer::SEEN_CAPACITY);
+        }
+        assert_eq!(sealer.tables(), 1);
     }
 
     proptest! {
@@ -362,7 +453,8 @@ mod tests {
             prop_assert!(prepared.table.is_some());
             prop_assert_eq!(prepared.dh(&pk, &sk_e), MontgomeryPoint(pk).mul_clamped(sk_e).0);
             let mut sealer = Sealer::new();
-            for _ in 0..2 {
+            for _ in 0..4 {
+                sealer.begin_envelope();
                 let (enc, ct) = sealer.wrap(&pk, &info, &aad, &pt).expect("seal");
                 let enc = <X25519HkdfSha256 as Kem>::EncappedKey::from_bytes(&enc).expect("enc");
                 let opened = hpke::single_shot_open::<HpkeAead, HkdfSha256, X25519HkdfSha256>(
@@ -370,6 +462,7 @@ mod tests {
                 ).expect("the hpke crate opens our wrap");
                 prop_assert_eq!(&opened, &pt);
             }
+            prop_assert_eq!(sealer.tables(), 1);
         }
     }
 }

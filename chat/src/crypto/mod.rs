@@ -399,6 +399,7 @@ impl Sealer {
                 event.event.body.len()
             )));
         }
+        self.begin_envelope();
         let content_key = Zeroizing::new(random_bytes::<32>()?);
         let body = body_cipher(&content_key)
             .encrypt(
@@ -460,7 +461,10 @@ pub fn open(
             &body_hash.0,
         )
         .map_err(|_| CryptoError::Tampered)?;
-        let key = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| CryptoError::Tampered)?;
+        let key = Zeroizing::new(key);
+        let key = Zeroizing::new(
+            <[u8; 32]>::try_from(key.as_slice()).map_err(|_| CryptoError::Tampered)?,
+        );
         let plain = body_cipher(&key)
             .decrypt(
                 Nonce::from_slice(&BODY_NONCE),
@@ -519,24 +523,29 @@ mod tests {
             .check(&name("@bob"), &bobs, 2000)
             .expect("valid medium key");
         let ev = text(&alice, "hi bob");
-        let env = seal(
-            &ev,
-            &[
-                Recipient {
-                    device: bob1.device().sign,
-                    kx: m1.key.kx,
-                },
-                Recipient {
-                    device: bob2.device().sign,
-                    kx: bob2.device().kx,
-                },
-            ],
-        )
-        .expect("seal");
+        let to = [
+            Recipient {
+                device: bob1.device().sign,
+                kx: m1.key.kx,
+            },
+            Recipient {
+                device: bob2.device().sign,
+                kx: bob2.device().kx,
+            },
+        ];
+        let env = seal(&ev, &to).expect("seal");
         let got1 = open(&env, &bob1, std::slice::from_ref(&m1)).expect("bob1 opens");
         let got2 = open(&env, &bob2, &[]).expect("bob2 opens");
         assert_eq!(got1, ev);
         assert_eq!(got2, ev);
+        // A long-lived sealer: the ladder first, then the keys' tables.
+        let mut sealer = Sealer::new();
+        for _ in 0..4 {
+            let env = sealer.seal(&ev, &to).expect("seal");
+            assert_eq!(open(&env, &bob1, std::slice::from_ref(&m1)), Ok(ev.clone()));
+            assert_eq!(open(&env, &bob2, &[]), Ok(ev.clone()));
+        }
+        assert_eq!(sealer.tables(), 2);
         got1.check(&name("@alice"), &record(&[&alice]), &name("@bob"))
             .expect("signed by alice's device");
         // Without the medium secret, bob1 cannot read it.
