@@ -11,6 +11,8 @@ use xirtam_chat::client::{ChatClient, ClientConfig, FlushReport};
 use xirtam_proofs::Name;
 use xirtam_proofs::params::Params;
 
+mod common;
+
 /// Chat with names verified on the directory chain.
 #[derive(Parser, Debug)]
 #[command(name = "xirtam-chat", version)]
@@ -80,18 +82,8 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .map_err(|e| anyhow!("bad --log filter: {e}"))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
-    rt.block_on(run(cli))
+    let log = cli.log.clone();
+    common::block_on(&log, false, run(cli))
 }
 
 fn name(s: &str) -> Result<Name> {

@@ -9,6 +9,8 @@ use xirtam_chat::server::{Limits, ServerConfig, start};
 use xirtam_proofs::Name;
 use xirtam_proofs::params::Params;
 
+mod common;
+
 /// Host mailboxes for the users who name this server in their records.
 /// Stores only ciphertext; learns users' device keys from verified
 /// directory lookups.
@@ -61,18 +63,8 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .map_err(|e| anyhow!("bad --log filter: {e}"))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
-    rt.block_on(run(cli))
+    let log = cli.log.clone();
+    common::block_on(&log, true, run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {
