@@ -17,9 +17,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use xirtam_proofs::header::{ChainState, HeaderError};
-use xirtam_proofs::op::{Op, Owners, Value};
+use xirtam_proofs::op::{
+    Claim, Commit, Draft, Op, Owners, Record, Value, Write, claim_commitment, commit_key,
+};
 use xirtam_proofs::params::Params;
-use xirtam_proofs::state::verify_state;
+use xirtam_proofs::state::{StateProofError, commit_entry_hash, verify_state, verify_state_hashed};
 use xirtam_proofs::{Hash, Name, PublicKey, SecretKey, U256};
 
 use crate::source::{MAX_HEADERS_PER_CALL, Source, SourceError, TipClaim};
@@ -46,6 +48,51 @@ pub struct Config {
     pub allow_stale: bool,
     /// A lookup syncs first when the last sync is older than this.
     pub refresh: Duration,
+    /// How long [`LightClient::publish`] waits for a claim's commitment to
+    /// be mined and mature (default: `claim_maturity + 10` block intervals,
+    /// at least 30 s).
+    pub claim_timeout: Duration,
+}
+
+/// A claim between its two phases ([`LightClient::commit_claim`], then
+/// [`LightClient::reveal`]). The salt is secret until the reveal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingClaim {
+    /// The name to claim.
+    pub name: Name,
+    /// The commitment's secret salt.
+    pub salt: [u8; 32],
+    /// The commitment submitted.
+    pub commitment: Hash,
+}
+
+/// What a proof-checked query asks for.
+enum Query<'a> {
+    /// A name's record.
+    Name(&'a Name),
+    /// A claim commitment (and the name it is for, for messages).
+    Commitment(&'a Name, &'a Hash),
+}
+
+impl Query<'_> {
+    fn name(&self) -> &Name {
+        match self {
+            Query::Name(n) | Query::Commitment(n, _) => n,
+        }
+    }
+
+    fn subject(&self) -> String {
+        match self {
+            Query::Name(n) => n.to_string(),
+            Query::Commitment(_, c) => format!("commitment {c}"),
+        }
+    }
+}
+
+/// A verified answer to a [`Query`].
+enum Answer {
+    Record(Option<Record>),
+    Commitment(Option<u64>),
 }
 
 impl Config {
@@ -59,6 +106,9 @@ impl Config {
             max_tip_age: Duration::from_secs((10 * params.block_interval).max(60)),
             allow_stale: false,
             refresh: Duration::from_secs(params.block_interval.max(1)),
+            claim_timeout: Duration::from_secs(
+                ((params.claim_maturity + 10) * params.block_interval).max(30),
+            ),
         }
     }
 }
@@ -613,59 +663,201 @@ impl<S: Source> LightClient<S> {
         self.resolve_at_depth(name, 0).await
     }
 
-    /// Write `value` to `name` (claim it, or update it when `key` owns it):
-    /// build and sign the op with the next nonce from a verified lookup at
-    /// the tip, solve its stamp on our verified tip block, and hand it to
-    /// every usable source. `owners` defaults to `key` alone (for an update:
-    /// the current owners). Returns the op once a source accepted it; it
-    /// lands when a block includes it, which verified lookups show.
+    /// Write `value` to `name`: update it when `key` owns it (one signed
+    /// op with the next nonce from a verified lookup at the tip), or claim
+    /// it when nobody holds it, in two phases: [`LightClient::commit_claim`],
+    /// then wait (syncing, at most [`Config::claim_timeout`]) until the
+    /// commitment is verified on chain and mature, then
+    /// [`LightClient::reveal`]. `owners` defaults to `key` alone for a claim
+    /// and to the current owners for an update. Returns the write once a
+    /// source accepted it; it lands when a block includes it, which verified
+    /// lookups show.
     pub async fn publish(
         &mut self,
         key: &SecretKey,
         name: &Name,
         value: Vec<u8>,
         owners: Option<Vec<PublicKey>>,
-    ) -> Result<Op, Error> {
+    ) -> Result<Write, Error> {
         self.sync().await?;
         let latest = self.resolve_at_depth(name, 0).await?;
         let me = key.public();
-        let bad = |reason: String| Error::BadOp {
-            name: name.clone(),
-            reason,
-        };
-        let (nonce, current_owners) = match latest.record() {
-            None => (1, None),
+        let current = match latest.record() {
+            None => None,
             Some(r) if !r.owners.contains(&me) => {
                 return Err(Error::NotOwner {
                     name: name.clone(),
                     key: me,
                 });
             }
-            Some(r) => (r.nonce + 1, Some(r.owners.clone())),
+            Some(r) => Some((r.nonce + 1, r.owners.clone())),
         };
-        let owners = match (owners, current_owners) {
-            (Some(keys), _) => {
-                Owners::new(keys).ok_or_else(|| bad("between 1 and 16 owners".into()))?
-            }
-            (None, Some(o)) => o,
-            (None, None) => Owners::single(me),
+        let Some((nonce, current_owners)) = current else {
+            let pending = self.commit_claim(key, name).await?;
+            let deadline = Instant::now() + self.config.claim_timeout;
+            let pause =
+                Duration::from_millis((self.config.params.block_interval * 250).clamp(50, 2000));
+            let commit_height = loop {
+                self.sync().await?;
+                if let Some(h) = self.commitment_height(&pending).await? {
+                    // The reveal goes into the block after our tip at the
+                    // earliest.
+                    if self.chain.tip().tip_height + 1 >= h + self.config.params.claim_maturity {
+                        break h;
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::BadOp {
+                        name: name.clone(),
+                        reason: format!(
+                            "the claim's commitment was not mined and {} blocks deep within {:?}",
+                            self.config.params.claim_maturity, self.config.claim_timeout
+                        ),
+                    });
+                }
+                tokio::time::sleep(pause).await;
+            };
+            return self
+                .reveal(key, &pending, commit_height, value, owners)
+                .await;
+        };
+        let owners = match owners {
+            Some(keys) => Owners::new(keys).ok_or_else(|| Error::BadOp {
+                name: name.clone(),
+                reason: "between 1 and 16 owners".into(),
+            })?,
+            None => current_owners,
+        };
+        self.sign_and_submit(key, name, nonce, owners, value, None)
+            .await
+    }
+
+    /// First phase of a claim: submit a hiding commitment to claiming
+    /// `name` with `key` (a fresh random salt) to every usable source.
+    /// Keep the returned value for [`LightClient::reveal`].
+    pub async fn commit_claim(
+        &mut self,
+        key: &SecretKey,
+        name: &Name,
+    ) -> Result<PendingClaim, Error> {
+        let mut salt = [0u8; 32];
+        getrandom::fill(&mut salt).map_err(|e| Error::BadOp {
+            name: name.clone(),
+            reason: format!("no OS randomness for the claim's salt: {e}"),
+        })?;
+        let params = self.config.params;
+        let commitment = claim_commitment(params, name, &key.public(), &salt);
+        let mut c = Commit::new(commitment, self.anchor(name)?);
+        let mut start = 0u64;
+        while !c.solve_stamp(params, start, 1 << 16) {
+            start += 1 << 16;
+            tokio::task::yield_now().await;
+        }
+        self.submit_everywhere(name, &Op::Commit(c)).await?;
+        tracing::info!(target: "lightclient", %name, %commitment, "claim commitment submitted");
+        Ok(PendingClaim {
+            name: name.clone(),
+            salt,
+            commitment,
+        })
+    }
+
+    /// The height `pending`'s commitment was mined at, verified at our tip
+    /// (depth 0), or `None` while it is not on chain.
+    pub async fn commitment_height(
+        &mut self,
+        pending: &PendingClaim,
+    ) -> Result<Option<u64>, Error> {
+        let v = self
+            .query_at_depth(&Query::Commitment(&pending.name, &pending.commitment), 0)
+            .await?;
+        Ok(match v.into_inner() {
+            Answer::Commitment(h) => h,
+            Answer::Record(_) => None,
+        })
+    }
+
+    /// Second phase of a claim: sign and submit the reveal of `pending`
+    /// (its commitment mined at `commit_height`) with `value` and `owners`
+    /// (default: `key` alone).
+    pub async fn reveal(
+        &mut self,
+        key: &SecretKey,
+        pending: &PendingClaim,
+        commit_height: u64,
+        value: Vec<u8>,
+        owners: Option<Vec<PublicKey>>,
+    ) -> Result<Write, Error> {
+        let name = &pending.name;
+        let owners = match owners {
+            Some(keys) => Owners::new(keys).ok_or_else(|| Error::BadOp {
+                name: name.clone(),
+                reason: "between 1 and 16 owners".into(),
+            })?,
+            None => Owners::single(key.public()),
+        };
+        let claim = Claim {
+            salt: pending.salt,
+            commit_height,
+        };
+        self.sign_and_submit(key, name, 1, owners, value, Some(claim))
+            .await
+    }
+
+    /// The hash of the verified block to anchor a new op at.
+    fn anchor(&self, name: &Name) -> Result<Hash, Error> {
+        let tip = self.chain.tip().tip_height;
+        let at = self
+            .config
+            .params
+            .anchor_height(tip)
+            .max(self.chain.base().tip_height);
+        self.chain.hash_at(at).ok_or_else(|| Error::BadOp {
+            name: name.clone(),
+            reason: "no verified block to anchor the op at".into(),
+        })
+    }
+
+    async fn sign_and_submit(
+        &mut self,
+        key: &SecretKey,
+        name: &Name,
+        nonce: u64,
+        owners: Owners,
+        value: Vec<u8>,
+        claim: Option<Claim>,
+    ) -> Result<Write, Error> {
+        let bad = |reason: String| Error::BadOp {
+            name: name.clone(),
+            reason,
         };
         let len = value.len();
         let value =
             Value::new(value).ok_or_else(|| bad(format!("value of {len} bytes is too long")))?;
         let params = self.config.params;
-        let mut op = Op::sign(params, name.clone(), nonce, owners, value, key);
-        let tip = self.chain.tip().tip_height;
-        let recent = self
-            .chain
-            .hash_at(tip)
-            .ok_or_else(|| bad("no verified tip block to stamp on".into()))?;
+        let mut w = Draft {
+            key: name.clone(),
+            nonce,
+            owners,
+            value,
+            claim,
+            anchor: self.anchor(name)?,
+        }
+        .sign(params, key);
         let mut start = 0u64;
-        while !op.solve_stamp(params, recent, start, 1 << 16) {
+        while !w.solve_stamp(params, start, 1 << 16) {
             start += 1 << 16;
             tokio::task::yield_now().await;
         }
+        let op = Op::Write(w.clone());
         op.check_stateless(params).map_err(|e| bad(e.to_string()))?;
+        self.submit_everywhere(name, &op).await?;
+        tracing::info!(target: "lightclient", %name, nonce, claim = w.claim.is_some(), "op submitted");
+        Ok(w)
+    }
+
+    /// Hand `op` to every usable source; fine when one took it.
+    async fn submit_everywhere(&self, name: &Name, op: &Op) -> Result<(), Error> {
         let mut reasons = Vec::new();
         let mut accepted = false;
         for slot in self
@@ -673,19 +865,19 @@ impl<S: Source> LightClient<S> {
             .iter()
             .filter(|s| !matches!(s.status, SourceStatus::Faulty(_)))
         {
-            match slot.source.submit(&op).await {
+            match slot.source.submit(op).await {
                 Ok(()) => accepted = true,
                 Err(e) => reasons.push(format!("{}: {e}", slot.source.label())),
             }
         }
-        if !accepted {
-            return Err(Error::Refused {
+        if accepted {
+            Ok(())
+        } else {
+            Err(Error::Refused {
                 name: name.clone(),
                 reasons,
-            });
+            })
         }
-        tracing::info!(target: "lightclient", %name, nonce, "op submitted");
-        Ok(op)
     }
 
     /// Resolve `name` with a proof at `depth` blocks under the verified tip.
@@ -694,6 +886,23 @@ impl<S: Source> LightClient<S> {
         name: &Name,
         depth: u64,
     ) -> Result<Verified<Lookup>, Error> {
+        let v = self.query_at_depth(&Query::Name(name), depth).await?;
+        Ok(v.map(|a| Lookup {
+            name: name.clone(),
+            record: match a {
+                Answer::Record(r) => r,
+                Answer::Commitment(_) => None,
+            },
+        }))
+    }
+
+    /// Answer `q` with a proof at `depth` blocks under the verified tip,
+    /// asking sources in turn until one answer verifies.
+    async fn query_at_depth(
+        &mut self,
+        q: &Query<'_>,
+        depth: u64,
+    ) -> Result<Verified<Answer>, Error> {
         let tip = self.chain.tip().clone();
         let age = unix_now().saturating_sub(tip.tip_time());
         if age > self.config.max_tip_age.as_secs() && !self.config.allow_stale {
@@ -715,43 +924,61 @@ impl<S: Source> LightClient<S> {
                 checkpoint: self.chain.base().tip_height,
             });
         };
+        let subject = q.subject();
         let mut reasons = Vec::new();
         for i in self.lookup_order(at) {
             let label = self.slots[i].source.label().to_owned();
-            match self.slots[i].source.dir_get(name, at).await {
+            let source = &self.slots[i].source;
+            let got = match q {
+                Query::Name(n) => source
+                    .dir_get(n, at)
+                    .await
+                    .map(|a| (a.height, a.block_hash, Answer::Record(a.record), a.proof)),
+                Query::Commitment(_, c) => source.commitment(c, at).await.map(|a| {
+                    (
+                        a.height,
+                        a.block_hash,
+                        Answer::Commitment(a.mined_at),
+                        a.proof,
+                    )
+                }),
+            };
+            match got {
                 Err(e) if e.is_fault() => {
                     reasons.push(format!("{label}: faulty: {e}"));
                     self.mark_faulty(i, e.to_string());
                 }
                 Err(e) => reasons.push(format!("{label}: {e}")),
-                Ok(a) if a.height != at => {
-                    let why = format!("answered for height {} when asked for {at}", a.height);
+                Ok((height, _, _, _)) if height != at => {
+                    let why = format!("answered for height {height} when asked for {at}");
                     reasons.push(format!("{label}: faulty: {why}"));
                     self.mark_faulty(i, why);
                 }
-                Ok(a) if a.block_hash != hash => {
+                Ok((_, block_hash, _, _)) if block_hash != hash => {
                     reasons.push(format!(
-                        "{label}: its block at {at} is {}, not ours (another branch)",
-                        a.block_hash
+                        "{label}: its block at {at} is {block_hash}, not ours (another branch)"
                     ));
                 }
-                Ok(a) => {
-                    match verify_state(&header.state_root, name, a.record.as_ref(), &a.proof) {
+                Ok((_, _, answer, proof)) => {
+                    let verified = match (&answer, q) {
+                        (Answer::Record(r), Query::Name(n)) => {
+                            verify_state(&header.state_root, n, r.as_ref(), &proof)
+                        }
+                        (Answer::Commitment(h), Query::Commitment(_, c)) => verify_state_hashed(
+                            &header.state_root,
+                            &commit_key(c),
+                            h.map(commit_entry_hash).as_ref(),
+                            &proof,
+                        ),
+                        _ => Err(StateProofError::RootMismatch),
+                    };
+                    match verified {
                         Ok(()) => {
-                            return Ok(Verified::new(
-                                Lookup {
-                                    name: name.clone(),
-                                    record: a.record,
-                                },
-                                at,
-                                hash,
-                                tip.tip_height,
-                                age,
-                                label,
-                            ));
+                            return Ok(Verified::new(answer, at, hash, tip.tip_height, age, label));
                         }
                         Err(e) => {
-                            let why = format!("its proof for {name} at {at} does not verify: {e}");
+                            let why =
+                                format!("its proof for {subject} at {at} does not verify: {e}");
                             reasons.push(format!("{label}: faulty: {why}"));
                             self.mark_faulty(i, why);
                         }
@@ -767,7 +994,7 @@ impl<S: Source> LightClient<S> {
             return Err(Error::AllSourcesFaulty(reasons));
         }
         Err(Error::NoVerifiedAnswer {
-            name: name.clone(),
+            name: q.name().clone(),
             reasons,
         })
     }

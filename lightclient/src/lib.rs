@@ -22,8 +22,10 @@ pub mod source;
 mod store;
 pub mod verified;
 
-pub use client::{Config, Error, LightClient, SourceReport, SourceStatus, SyncReport, Tip};
-pub use source::{DirAnswer, HttpSource, Source, SourceError, TipClaim};
+pub use client::{
+    Config, Error, LightClient, PendingClaim, SourceReport, SourceStatus, SyncReport, Tip,
+};
+pub use source::{CommitAnswer, DirAnswer, HttpSource, Source, SourceError, TipClaim};
 pub use store::{LoadReport, StoreError};
 pub use verified::{Lookup, Verified};
 pub use xirtam_proofs as proofs;

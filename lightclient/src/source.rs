@@ -84,6 +84,20 @@ pub struct DirAnswer {
     pub proof: StateProof,
 }
 
+/// A source's answer to `dir_commitment`. Unverified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitAnswer {
+    /// Height it claims the proof is at.
+    pub height: u64,
+    /// Hash of the block it claims the proof is against.
+    pub block_hash: Hash,
+    /// The height the commitment was mined at, or `None` for claimed
+    /// absence.
+    pub mined_at: Option<u64>,
+    /// The state proof.
+    pub proof: StateProof,
+}
+
 /// A directory node, as the light client sees it.
 ///
 /// Implementations decode but never verify; every method must be bounded in
@@ -108,6 +122,21 @@ pub trait Source: Send + Sync {
         name: &Name,
         at: u64,
     ) -> impl Future<Output = Result<DirAnswer, SourceError>> + Send;
+    /// Whether a claim commitment is in the state at main-chain height
+    /// `at`, with its proof (`dir_commitment`).
+    fn commitment(
+        &self,
+        commitment: &Hash,
+        at: u64,
+    ) -> impl Future<Output = Result<CommitAnswer, SourceError>> + Send {
+        let _ = (commitment, at);
+        async {
+            Err(SourceError::Rpc {
+                code: -32601,
+                message: "this source does not prove commitments".into(),
+            })
+        }
+    }
     /// Hand a signed op to the source for its mempool (`dir_submit`). The
     /// answer only says whether the source took it; whether it lands is
     /// seen later through verified lookups.
@@ -192,6 +221,15 @@ struct DirGetWire {
     height: u64,
     block_hash: String,
     record: Option<RecordWire>,
+    proof: String,
+}
+
+/// `dir_commitment` as sent.
+#[derive(Deserialize)]
+struct CommitWire {
+    height: u64,
+    block_hash: String,
+    mined_at: Option<u64>,
     proof: String,
 }
 
@@ -285,6 +323,18 @@ impl Source for HttpSource {
             height: d.height,
             block_hash: hash_hex("block hash", &d.block_hash)?,
             record,
+            proof: decode_hex_capped("proof", &d.proof, MAX_OBJECT_BYTES)?,
+        })
+    }
+
+    async fn commitment(&self, commitment: &Hash, at: u64) -> Result<CommitAnswer, SourceError> {
+        let d: CommitWire = self
+            .call("dir_commitment", rpc_params![commitment.to_hex(), at])
+            .await?;
+        Ok(CommitAnswer {
+            height: d.height,
+            block_hash: hash_hex("block hash", &d.block_hash)?,
+            mined_at: d.mined_at,
             proof: decode_hex_capped("proof", &d.proof, MAX_OBJECT_BYTES)?,
         })
     }

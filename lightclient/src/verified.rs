@@ -59,6 +59,18 @@ impl<T> Verified<T> {
         }
     }
 
+    /// The same verification for a value derived from this one.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Verified<U> {
+        Verified {
+            value: f(self.value),
+            height: self.height,
+            block_hash: self.block_hash,
+            tip_height: self.tip_height,
+            tip_age_secs: self.tip_age_secs,
+            source: self.source,
+        }
+    }
+
     /// The verified value.
     pub fn value(&self) -> &T {
         &self.value

@@ -1,11 +1,12 @@
 //! Whole-node benchmark on RocksDB (a runner, not criterion: each figure
 //! is one long measurement over many blocks; medians of per-block rates).
 //!
-//! 1. Fill: claim `N` names (default 1,000,000) through real signed,
-//!    stamped ops in full blocks (4,096 ops each), connected by the chain
-//!    with every rule checked. This builds the state and measures connect
-//!    throughput as the state grows.
-//! 2. Measure: connect 10 more full blocks on the N-name state.
+//! 1. Fill: claim `N` names (default 1,000,000) through real stamped
+//!    commitments and signed, stamped reveals in full blocks (4,096 ops
+//!    each: a block of commitments, then a block of their reveals),
+//!    connected by the chain with every rule checked. This builds the state
+//!    (N names and N commitments).
+//! 2. Measure: connect 10 more pairs of full blocks on the N-name state.
 //! 3. `dir_get` with proof at the tip for random names: proofs/s.
 //!
 //! `cargo bench -p xirtam-node --bench connect` (`XIRTAM_BENCH_NAMES=N` to
@@ -18,39 +19,33 @@ use xirtam_node::chain::Chain;
 use xirtam_node::store::RocksStore;
 use xirtam_proofs::block::{Block, ops_root};
 use xirtam_proofs::header::{header_template, mine};
-use xirtam_proofs::op::{Op, Owners, Value, apply};
+use xirtam_proofs::op::{Claim, Commit, Draft, Op, Owners, Value, claim_commitment};
 use xirtam_proofs::params::REGTEST;
 use xirtam_proofs::state::verify_state;
 use xirtam_proofs::{Hash, Name, SecretKey};
 
 const PER_BLOCK: usize = 4096;
 
-/// Signed, stamped claims of `@n{i}` for `range`, stamped on `recent`.
-fn claims(range: std::ops::Range<usize>, recent: Hash, key: &SecretKey) -> Vec<Op> {
+fn bench_name(i: usize) -> Name {
+    Name::new(&format!("@n{i}")).expect("valid")
+}
+
+fn salt(i: usize) -> [u8; 32] {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    s
+}
+
+/// Build one op per index of `range` on 2 threads.
+fn build(range: std::ops::Range<usize>, f: impl Fn(usize) -> Op + Sync) -> Vec<Op> {
     let threads = 2;
     let idx: Vec<usize> = range.collect();
     let chunk = idx.len().div_ceil(threads).max(1);
+    let f = &f;
     std::thread::scope(|s| {
         let hs: Vec<_> = idx
             .chunks(chunk)
-            .map(|c| {
-                s.spawn(move || {
-                    c.iter()
-                        .map(|i| {
-                            let mut o = Op::sign(
-                                &REGTEST,
-                                Name::new(&format!("@n{i}")).expect("valid"),
-                                1,
-                                Owners::single(key.public()),
-                                Value::new(vec![(*i % 251) as u8; 64]).expect("64 bytes"),
-                                key,
-                            );
-                            assert!(o.solve_stamp(&REGTEST, recent, 0, 1 << 20));
-                            o
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|c| s.spawn(move || c.iter().map(|i| f(*i)).collect::<Vec<_>>()))
             .collect();
         hs.into_iter()
             .flat_map(|h| h.join().expect("signer thread"))
@@ -58,19 +53,50 @@ fn claims(range: std::ops::Range<usize>, recent: Hash, key: &SecretKey) -> Vec<O
     })
 }
 
+/// Stamped commitments to claims of `@n{i}` for `range`, anchored at
+/// `recent`.
+fn commits(range: std::ops::Range<usize>, recent: Hash, key: &SecretKey) -> Vec<Op> {
+    build(range, |i| {
+        let c = claim_commitment(&REGTEST, &bench_name(i), &key.public(), &salt(i));
+        let mut c = Commit::new(c, recent);
+        assert!(c.solve_stamp(&REGTEST, 0, 1 << 20));
+        Op::Commit(c)
+    })
+}
+
+/// Signed, stamped claims (reveals) of `@n{i}` for `range`, their
+/// commitments mined at `commit_height`, anchored at `recent`.
+fn claims(
+    range: std::ops::Range<usize>,
+    commit_height: u64,
+    recent: Hash,
+    key: &SecretKey,
+) -> Vec<Op> {
+    build(range, |i| {
+        let mut w = Draft {
+            key: bench_name(i),
+            nonce: 1,
+            owners: Owners::single(key.public()),
+            value: Value::new(vec![(i % 251) as u8; 64]).expect("64 bytes"),
+            claim: Some(Claim {
+                salt: salt(i),
+                commit_height,
+            }),
+            anchor: recent,
+        }
+        .sign(&REGTEST, key);
+        assert!(w.solve_stamp(&REGTEST, 0, 1 << 20));
+        Op::Write(w)
+    })
+}
+
 /// The next block on `chain`'s tip with `ops` (state root computed the way
-/// a miner does: from the records before).
+/// a miner does).
 fn block_on(chain: &Chain<RocksStore>, ops: Vec<Op>, time: u64) -> Block {
+    let n = ops.len();
+    let (ops, root) = chain.template_ops(ops).expect("template");
+    assert_eq!(ops.len(), n, "every op is valid");
     let tip = chain.tip();
-    let mut items = Vec::with_capacity(ops.len());
-    for o in &ops {
-        let before = chain.record(&o.key).expect("read");
-        let after = apply(before.as_ref(), o).expect("valid claim");
-        items.push((o.key.key_hash(), after.hash()));
-    }
-    let view = xirtam_node::chain::StateView(&**chain.store(), None);
-    let (root, _) =
-        xirtam_proofs::state::update(&view, tip.header.state_root, &items).expect("state");
     let mut h = header_template(&REGTEST, &tip.state, time);
     h.ops_root = ops_root(&ops.iter().map(Op::hash).collect::<Vec<_>>());
     h.state_root = root;
@@ -95,37 +121,57 @@ fn main() {
     let mut time = REGTEST.genesis_time;
     let far = u64::MAX / 2;
 
-    // Fill.
-    let mut fill_rates = Vec::new();
+    // Fill: for each batch of names, a block of commitments, then (regtest
+    // maturity is 1 block) a block of reveals.
+    let mut commit_rates = Vec::new();
+    let mut claim_rates = Vec::new();
     let t_fill = Instant::now();
     let mut next = 0usize;
-    while next < n + 10 * PER_BLOCK {
-        let measuring = next >= n;
-        let count = PER_BLOCK.min(n + 10 * PER_BLOCK - next);
-        let recent = chain.tip().header.hash();
-        let ops = claims(next..next + count, recent, &key);
-        time += 1;
-        let block = block_on(&chain, ops, time);
+    let connect = |chain: &mut Chain<RocksStore>, block: Block| {
+        let count = block.ops.len();
         let t = Instant::now();
         chain
             .submit_block(block, far)
             .expect("valid block connects");
-        let rate = count as f64 / t.elapsed().as_secs_f64();
+        count as f64 / t.elapsed().as_secs_f64()
+    };
+    while next < n + 10 * PER_BLOCK {
+        let measuring = next >= n;
+        let count = PER_BLOCK.min(n + 10 * PER_BLOCK - next);
+        let recent = chain.tip().header.hash();
+        let ops = commits(next..next + count, recent, &key);
+        time += 1;
+        let block = block_on(&chain, ops, time);
+        let commit_height = block.header.height;
+        let commit_rate = connect(&mut chain, block);
+        let ops = claims(next..next + count, commit_height, recent, &key);
+        time += 1;
+        let block = block_on(&chain, ops, time);
+        let rate = connect(&mut chain, block);
         next += count;
         if measuring {
-            fill_rates.push(rate);
-            println!("connect at {} names: {:.0} ops/s", next - count, rate);
+            commit_rates.push(commit_rate);
+            claim_rates.push(rate);
+            println!(
+                "connect at {} names: claims {rate:.0} ops/s, commitments {commit_rate:.0} ops/s",
+                next - count
+            );
         } else if (next / PER_BLOCK).is_multiple_of(25) {
             println!(
-                "fill: {next} names, last block {rate:.0} ops/s, {:.0} s elapsed",
+                "fill: {next} names, last block of claims {rate:.0} ops/s, {:.0} s elapsed",
                 t_fill.elapsed().as_secs_f64()
             );
         }
     }
     println!(
-        "connect, full blocks of {PER_BLOCK} claims on a {n}-name RocksDB state: median {:.0} ops/s over {} blocks (all rules, signatures on 2 threads)",
-        median(fill_rates.clone()),
-        fill_rates.len()
+        "connect, full blocks of {PER_BLOCK} claims (reveals) on a {n}-name RocksDB state: median {:.0} ops/s over {} blocks (all rules, signatures on 2 threads)",
+        median(claim_rates.clone()),
+        claim_rates.len()
+    );
+    println!(
+        "connect, full blocks of {PER_BLOCK} commitments on a {n}-name RocksDB state: median {:.0} ops/s over {} blocks",
+        median(commit_rates.clone()),
+        commit_rates.len()
     );
 
     // dir_get with proof.
@@ -136,7 +182,7 @@ fn main() {
         let count = 20_000;
         for j in 0..count {
             let i = (j * 7919 + round * 13) % n;
-            let name = Name::new(&format!("@n{i}")).expect("valid");
+            let name = bench_name(i);
             let (header, record, proof) = chain.prove(&name, tip).expect("prove");
             debug_assert!(verify_state(&header.state_root, &name, record.as_ref(), &proof).is_ok());
             std::hint::black_box((record, proof));

@@ -446,12 +446,22 @@ async fn write_cmd(a: WriteArgs, claim: bool) -> Result<()> {
         owners,
         claim,
     };
-    let op = client::write(&rpc, &key, &req).await?;
-    println!("submitted {} nonce {} (op {})", op.key, op.nonce, op.hash());
+    let timeout = Duration::from_secs(a.timeout);
+    let w = client::write(&rpc, &key, &req, timeout).await?;
+    let hash = xirtam_proofs::Op::Write(w.clone()).hash();
+    println!("submitted {} nonce {} (op {hash})", w.key, w.nonce);
     if a.confirmations > 0 {
-        let c = client::wait_confirmed(&rpc, &op, a.confirmations, Duration::from_secs(a.timeout))
-            .await?;
+        let c = client::wait_confirmed(&rpc, &w, a.confirmations, timeout).await?;
         print_record(&name, &c);
+        if let Some(r) = &c.record {
+            let params = client::network(&rpc).await?;
+            let settled = r.settled_at(params);
+            if settled > c.tip_height {
+                println!(
+                    "  settled at height {settled}: until then a claim with an earlier commitment could still take {name}"
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -471,6 +481,7 @@ fn print_record(name: &Name, c: &client::Checked) {
                 c.tip_height
             );
             println!("  nonce  {}", r.nonce);
+            println!("  claimed through a commitment at height {}", r.claimed_at);
             for o in r.owners.keys() {
                 println!("  owner  {o}");
             }
@@ -493,6 +504,10 @@ fn print_params(p: &Params) {
     println!("future drift       {} s", p.max_future_drift);
     println!("stamp window       {} blocks", p.stamp_window);
     println!("confirmation depth {}", p.confirmation_depth);
+    println!(
+        "claims             reveal {}..={} blocks after the commitment",
+        p.claim_maturity, p.claim_expiry
+    );
     println!(
         "limits             name {} B, value {} B, {} owners, {} ops/block, {} B/block",
         p.max_name_len, p.max_value_len, p.max_owners, p.max_ops_per_block, p.max_block_bytes

@@ -102,9 +102,10 @@ impl<S: KvStore> Node<S> {
     pub fn open(
         params: &'static Params,
         store: Arc<S>,
-        mempool: Mempool,
+        mut mempool: Mempool,
     ) -> Result<Arc<Self>, ChainError> {
         let chain = Chain::open(params, store)?;
+        mempool.restore(&chain)?;
         let (tip_tx, _) = tokio::sync::watch::channel(chain.height());
         let tip_summary = Mutex::new(TipSummary::of(&chain));
         Ok(Arc::new(Node {
@@ -154,16 +155,28 @@ impl<S: KvStore> Node<S> {
         self.shutdown.load(Ordering::Acquire)
     }
 
-    /// Validate and store a block (blocking).
+    /// Validate and store a block (blocking). Ops that a reorg returned to
+    /// the mempool are announced to peers again (theirs were dropped too).
     pub fn submit_block(&self, block: Block) -> Result<Submitted, ChainError> {
-        let mut core = self.core.lock();
-        let Core { chain, mempool } = &mut *core;
-        let out = chain.submit_block(block, unix_now())?;
-        if !out.change.connected.is_empty() {
-            mempool.on_tip_change(chain, &out.change);
-            *self.tip_summary.lock() = TipSummary::of(chain);
-            self.tip_seq.fetch_add(1, Ordering::AcqRel);
-            self.tip_tx.send_replace(chain.height());
+        let mut returned = Vec::new();
+        let out = {
+            let mut core = self.core.lock();
+            let Core { chain, mempool } = &mut *core;
+            let out = chain.submit_block(block, unix_now())?;
+            if !out.change.connected.is_empty() {
+                returned = mempool.on_tip_change(chain, &out.change);
+                *self.tip_summary.lock() = TipSummary::of(chain);
+                self.tip_seq.fetch_add(1, Ordering::AcqRel);
+                self.tip_tx.send_replace(chain.height());
+            }
+            out
+        };
+        if !returned.is_empty() {
+            tracing::info!(target: "mempool", ops = returned.len(), "re-announcing ops of disconnected blocks");
+            self.pool_seq.fetch_add(1, Ordering::AcqRel);
+            for op in returned {
+                self.announce(Announce::Op(op));
+            }
         }
         Ok(out)
     }

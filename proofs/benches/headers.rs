@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use xirtam_proofs::header::{ChainState, Header, header_template, mine, validate_header_chain};
-use xirtam_proofs::op::{Op, Owners, Value};
+use xirtam_proofs::op::{Draft, Op, Owners, Value};
 use xirtam_proofs::params::{LOCAL, Params};
 use xirtam_proofs::pow::{CompactTarget, U256};
 use xirtam_proofs::{Name, SecretKey};
@@ -64,15 +64,17 @@ fn headers(c: &mut Criterion) {
 
 fn ops(c: &mut Criterion) {
     let k = SecretKey::from_seed([1; 32]);
-    let mut op = Op::sign(
-        &LOCAL,
-        Name::new("@alice").expect("valid"),
-        1,
-        Owners::single(k.public()),
-        Value::new(vec![7; 64]).expect("small"),
-        &k,
-    );
-    assert!(op.solve_stamp(&LOCAL, LOCAL.genesis_hash, 0, 1 << 24));
+    let mut w = Draft {
+        key: Name::new("@alice").expect("valid"),
+        nonce: 2,
+        owners: Owners::single(k.public()),
+        value: Value::new(vec![7; 64]).expect("small"),
+        claim: None,
+        anchor: LOCAL.genesis_hash,
+    }
+    .sign(&LOCAL, &k);
+    assert!(w.solve_stamp(&LOCAL, 0, 1 << 24));
+    let op = Op::Write(w);
     c.bench_function("op_check_stateless", |b| {
         b.iter(|| black_box(&op).check_stateless(&LOCAL).expect("valid"))
     });
@@ -83,16 +85,17 @@ fn ops(c: &mut Criterion) {
             let mut seed = [0u8; 32];
             seed[..4].copy_from_slice(&i.to_le_bytes());
             let k = SecretKey::from_seed(seed);
-            let mut op = Op::sign(
-                &LOCAL,
-                Name::new(&format!("@user{i}")).expect("valid"),
-                1,
-                Owners::single(k.public()),
-                Value::new(vec![7; 64]).expect("small"),
-                &k,
-            );
-            assert!(op.solve_stamp(&LOCAL, LOCAL.genesis_hash, 0, 1 << 24));
-            op
+            let mut w = Draft {
+                key: Name::new(&format!("@user{i}")).expect("valid"),
+                nonce: 2,
+                owners: Owners::single(k.public()),
+                value: Value::new(vec![7; 64]).expect("small"),
+                claim: None,
+                anchor: LOCAL.genesis_hash,
+            }
+            .sign(&LOCAL, &k);
+            assert!(w.solve_stamp(&LOCAL, 0, 1 << 24));
+            Op::Write(w)
         })
         .collect();
     let mut g = c.benchmark_group("op_check_stateless_all");

@@ -25,6 +25,7 @@ fn record(i: usize, owner: &SecretKey) -> Record {
         nonce: i as u64 + 1,
         owners: Owners::single(owner.public()),
         value: Value::new(vec![(i % 251) as u8; 64]).expect("64 bytes"),
+        claimed_at: 1,
     }
 }
 

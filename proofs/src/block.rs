@@ -183,16 +183,16 @@ pub enum BlockError {
     /// (say nothing about the header).
     #[error("ops_root does not match the block's ops")]
     OpsRoot,
-    /// Two ops for the same name.
+    /// Two ops for the same name or commitment.
     #[error("more than one op for {0} in one block")]
-    DuplicateName(crate::name::Name),
+    DuplicateKey(String),
     /// An op failed a stateless check.
     #[error("op {index} ({name}) is invalid: {error}")]
     Op {
         /// Position.
         index: usize,
-        /// Its name.
-        name: crate::name::Name,
+        /// Its subject (name or commitment).
+        name: String,
         /// Rule that failed.
         #[source]
         error: OpError,
@@ -206,7 +206,7 @@ impl Block {
     }
 
     /// Checks on the body that need no chain state: limits, `ops_root`, at
-    /// most one op per name, and every op's stateless rules. Stamp ages and
+    /// most one op per name or commitment, and every op's stateless rules. Stamp ages and
     /// the state rule are checked by the node when it connects the block.
     pub fn check_stateless(&self, params: &Params) -> Result<(), BlockError> {
         self.check_body(params)?;
@@ -241,10 +241,10 @@ impl Block {
                 max: params.max_block_bytes,
             });
         }
-        let mut names = BTreeSet::new();
+        let mut keys = BTreeSet::new();
         for op in &self.ops {
-            if !names.insert(&op.key) {
-                return Err(BlockError::DuplicateName(op.key.clone()));
+            if !keys.insert(op.state_key()) {
+                return Err(BlockError::DuplicateKey(op.subject()));
             }
         }
         Ok(())

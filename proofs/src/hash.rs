@@ -14,14 +14,18 @@ use bincode::{Decode, Encode};
 pub mod tag {
     /// Header hash (also the proof-of-work hash).
     pub const HEADER: &str = "xirtam/header/v1";
-    /// Op id: hash of the signed part of an op (what a stamp is bound to).
-    pub const OP_ID: &str = "xirtam/op-id/v1";
+    /// Write id: hash of the signed part of a write (what its stamp is
+    /// bound to).
+    pub const OP_ID: &str = "xirtam/op-id/v2";
+    /// Commit id: hash of a claim commitment op's content (what its stamp
+    /// is bound to).
+    pub const COMMIT_ID: &str = "xirtam/commit-id/v1";
     /// Full op hash (signature and stamp included): the `ops_root` leaf.
-    pub const OP: &str = "xirtam/op/v1";
+    pub const OP: &str = "xirtam/op/v2";
     /// Op stamp proof of work.
     pub const STAMP: &str = "xirtam/stamp/v1";
     /// Ed25519 message prefix for op signatures.
-    pub const SIG_OP: &str = "xirtam/sig/op/v1";
+    pub const SIG_OP: &str = "xirtam/sig/op/v2";
     /// Seed of the random-looking coefficients of a batch signature check
     /// (never part of consensus data; see `keys::verify_batch`).
     pub const SIG_BATCH: &str = "xirtam/sig-batch/v1";
@@ -32,7 +36,13 @@ pub mod tag {
     /// Key of a name in the state tree: `H(name)`.
     pub const STATE_KEY: &str = "xirtam/state-key/v1";
     /// Hash of a record stored in the state tree.
-    pub const RECORD: &str = "xirtam/record/v1";
+    pub const RECORD: &str = "xirtam/record/v2";
+    /// A hiding commitment to a future claim: `H(genesis, name, key, salt)`.
+    pub const CLAIM_COMMITMENT: &str = "xirtam/claim-commitment/v1";
+    /// Key of a commitment in the state tree: `H(commitment)`.
+    pub const COMMIT_KEY: &str = "xirtam/commit-key/v1";
+    /// Value of a commitment in the state tree: `H(height it was mined at)`.
+    pub const COMMIT_ENTRY: &str = "xirtam/commit-entry/v1";
     /// State-tree leaf.
     pub const STATE_LEAF: &str = "xirtam/state-leaf/v1";
     /// State-tree inner node.
@@ -46,6 +56,7 @@ pub mod tag {
     pub const ALL: &[&str] = &[
         HEADER,
         OP_ID,
+        COMMIT_ID,
         OP,
         STAMP,
         SIG_OP,
@@ -54,6 +65,9 @@ pub mod tag {
         OPS_ROOT,
         STATE_KEY,
         RECORD,
+        CLAIM_COMMITMENT,
+        COMMIT_KEY,
+        COMMIT_ENTRY,
         STATE_LEAF,
         STATE_NODE,
         HISTORY_NODE,

@@ -37,7 +37,7 @@ pub use hash::Hash;
 pub use header::{ChainState, Header, HeaderError, validate_header_chain};
 pub use keys::{PublicKey, SecretKey, Signature};
 pub use name::Name;
-pub use op::{Op, OpError, Owners, Record, Stamp, Value, apply};
+pub use op::{Claim, Commit, Draft, Op, OpError, Owners, Record, Stamp, Value, Write, apply};
 pub use params::{LOCAL, Params, REGTEST, TESTNET};
 pub use pow::{CompactTarget, U256};
 pub use state::{StateProof, verify_state};

@@ -42,6 +42,14 @@ pub struct Params {
     pub stamp_window: u64,
     /// Blocks under the tip a light client requires by default.
     pub confirmation_depth: u64,
+    /// A claim may be revealed only this many blocks after its commitment
+    /// was mined (at least 1): a front-runner would have to rewrite this
+    /// many blocks to place an earlier commitment.
+    pub claim_maturity: u64,
+    /// A claim must be revealed at most this many blocks after its
+    /// commitment; a claimed name is settled (no earlier commitment can
+    /// still be revealed) this many blocks after its own commitment.
+    pub claim_expiry: u64,
     /// Longest name (bytes, sigil included).
     pub max_name_len: usize,
     /// Longest record value (bytes).
@@ -84,6 +92,8 @@ pub const LOCAL: Params = Params {
     stamp_target: target_for_zero_bits(10),
     stamp_window: 100,
     confirmation_depth: 3,
+    claim_maturity: 3,
+    claim_expiry: 150,
     max_name_len: 32,
     max_value_len: 4096,
     max_owners: 8,
@@ -106,6 +116,8 @@ pub const TESTNET: Params = Params {
     stamp_target: target_for_zero_bits(20),
     stamp_window: 60,
     confirmation_depth: 6,
+    claim_maturity: 6,
+    claim_expiry: 1440,
     max_name_len: 32,
     max_value_len: 4096,
     max_owners: 8,
@@ -133,6 +145,8 @@ pub const REGTEST: Params = Params {
     stamp_target: target_for_zero_bits(4),
     stamp_window: 1000,
     confirmation_depth: 1,
+    claim_maturity: 1,
+    claim_expiry: 100,
     max_name_len: 32,
     max_value_len: 4096,
     max_owners: 8,
@@ -195,6 +209,13 @@ impl Params {
             history_root: crate::history::HistoryPeaks::new().root(),
             nonce: self.genesis_nonce,
         }
+    }
+
+    /// The height a writer should anchor a new op at when the tip is at
+    /// `tip`: `confirmation_depth` blocks down, so that a short reorg does
+    /// not drop the anchor (and with it the op, whose signature covers it).
+    pub fn anchor_height(&self, tip: u64) -> u64 {
+        tip.saturating_sub(self.confirmation_depth)
     }
 
     /// The stamp target as big-endian bytes.

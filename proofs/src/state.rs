@@ -8,7 +8,9 @@
 //!
 //! ```text
 //! empty subtree = 0^32
-//! leaf          = H(STATE_LEAF, key || value_hash)      value_hash = H(RECORD, encode(record))
+//! leaf          = H(STATE_LEAF, key || value_hash)
+//!     names:       key = H(STATE_KEY, name),        value_hash = H(RECORD, encode(record))
+//!     commitments: key = H(COMMIT_KEY, commitment), value_hash = H(COMMIT_ENTRY, height_le8)
 //! inner node    = H(STATE_NODE, left || right)
 //! ```
 //!
@@ -61,6 +63,12 @@ pub enum Node {
 #[inline]
 pub fn leaf_hash(key: &Hash, value: &Hash) -> Hash {
     hash_parts(tag::STATE_LEAF, &[&key.0, &value.0])
+}
+
+/// The state-tree value of a commitment mined at `height`:
+/// `H(COMMIT_ENTRY, height_le8)` (its key is [`crate::op::commit_key`]).
+pub fn commit_entry_hash(height: u64) -> Hash {
+    crate::hash::hash_tagged(tag::COMMIT_ENTRY, &height.to_le_bytes())
 }
 
 /// Inner-node hash.

@@ -118,7 +118,10 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
         )?],
     )?;
     let server_name = Name::new("~bench").context("name")?;
+    // Claims in two phases for all users at once: every commitment first,
+    // then every reveal once the commitments are mature.
     let mut users = Vec::new();
+    let mut pending = Vec::new();
     for i in 0..b.receivers {
         let name = Name::new(&format!("@u{i}")).context("name")?;
         let mut seed = [7u8; 32];
@@ -132,8 +135,21 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
         }
         .to_value()
         .map_err(|e| anyhow::anyhow!(e))?;
-        lc.publish(&root, &name, value, None).await?;
+        pending.push((lc.commit_claim(&root, &name).await?, root, value));
         users.push((name, device));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (claim, root, value) in pending {
+        let commit_height = loop {
+            lc.sync().await?;
+            let tip = lc.tip().height;
+            match lc.commitment_height(&claim).await? {
+                Some(h) if tip + 1 >= h + net.params()?.claim_maturity => break h,
+                _ if Instant::now() > deadline => bail!("bench commitments not mined in 120 s"),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        lc.reveal(&root, &claim, commit_height, value, None).await?;
     }
     let last = users.last().map(|u| u.0.clone()).context("users")?;
     let deadline = Instant::now() + Duration::from_secs(120);

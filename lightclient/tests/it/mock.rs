@@ -20,6 +20,7 @@ pub(crate) fn record(nonce: u64, value: &str) -> Record {
         nonce,
         owners: Owners::single(SecretKey::from_seed([7; 32]).public()),
         value: Value::new(value.as_bytes().to_vec()).expect("small value"),
+        claimed_at: 1,
     }
 }
 

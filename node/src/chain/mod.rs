@@ -5,9 +5,22 @@
 //! state: the state tree is content-addressed, so each block's `state_root`
 //! stays readable and a reorg only rewrites the main-chain height index and
 //! the tip (one batch). Fork choice: most cumulative work; ties keep the
-//! block seen first. Invalid blocks are remembered (their descendants too);
-//! blocks whose parent is unknown wait in a bounded orphan pool.
+//! block seen first.
+//!
+//! **Branch admission** (as Bitcoin Core's): a block is fully validated and
+//! stored only if its branch could be the best chain: its cumulative work
+//! is at least the tip's, or its hash was marked wanted by a headers-first
+//! sync that verified a header chain with more work than the tip
+//! ([`Chain::want`]). Anything else (a cheap fork from deep history, say)
+//! is held after the header checks alone ([`BlockStatus::Held`]): not
+//! validated in full, not stored, not remembered, not relayed. Invalid blocks that passed
+//! admission are remembered (bounded). Blocks whose parent is unknown, and
+//! blocks of a branch lighter than the tip, are **held** in memory (bounded
+//! by count and bytes, after their header's work and their body's match
+//! with the header were checked) until their parent arrives or a
+//! descendant brings their branch to the tip's work.
 
+mod held;
 mod state;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -18,6 +31,7 @@ use xirtam_proofs::block::{Block, BlockError};
 use xirtam_proofs::header::{ChainState, Header, HeaderError};
 use xirtam_proofs::op::{Op, OpError, apply};
 use xirtam_proofs::params::Params;
+use xirtam_proofs::state::commit_entry_hash;
 use xirtam_proofs::state::{StateProof, TreeError};
 use xirtam_proofs::{Hash, Name, Record, U256, decode, encode};
 
@@ -27,6 +41,16 @@ use crate::store::{Batch, Column, KvStore, SCHEMA_VERSION, StoreError};
 
 /// Most blocks kept while waiting for their parent.
 pub const MAX_ORPHANS: usize = 256;
+
+/// Most bytes of blocks kept while waiting for their parent.
+pub const MAX_ORPHAN_BYTES: usize = 32 * 1024 * 1024;
+
+/// Most invalid blocks remembered (the oldest are forgotten first; a
+/// forgotten one is simply validated again if it comes back).
+pub const MAX_INVALID: usize = 10_000;
+
+/// Most block hashes marked wanted by headers-first sync.
+pub const MAX_WANTED: usize = 200_000;
 
 /// State-tree nodes kept in memory per generation (two generations, ~100
 /// bytes per node: ~100 MB at most).
@@ -57,8 +81,12 @@ pub enum BlockStatus {
     SideBranch,
     /// Already stored.
     AlreadyKnown,
-    /// Parent unknown: kept in the orphan pool.
+    /// Parent unknown: held in memory (not stored) until it arrives.
     Orphan,
+    /// Valid header and matching body, but its branch has less work than
+    /// the tip: held in memory (not validated in full, not stored) until a
+    /// descendant brings the branch to the tip's work.
+    Held,
 }
 
 /// Blocks that left and joined the main chain, oldest first.
@@ -94,8 +122,8 @@ pub enum ChainError {
     Op {
         /// Position.
         index: usize,
-        /// Name.
-        name: Name,
+        /// Its subject (name or commitment).
+        name: String,
         /// Rule.
         error: OpError,
     },
@@ -187,8 +215,10 @@ pub struct Chain<S: KvStore> {
     index: HashMap<Hash, BlockMeta>,
     main: Vec<Hash>,
     invalid: HashMap<Hash, String>,
-    orphans: HashMap<Hash, Vec<Block>>,
-    orphan_order: VecDeque<(Hash, Hash)>,
+    invalid_order: VecDeque<Hash>,
+    held: held::Held,
+    wanted: HashSet<Hash>,
+    wanted_order: VecDeque<Hash>,
     cache: NodeCache,
 }
 
@@ -246,9 +276,11 @@ impl<S: KvStore> Chain<S> {
             return Err(corrupt("tip", "does not match the main chain"));
         }
         let mut invalid = HashMap::new();
+        let mut invalid_order = VecDeque::new();
         for (k, v) in store.scan(Column::Invalid)? {
             if let Some(h) = hash_key(&k) {
                 invalid.insert(h, String::from_utf8_lossy(&v).into_owned());
+                invalid_order.push_back(h);
             }
         }
         Ok(Chain {
@@ -257,8 +289,10 @@ impl<S: KvStore> Chain<S> {
             index,
             main,
             invalid,
-            orphans: HashMap::new(),
-            orphan_order: VecDeque::new(),
+            invalid_order,
+            held: held::Held::new(MAX_ORPHANS, MAX_ORPHAN_BYTES),
+            wanted: HashSet::new(),
+            wanted_order: VecDeque::new(),
             cache: NodeCache::new(NODE_CACHE),
         })
     }
@@ -341,10 +375,7 @@ impl<S: KvStore> Chain<S> {
 
     /// A stored block (main chain or side branch).
     pub fn block(&self, hash: &Hash) -> Result<Option<Block>, ChainError> {
-        match self.store.get(Column::Blocks, &hash.0)? {
-            None => Ok(None),
-            Some(b) => decode(&b).map(Some).map_err(|e| corrupt("block", e)),
-        }
+        read_block(&*self.store, hash)
     }
 
     /// A block locator for sync: main-chain hashes from the tip back, the
@@ -389,19 +420,31 @@ impl<S: KvStore> Chain<S> {
     }
 
     /// Check a run of headers (each the parent of the next) against every
-    /// header rule, starting from a stored parent, without bodies: what a
-    /// syncing node does before it downloads blocks. A header that is known
-    /// invalid fails.
-    pub fn check_headers(&self, headers: &[Header], now: u64) -> Result<(), ChainError> {
+    /// header rule, without bodies: what a syncing node does before it
+    /// downloads blocks. The run starts from a stored block, or from `from`
+    /// (the state after an earlier run that was checked but not connected
+    /// yet) when the first header builds on it. A header that is known
+    /// invalid fails. Returns the state after the last header (its
+    /// `total_work` is the run's cumulative work).
+    pub fn check_headers(
+        &self,
+        from: Option<&ChainState>,
+        headers: &[Header],
+        now: u64,
+    ) -> Result<Option<ChainState>, ChainError> {
         let Some(first) = headers.first() else {
-            return Ok(());
+            return Ok(None);
         };
-        let parent = self
-            .index
-            .get(&first.prev)
-            .ok_or_else(|| ChainError::NotFound(format!("parent block {}", first.prev)))?;
+        let mut state = match from.filter(|s| s.tip_hash == first.prev) {
+            Some(s) => s.clone(),
+            None => self
+                .index
+                .get(&first.prev)
+                .ok_or_else(|| ChainError::NotFound(format!("parent block {}", first.prev)))?
+                .state
+                .clone(),
+        };
         // `push` checks linkage (each `prev` is the previous hash) too.
-        let mut state = parent.state.clone();
         for h in headers {
             let hash = h.hash();
             if let Some(reason) = self.invalid.get(&hash) {
@@ -409,12 +452,40 @@ impl<S: KvStore> Chain<S> {
             }
             state.push(self.params, h, now)?;
         }
-        Ok(())
+        Ok(Some(state))
     }
 
-    /// Number of blocks waiting for their parent.
+    /// Mark blocks as wanted: a headers-first sync verified a header chain
+    /// through them with more work than the tip, so their bodies pass
+    /// branch admission even while their own branch is still lighter.
+    /// Bounded: the oldest marks are dropped first.
+    pub fn want(&mut self, hashes: impl IntoIterator<Item = Hash>) {
+        for h in hashes {
+            if self.index.contains_key(&h) || !self.wanted.insert(h) {
+                continue;
+            }
+            self.wanted_order.push_back(h);
+            while self.wanted_order.len() > MAX_WANTED {
+                if let Some(old) = self.wanted_order.pop_front() {
+                    self.wanted.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Number of blocks held in memory (orphans and light branches).
     pub fn orphan_count(&self) -> usize {
-        self.orphan_order.len()
+        self.held.len()
+    }
+
+    /// Bytes of blocks held in memory.
+    pub fn orphan_bytes(&self) -> usize {
+        self.held.bytes()
+    }
+
+    /// Number of invalid blocks remembered.
+    pub fn invalid_count(&self) -> usize {
+        self.invalid.len()
     }
 
     /// The record of `name` at the tip.
@@ -445,6 +516,48 @@ impl<S: KvStore> Chain<S> {
         Ok((header, record, proof))
     }
 
+    /// Whether `commitment` is in the state at main-chain `height` (and the
+    /// height it was mined at), with its proof and the header whose
+    /// `state_root` it is proven against.
+    pub fn prove_commitment(
+        &self,
+        commitment: &Hash,
+        height: u64,
+    ) -> Result<(Header, Option<u64>, StateProof), ChainError> {
+        let hash = self
+            .hash_at(height)
+            .ok_or_else(|| ChainError::NotFound(format!("height {height}")))?;
+        let header = self
+            .meta(&hash)
+            .ok_or_else(|| corrupt("index", "main-chain block not indexed"))?
+            .header;
+        let view = StateView(&*self.store, Some(&self.cache));
+        let key = xirtam_proofs::op::commit_key(commitment);
+        let (value, proof) = xirtam_proofs::state::prove(&view, header.state_root, &key)?;
+        let at = match value {
+            None => None,
+            Some(v) => {
+                let bytes = self.store.get(Column::Records, &v.0)?.ok_or_else(|| {
+                    corrupt(
+                        "commitment",
+                        "entry referenced by the state tree is missing",
+                    )
+                })?;
+                let at = <[u8; 8]>::try_from(&bytes[..])
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| corrupt("commitment", "height is not 8 bytes"))?;
+                if commit_entry_hash(at) != v {
+                    return Err(corrupt(
+                        "commitment",
+                        "stored height does not match its hash",
+                    ));
+                }
+                Some(at)
+            }
+        };
+        Ok((header, at, proof))
+    }
+
     /// Validate a block and store it; switch the main chain when it (or an
     /// orphan it adopts) brings more work. `now` is the validator's clock
     /// (Unix seconds) for the future-drift rule.
@@ -452,9 +565,24 @@ impl<S: KvStore> Chain<S> {
         let hash = block.header.hash();
         let mut change = TipChange::default();
         let status = self.submit_one(block, hash, now, &mut change)?;
-        if matches!(status, BlockStatus::Tip | BlockStatus::SideBranch) {
-            self.adopt_orphans(hash, now, &mut change);
+        match status {
+            BlockStatus::Tip | BlockStatus::SideBranch => {
+                self.adopt_orphans(hash, now, &mut change);
+            }
+            BlockStatus::Orphan | BlockStatus::Held => self.complete_branch(hash, now, &mut change),
+            BlockStatus::AlreadyKnown => {}
         }
+        // A held block that completed its branch is connected now.
+        let status = match status {
+            BlockStatus::Orphan | BlockStatus::Held if self.index.contains_key(&hash) => {
+                if self.is_main(&hash) {
+                    BlockStatus::Tip
+                } else {
+                    BlockStatus::SideBranch
+                }
+            }
+            s => s,
+        };
         Ok(Submitted { status, change })
     }
 
@@ -474,33 +602,60 @@ impl<S: KvStore> Chain<S> {
         let prev = block.header.prev;
         let Some(parent) = self.index.get(&prev) else {
             if self.invalid.contains_key(&prev) {
-                let e = ChainError::InvalidParent(prev);
-                if self.has_work(&block.header) {
-                    self.remember_invalid(hash, &e)?;
-                }
-                return Err(e);
+                // Not remembered itself: its parent is, and remembering
+                // every child would let anyone grow the set cheaply.
+                return Err(ChainError::InvalidParent(prev));
             }
-            // Cheap spam filter before holding it: the header must carry
-            // real work (its own target, within the network's limit).
+            // Cheap spam filters before holding it: the header must carry
+            // real work (its own target, within the network's limit), and
+            // the body must be the header's (so that junk cannot shadow
+            // the real block) and within the size limits.
             if !self.has_work(&block.header) {
                 return Err(HeaderError::Pow(hash).into());
             }
-            self.add_orphan(block, hash);
-            return Ok(BlockStatus::Orphan);
+            block.check_body(self.params)?;
+            // A child of a held block is on a held branch; otherwise its
+            // parent is unknown.
+            let status = if self.held.get(&prev).is_some() {
+                BlockStatus::Held
+            } else {
+                BlockStatus::Orphan
+            };
+            tracing::debug!(target: "chain", %hash, parent = %prev, ?status, "held block");
+            self.held.insert(hash, block);
+            return Ok(status);
         };
+        // Branch admission: only a block that could be (or lead to) the
+        // best chain is validated and stored.
+        let work = block
+            .header
+            .work()
+            .map_err(|_| ChainError::Header(HeaderError::Pow(hash)))?;
+        let branch_work = parent.work().saturating_add(work);
+        if branch_work < self.tip().work() && !self.wanted.contains(&hash) {
+            // The header rules and the body's match with its header still
+            // run, so that junk is a fault and not merely "low work".
+            parent.state.clone().push(self.params, &block.header, now)?;
+            block.check_body(self.params)?;
+            tracing::debug!(target: "chain", %hash, height = block.header.height, "light branch; held");
+            self.held.insert(hash, block);
+            return Ok(BlockStatus::Held);
+        }
         let validated = match self.validate(parent, &block, now) {
             Ok(v) => v,
             Err(e) => {
                 // Remember only blocks that carry real work: remembering
                 // costs disk, and a header without work is cheap to reject
-                // again (otherwise junk headers would grow the database
-                // for free).
+                // again.
                 if e.is_invalid_block() && self.has_work(&block.header) {
                     self.remember_invalid(hash, &e)?;
                 }
                 return Err(e);
             }
         };
+        if self.wanted.remove(&hash) {
+            self.wanted_order.retain(|h| *h != hash);
+        }
         self.store_block(hash, block, validated, change)
     }
 
@@ -512,59 +667,76 @@ impl<S: KvStore> Chain<S> {
             .is_ok_and(|t| t <= self.params.pow_limit && header.check_pow().is_ok())
     }
 
+    /// Remember an invalid block that passed branch admission (so it
+    /// carried as much work as the tip: costly to make). Bounded by
+    /// [`MAX_INVALID`], the oldest forgotten first.
     fn remember_invalid(&mut self, hash: Hash, e: &ChainError) -> Result<(), ChainError> {
         let reason = e.to_string();
         tracing::warn!(target: "chain", %hash, %reason, "rejected block");
         let mut b = Batch::new();
         b.put(Column::Invalid, hash.0, reason.as_bytes());
+        let mut forget = Vec::new();
+        while self.invalid_order.len() + 1 > MAX_INVALID {
+            match self.invalid_order.pop_front() {
+                Some(old) => {
+                    b.delete(Column::Invalid, old.0);
+                    forget.push(old);
+                }
+                None => break,
+            }
+        }
         self.store.write(b)?;
+        for old in forget {
+            self.invalid.remove(&old);
+        }
         self.invalid.insert(hash, reason);
+        self.invalid_order.push_back(hash);
         Ok(())
     }
 
-    fn add_orphan(&mut self, block: Block, hash: Hash) {
-        if self
-            .orphans
-            .values()
-            .flatten()
-            .any(|b| b.header.hash() == hash)
-        {
-            return;
-        }
-        while self.orphan_order.len() >= MAX_ORPHANS {
-            if let Some((parent, old)) = self.orphan_order.pop_front()
-                && let Some(v) = self.orphans.get_mut(&parent)
-            {
-                v.retain(|b| b.header.hash() != old);
-                if v.is_empty() {
-                    self.orphans.remove(&parent);
-                }
-            }
-        }
-        tracing::debug!(target: "chain", %hash, parent = %block.header.prev, "orphan block");
-        self.orphan_order.push_back((block.header.prev, hash));
-        self.orphans
-            .entry(block.header.prev)
-            .or_default()
-            .push(block);
-    }
-
+    /// Connect the held children of `parent` (and theirs), as far as
+    /// branch admission lets them in.
     fn adopt_orphans(&mut self, parent: Hash, now: u64, change: &mut TipChange) {
         let mut queue = vec![parent];
         while let Some(p) = queue.pop() {
-            let Some(children) = self.orphans.remove(&p) else {
-                continue;
-            };
-            for child in children {
+            for child in self.held.take_children(&p) {
                 let h = child.header.hash();
-                self.orphan_order.retain(|(_, o)| *o != h);
                 match self.submit_one(child, h, now, change) {
                     Ok(BlockStatus::Tip | BlockStatus::SideBranch) => queue.push(h),
                     Ok(_) => {}
-                    Err(e) => tracing::debug!(target: "chain", %h, error = %e, "orphan rejected"),
+                    Err(e) => {
+                        tracing::debug!(target: "chain", %h, error = %e, "held block rejected")
+                    }
                 }
             }
         }
+    }
+
+    /// `hash` was just held: if the held branch it ends (back to a stored
+    /// block) now has at least the tip's work, mark the branch wanted and
+    /// connect it.
+    fn complete_branch(&mut self, hash: Hash, now: u64, change: &mut TipChange) {
+        let mut branch = Vec::new();
+        let mut work = U256::zero();
+        let mut cur = hash;
+        while let Some(b) = self.held.get(&cur) {
+            let Ok(w) = b.header.work() else { return };
+            work = work.saturating_add(w);
+            branch.push(cur);
+            cur = b.header.prev;
+            if branch.len() > MAX_ORPHANS {
+                return;
+            }
+        }
+        let Some(base) = self.index.get(&cur) else {
+            return;
+        };
+        if base.work().saturating_add(work) < self.tip().work() {
+            return;
+        }
+        tracing::info!(target: "chain", blocks = branch.len(), from = %cur, "a held branch reached the tip's work");
+        self.want(branch);
+        self.adopt_orphans(cur, now, change);
     }
 
     /// Hashes and heights of the `window` blocks ending at `from`.
@@ -632,25 +804,21 @@ impl<S: KvStore> Chain<S> {
         for (index, op) in block.ops.iter().enumerate() {
             let op_err = |error| ChainError::Op {
                 index,
-                name: op.key.clone(),
+                name: op.subject(),
                 error,
             };
             let stamp_height = ancestors
-                .get(&op.stamp.block)
+                .get(&op.stamp().block)
                 .copied()
-                .ok_or_else(|| op_err(OpError::StampBlockUnknown(op.stamp.block)))?;
+                .ok_or_else(|| op_err(OpError::StampBlockUnknown(op.stamp().block)))?;
             op.check_stamp_age(params, stamp_height, height)
                 .map_err(op_err)?;
-            let before = record_at(
-                &*self.store,
-                Some(&self.cache),
-                parent.header.state_root,
-                &op.key,
-            )?;
-            let after = apply(before.as_ref(), op).map_err(op_err)?;
-            let rh = after.hash();
-            batch.put(Column::Records, rh.0, encode(&after));
-            items.push((op.key.key_hash(), rh));
+            let t = match self.transition(parent.header.state_root, op, height) {
+                Err(ChainError::InvalidOp(e)) => return Err(op_err(e)),
+                other => other?,
+            };
+            batch.put(Column::Records, t.value.0, t.stored);
+            items.push((t.key, t.value));
         }
         let (root, nodes) = xirtam_proofs::state::update(&view, parent.header.state_root, &items)?;
         if root != header.state_root {
@@ -765,18 +933,61 @@ impl<S: KvStore> Chain<S> {
     }
 
     /// The stamp and state rules of `op` against the tip (the stateless
-    /// rules are assumed checked). Returns the record the op would write.
-    pub fn check_op_stateful(&self, op: &Op) -> Result<Record, ChainError> {
+    /// rules are assumed checked), as if it went into the next block.
+    /// Returns what the op would write.
+    pub fn check_op_stateful(&self, op: &Op) -> Result<Transition, ChainError> {
         let next = self.height() + 1;
-        let stamp_height = self
-            .index
-            .get(&op.stamp.block)
-            .filter(|_| self.is_main(&op.stamp.block))
-            .map(|m| m.header.height)
-            .ok_or(OpError::StampBlockUnknown(op.stamp.block))?;
+        let stamp_height = self.stamp_height(op)?;
         op.check_stamp_age(self.params, stamp_height, next)?;
-        let before = self.record(&op.key)?;
-        Ok(apply(before.as_ref(), op)?)
+        self.transition(self.tip().header.state_root, op, next)
+    }
+
+    /// Height of `op`'s stamp block, which must be on the main chain.
+    pub fn stamp_height(&self, op: &Op) -> Result<u64, ChainError> {
+        let block = op.stamp().block;
+        Ok(self
+            .index
+            .get(&block)
+            .filter(|_| self.is_main(&block))
+            .map(|m| m.header.height)
+            .ok_or(OpError::StampBlockUnknown(block))?)
+    }
+
+    /// The state rule for `op` included at `height` on top of state `root`
+    /// (stamp rules are checked by the caller). A broken rule is
+    /// [`ChainError::InvalidOp`].
+    ///
+    /// A commitment must be new to the state; it is stored with `height`.
+    /// A write follows [`apply`], with the commitment a claim reveals looked
+    /// up in the same state.
+    fn transition(&self, root: Hash, op: &Op, height: u64) -> Result<Transition, ChainError> {
+        let view = StateView(&*self.store, Some(&self.cache));
+        match op {
+            Op::Commit(c) => {
+                let key = op.state_key();
+                if xirtam_proofs::state::get(&view, root, &key)?.is_some() {
+                    return Err(OpError::AlreadyCommitted(c.commitment).into());
+                }
+                Ok(Transition {
+                    key,
+                    value: commit_entry_hash(height),
+                    stored: height.to_le_bytes().to_vec(),
+                })
+            }
+            Op::Write(w) => {
+                let committed = match w.claim_entry(self.params) {
+                    Some((k, v)) => xirtam_proofs::state::get(&view, root, &k)? == Some(v),
+                    None => false,
+                };
+                let before = record_at(&*self.store, Some(&self.cache), root, &w.key)?;
+                let after = apply(self.params, before.as_ref(), w, height, committed)?;
+                Ok(Transition {
+                    key: op.state_key(),
+                    value: after.hash(),
+                    stored: encode(&after),
+                })
+            }
+        }
     }
 
     /// Build the body of the next block on the tip from candidate ops (in
@@ -795,15 +1006,15 @@ impl<S: KvStore> Chain<S> {
             }
             let len = encode(&op).len();
             // Leave room for the header and the length prefix.
-            if bytes + len + 256 > self.params.max_block_bytes || !seen.insert(op.key.clone()) {
+            if bytes + len + 256 > self.params.max_block_bytes || !seen.insert(op.state_key()) {
                 continue;
             }
-            let after = match self.check_op_stateful(&op) {
-                Ok(after) => after,
+            let t = match self.check_op_stateful(&op) {
+                Ok(t) => t,
                 Err(ChainError::InvalidOp(_)) => continue,
                 Err(e) => return Err(e),
             };
-            items.push((op.key.key_hash(), after.hash()));
+            items.push((t.key, t.value));
             bytes += len;
             ops.push(op);
         }
@@ -811,6 +1022,18 @@ impl<S: KvStore> Chain<S> {
         let (new_root, _) = xirtam_proofs::state::update(&view, root, &items)?;
         Ok((ops, new_root))
     }
+}
+
+/// What one op writes to the state tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// State-tree key.
+    pub key: Hash,
+    /// State-tree value.
+    pub value: Hash,
+    /// What [`Column::Records`] stores under `value`: the encoded record
+    /// of a write, or a commitment's height (8 bytes, little-endian).
+    pub stored: Vec<u8>,
 }
 
 type OpCheck<'s> = std::thread::ScopedJoinHandle<'s, Result<(), ChainError>>;
@@ -843,6 +1066,24 @@ fn check_ops(params: &Params, ops: &[Op], offset: usize) -> Result<(), ChainErro
             error,
         })
     })
+}
+
+/// A stored block, read straight from `store` (blocks are immutable once
+/// stored, so no chain lock is needed).
+pub fn read_block<S: KvStore>(store: &S, hash: &Hash) -> Result<Option<Block>, ChainError> {
+    match store.get(Column::Blocks, &hash.0)? {
+        None => Ok(None),
+        Some(b) => {
+            let block: Block = decode(&b).map_err(|e| corrupt("block", e))?;
+            if block.header.hash() != *hash {
+                return Err(corrupt(
+                    "block",
+                    format!("block stored under {hash} has another hash"),
+                ));
+            }
+            Ok(Some(block))
+        }
+    }
 }
 
 fn hash_key(b: &[u8]) -> Option<Hash> {

@@ -25,6 +25,16 @@ impl<S: KvStore> NodeStore for StateView<'_, S> {
                     what: "state node",
                     reason: e.to_string(),
                 })?;
+                // Nodes are content-addressed: one that does not hash to
+                // its key is disk corruption, and must surface as a storage
+                // error, never as a wrong state root (which would condemn a
+                // valid block).
+                if n.hash() != *hash {
+                    return Err(StoreError::Corrupt {
+                        what: "state node",
+                        reason: format!("node stored under {hash} hashes to {}", n.hash()),
+                    });
+                }
                 if let Some(c) = self.1 {
                     c.insert(*hash, n);
                 }
@@ -90,13 +100,18 @@ pub fn load_record<S: KvStore>(store: &S, hash: &Hash) -> Result<Record, super::
             what: "record",
             reason: format!("record {hash} referenced by the state tree is missing"),
         })?;
-    decode::<Record>(&bytes).map_err(|e| {
-        StoreError::Corrupt {
+    let r = decode::<Record>(&bytes).map_err(|e| StoreError::Corrupt {
+        what: "record",
+        reason: e.to_string(),
+    })?;
+    if r.hash() != *hash {
+        return Err(StoreError::Corrupt {
             what: "record",
-            reason: e.to_string(),
+            reason: format!("record stored under {hash} hashes to {}", r.hash()),
         }
-        .into()
-    })
+        .into());
+    }
+    Ok(r)
 }
 
 /// The record of `name` under state root `root`, if any.
@@ -125,4 +140,63 @@ pub fn prove_at<S: KvStore>(
         Some(h) => Some(load_record(store, &h)?),
     };
     Ok((record, proof))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use xirtam_proofs::state::{self, NodeStore};
+    use xirtam_proofs::{Hash, encode};
+
+    use super::*;
+    use crate::store::{Batch, MemoryStore};
+
+    /// A stored node or record whose bytes were swapped for another valid
+    /// one is reported as corruption, not served.
+    #[test]
+    fn stored_nodes_and_records_are_re_hashed_on_load() {
+        let store = Arc::new(MemoryStore::new());
+        let items: Vec<(Hash, Hash)> = (0..4u8).map(|i| (Hash([i; 32]), Hash([9; 32]))).collect();
+        let (root, nodes) =
+            state::update(&StateView(&*store, None), state::EMPTY_ROOT, &items).expect("update");
+        let mut b = Batch::new();
+        for (h, n) in &nodes {
+            b.put(Column::StateNodes, h.0, encode(n));
+        }
+        store.write(b).expect("write");
+        assert!(
+            StateView(&*store, None)
+                .get_node(&root)
+                .expect("ok")
+                .is_some()
+        );
+        // Swap the root's bytes for another node's.
+        let other = nodes.iter().find(|(h, _)| *h != root).expect("more nodes");
+        let mut b = Batch::new();
+        b.put(Column::StateNodes, root.0, encode(&other.1));
+        store.write(b).expect("write");
+        assert!(matches!(
+            StateView(&*store, None).get_node(&root),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // The same for a record.
+        let r = xirtam_proofs::Record {
+            nonce: 1,
+            owners: xirtam_proofs::Owners::single(
+                xirtam_proofs::SecretKey::from_seed([1; 32]).public(),
+            ),
+            value: xirtam_proofs::Value::default(),
+            claimed_at: 1,
+        };
+        let mut other = r.clone();
+        other.nonce = 2;
+        let mut b = Batch::new();
+        b.put(Column::Records, r.hash().0, encode(&other));
+        store.write(b).expect("write");
+        assert!(matches!(
+            load_record(&*store, &r.hash()),
+            Err(super::super::ChainError::Store(StoreError::Corrupt { .. }))
+        ));
+    }
 }

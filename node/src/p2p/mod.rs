@@ -43,8 +43,11 @@ pub mod penalty {
     pub const BAD_RESPONSE: i32 = 50;
     /// A request over the protocol limits.
     pub const BAD_REQUEST: i32 = 25;
-    /// Claimed more work than its headers delivered.
+    /// Claimed more work than its headers delivered, or withheld it
+    /// (refused or did not answer while we synced from it).
     pub const FRUITLESS_SYNC: i32 = 25;
+    /// A sync request above the per-peer rate.
+    pub const FLOOD: i32 = 5;
 }
 
 /// Network settings.
@@ -117,6 +120,13 @@ pub struct NetStats {
     pub synced_blocks: u64,
     /// Peers banned.
     pub bans: u64,
+    /// Gossip messages dropped unvalidated because the validation queue
+    /// (overall or the sender's share) was full.
+    #[serde(default)]
+    pub gossip_dropped: u64,
+    /// Sync requests refused because the peer exceeded its rate.
+    #[serde(default)]
+    pub requests_limited: u64,
 }
 
 /// One connected peer.

@@ -36,6 +36,21 @@ use crate::store::KvStore;
 const TICK: Duration = Duration::from_secs(3);
 /// Gossip messages validated at once; further ones wait.
 const VALIDATION_SLOTS: usize = 4;
+/// Gossip messages waiting or in validation at once; further ones are
+/// dropped unvalidated (and not forwarded): sync recovers what matters.
+const GOSSIP_QUEUE: usize = 512;
+/// ... of which one peer may occupy at most this many.
+const GOSSIP_QUEUE_PER_PEER: usize = 64;
+/// Headers and blocks requests a peer may make per second, sustained
+/// (an honest session makes one at a time, ~100/s at full speed on
+/// loopback) ...
+const REQUESTS_PER_SEC: f64 = 200.0;
+/// ... and in a burst.
+const REQUEST_BURST: f64 = 400.0;
+/// Headers and blocks requests of one peer being answered at once.
+const REQUESTS_IN_FLIGHT: usize = 4;
+/// Connection slots kept for peers we dial ourselves.
+const OUTBOUND_RESERVED: u32 = 8;
 /// Commands waiting for the task.
 const COMMAND_QUEUE: usize = 64;
 
@@ -104,8 +119,14 @@ pub fn build_swarm(
                 kad_config,
             );
             kad.set_mode(Some(kad::Mode::Server));
+            // Inbound connections may fill all but the reserved outbound
+            // slots, so strangers connecting to us can never crowd out
+            // the peers we chose (an eclipse needs our dials too).
             let limits = connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(max_peers))
+                .with_max_established_incoming(Some(
+                    max_peers.saturating_sub(OUTBOUND_RESERVED).max(1),
+                ))
                 .with_max_established_per_peer(Some(2))
                 .with_max_pending_incoming(Some(32))
                 .with_max_pending_outgoing(Some(32));
@@ -122,7 +143,7 @@ pub fn build_swarm(
                     SyncCodec,
                     [(protocol::sync_protocol(params), ProtocolSupport::Full)],
                     request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(30))
+                        .with_request_timeout(protocol::REQUEST_TIMEOUT)
                         .with_max_concurrent_streams(32),
                 ),
                 kad,
@@ -217,6 +238,10 @@ pub async fn start<S: KvStore>(
         max_peers: config.max_peers,
         fruitless: HashSet::new(),
         progress_tx,
+        gossip_queued: HashMap::new(),
+        request_buckets: HashMap::new(),
+        requests_in_flight: HashMap::new(),
+        status_pending: HashSet::new(),
     };
     service.dial_bootstrap();
     let task = tokio::spawn(service.run(cmd_rx, announce_rx, done_rx));
@@ -248,6 +273,7 @@ enum Done {
         orphan: bool,
     },
     Respond {
+        peer: PeerId,
         channel: ResponseChannel<SyncResponse>,
         response: SyncResponse,
     },
@@ -257,12 +283,24 @@ enum Done {
     },
     Headers {
         peer: PeerId,
-        result: Result<Vec<Hash>, (i32, String)>,
+        result: Result<Checked, (i32, String)>,
     },
     Connected {
         peer: PeerId,
         result: Result<u64, (i32, String)>,
     },
+}
+
+/// A checked batch of sync headers.
+struct Checked {
+    /// Does the checked header chain carry more work than our tip (so its
+    /// bodies are wanted and should be fetched now)?
+    enough: bool,
+    /// Bodies we lack, in chain order: to fetch now when `enough`, else to
+    /// hold until it is.
+    hashes: Vec<Hash>,
+    /// State after the last header.
+    state: Box<xirtam_proofs::ChainState>,
 }
 
 /// What an outbound request asked.
@@ -302,6 +340,14 @@ struct Service<S: KvStore> {
     fruitless: HashSet<(PeerId, Hash)>,
     /// Height the current sync session aims at (for progress bars).
     progress_tx: tokio::sync::watch::Sender<Option<u64>>,
+    /// Gossip messages queued or in validation, per sender.
+    gossip_queued: HashMap<PeerId, usize>,
+    /// Token buckets for inbound sync requests: (tokens, last refill).
+    request_buckets: HashMap<PeerId, (f64, Instant)>,
+    /// Inbound headers and blocks requests being answered, per peer.
+    requests_in_flight: HashMap<PeerId, usize>,
+    /// Peers with a status request outstanding (one at a time each).
+    status_pending: HashSet<PeerId>,
 }
 
 fn is_stateless_failure(e: &OpError) -> bool {
@@ -469,6 +515,11 @@ impl<S: KvStore> Service<S> {
     }
 
     fn request(&mut self, peer: PeerId, req: SyncRequest, what: Pending) {
+        if matches!(what, Pending::Status) && !self.status_pending.insert(peer) {
+            // One status request per peer at a time (a burst of gossiped
+            // orphans would otherwise send one each).
+            return;
+        }
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
         self.pending.insert(id, (peer, what));
     }
@@ -495,6 +546,10 @@ impl<S: KvStore> Service<S> {
                 tracing::info!(target: "p2p", peer = %peer_id, "disconnected");
                 self.peers.remove(&peer_id);
                 self.fruitless.retain(|(p, _)| *p != peer_id);
+                self.request_buckets.remove(&peer_id);
+                self.gossip_queued.remove(&peer_id);
+                self.requests_in_flight.remove(&peer_id);
+                self.status_pending.remove(&peer_id);
                 if self.syncing_from(peer_id) {
                     self.session = None;
                     self.maybe_start_sync();
@@ -565,6 +620,24 @@ impl<S: KvStore> Service<S> {
                 );
             return;
         };
+        // Bounded work: a full queue, or a sender over its share, means the
+        // message is dropped unvalidated (and so not forwarded).
+        let total: usize = self.gossip_queued.values().sum();
+        let mine = self.gossip_queued.get(&source).copied().unwrap_or(0);
+        if total >= GOSSIP_QUEUE || mine >= GOSSIP_QUEUE_PER_PEER {
+            self.stats.gossip_dropped += 1;
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &id,
+                    &source,
+                    gossipsub::MessageAcceptance::Ignore,
+                );
+            return;
+        }
+        *self.gossip_queued.entry(source).or_default() += 1;
         let node = self.node.clone();
         let done = self.done_tx.clone();
         let slots = self.slots.clone();
@@ -604,6 +677,12 @@ impl<S: KvStore> Service<S> {
         verdict: Verdict,
         orphan: bool,
     ) {
+        if let Some(n) = self.gossip_queued.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.gossip_queued.remove(&source);
+            }
+        }
         let acceptance = match &verdict {
             Verdict::Accept => gossipsub::MessageAcceptance::Accept,
             Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
@@ -647,6 +726,9 @@ impl<S: KvStore> Service<S> {
                     response,
                 } => {
                     if let Some((from, what)) = self.pending.remove(&request_id) {
+                        if matches!(what, Pending::Status) {
+                            self.status_pending.remove(&from);
+                        }
                         self.on_response(from, what, response);
                     }
                 }
@@ -658,11 +740,13 @@ impl<S: KvStore> Service<S> {
                 ..
             } => {
                 if let Some((_, what)) = self.pending.remove(&request_id) {
+                    if matches!(what, Pending::Status) {
+                        self.status_pending.remove(&peer);
+                    }
                     tracing::debug!(target: "p2p", %peer, error = %error, "sync request failed");
                     if !matches!(what, Pending::Status) && self.syncing_from(peer) {
                         tracing::info!(target: "p2p", %peer, error = %error, "sync peer failed; trying another");
-                        self.session = None;
-                        self.maybe_start_sync();
+                        self.strike(peer, "did not answer a sync request");
                     }
                 }
             }
@@ -673,7 +757,40 @@ impl<S: KvStore> Service<S> {
         }
     }
 
+    /// Take one token from `peer`'s request bucket; false when empty.
+    fn request_allowed(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let (tokens, last) = self
+            .request_buckets
+            .entry(peer)
+            .or_insert((REQUEST_BURST, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * REQUESTS_PER_SEC)
+            .min(REQUEST_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     fn serve(&mut self, peer: PeerId, req: SyncRequest, channel: ResponseChannel<SyncResponse>) {
+        // Status is answered inline from memory; only the requests that
+        // read the chain are limited (rate, and answers in progress).
+        let busy = self.requests_in_flight.get(&peer).copied().unwrap_or(0);
+        if !matches!(req, SyncRequest::Status)
+            && (busy >= REQUESTS_IN_FLIGHT || !self.request_allowed(peer))
+        {
+            self.stats.requests_limited += 1;
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, SyncResponse::Refused("rate limited".into()));
+            self.penalise(peer, penalty::FLOOD, "sync requests above the rate limit");
+            return;
+        }
         let refuse = match &req {
             SyncRequest::Headers { locator, .. } if locator.len() > MAX_LOCATOR => Some(format!(
                 "locator of {} hashes (max {MAX_LOCATOR})",
@@ -705,11 +822,16 @@ impl<S: KvStore> Service<S> {
                 .send_response(channel, response);
             return;
         }
+        *self.requests_in_flight.entry(peer).or_default() += 1;
         let node = self.node.clone();
         let done = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
             let response = answer(&node, req);
-            let _ = done.send(Done::Respond { channel, response });
+            let _ = done.send(Done::Respond {
+                peer,
+                channel,
+                response,
+            });
         });
     }
 
@@ -749,15 +871,19 @@ impl<S: KvStore> Service<S> {
                     self.finish_sync();
                     return;
                 }
-                if let Some(s) = self.session.as_mut() {
-                    s.more_headers = headers.len() == max;
-                    s.last_header = headers.last().map(|h| h.hash()).or(last);
-                    s.headers += headers.len() as u64;
-                }
+                let (from, held) = match self.session.as_mut() {
+                    Some(s) => {
+                        s.more_headers = headers.len() == max;
+                        s.last_header = headers.last().map(|h| h.hash()).or(last);
+                        s.headers += headers.len() as u64;
+                        (s.checked.take(), std::mem::take(&mut s.unfetched))
+                    }
+                    None => return,
+                };
                 let node = self.node.clone();
                 let done = self.done_tx.clone();
                 tokio::task::spawn_blocking(move || {
-                    let result = check_headers(&node, &headers);
+                    let result = check_headers(&node, from, held, &headers);
                     let _ = done.send(Done::Headers { peer, result });
                 });
             }
@@ -792,10 +918,10 @@ impl<S: KvStore> Service<S> {
                     let _ = done.send(Done::Connected { peer, result });
                 });
             }
-            (_, SyncResponse::Refused(reason)) => {
+            (what, SyncResponse::Refused(reason)) => {
                 tracing::info!(target: "p2p", %peer, reason, "peer refused a sync request");
-                if self.syncing_from(peer) {
-                    self.session = None;
+                if !matches!(what, Pending::Status) && self.syncing_from(peer) {
+                    self.strike(peer, "refused to serve the chain it advertised");
                 }
             }
             (_, _) => {
@@ -839,6 +965,21 @@ impl<S: KvStore> Service<S> {
         self.maybe_start_sync();
     }
 
+    /// A peer that advertised more work withheld it (refused, timed out,
+    /// or its headers ran out short of its claim): penalise it, end the
+    /// session, and do not sync from it again until it reports another
+    /// tip, so the next candidate gets its turn.
+    fn strike(&mut self, peer: PeerId, reason: &str) {
+        if self.syncing_from(peer) {
+            self.session = None;
+        }
+        if let Some(st) = self.peers.get(&peer).and_then(|p| p.status) {
+            self.fruitless.insert((peer, st.tip));
+        }
+        self.penalise(peer, penalty::FRUITLESS_SYNC, reason);
+        self.maybe_start_sync();
+    }
+
     /// Start a session with the connected peer that claims the most work,
     /// if it is more than ours.
     fn maybe_start_sync(&mut self) {
@@ -861,7 +1002,11 @@ impl<S: KvStore> Service<S> {
             return;
         };
         tracing::info!(target: "p2p", %peer, height = status.height, "syncing from peer");
-        self.session = Some(Session::new(peer, status.height));
+        self.session = Some(Session::new(
+            peer,
+            status.height,
+            U256::from_be_bytes(status.work),
+        ));
         let node = self.node.clone();
         let done = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
@@ -919,10 +1064,10 @@ impl<S: KvStore> Service<S> {
             "sync session finished"
         );
         if let Some(c) = claimed
-            && U256::from_be_bytes(c.work) > tip.work
-            && s.blocks == 0
+            && s.target_work > tip.work
         {
-            // It claimed more work than it delivered.
+            // It claimed more work (when we chose it) than it delivered. A
+            // peer that kept mining meanwhile delivered its claim and more.
             self.fruitless.insert((s.peer, c.tip));
             self.penalise(
                 s.peer,
@@ -947,7 +1092,14 @@ impl<S: KvStore> Service<S> {
                 verdict,
                 orphan,
             } => self.on_gossip_done(id, source, is_block, verdict, orphan),
-            Done::Respond { channel, response } => {
+            Done::Respond {
+                peer,
+                channel,
+                response,
+            } => {
+                if let Some(n) = self.requests_in_flight.get_mut(&peer) {
+                    *n = n.saturating_sub(1);
+                }
                 let _ = self
                     .swarm
                     .behaviour_mut()
@@ -964,9 +1116,19 @@ impl<S: KvStore> Service<S> {
                     return;
                 }
                 match result {
-                    Ok(needed) => {
-                        if let Some(s) = self.session.as_mut() {
-                            s.queue.extend(needed);
+                    Ok(c) => {
+                        let Some(s) = self.session.as_mut() else {
+                            return;
+                        };
+                        s.checked = Some(*c.state);
+                        if c.enough {
+                            s.queue.extend(c.hashes);
+                        } else {
+                            s.unfetched = c.hashes;
+                            if s.unfetched.len() > super::sync::MAX_UNFETCHED {
+                                self.strike(peer, "too many headers without more work than ours");
+                                return;
+                            }
                         }
                         self.continue_sync();
                     }
@@ -1009,6 +1171,8 @@ fn judge_block<S: KvStore>(node: &Node<S>, data: &[u8]) -> (Verdict, bool) {
             BlockStatus::Tip | BlockStatus::SideBranch => (Verdict::Accept, false),
             BlockStatus::AlreadyKnown => (Verdict::Ignore, false),
             BlockStatus::Orphan => (Verdict::Ignore, true),
+            // A lighter branch: held, not relayed.
+            BlockStatus::Held => (Verdict::Ignore, false),
         },
         Err(e) if e.is_peer_fault() => (
             Verdict::Reject(penalty::INVALID_BLOCK, format!("invalid block: {e}")),
@@ -1043,11 +1207,14 @@ fn answer<S: KvStore>(node: &Node<S>, req: SyncRequest) -> SyncResponse {
             SyncResponse::Headers(node.lock().chain.headers_after(&locator, max))
         }
         SyncRequest::Blocks { hashes } => {
-            let core = node.lock();
+            // Stored blocks never change: read them without the chain lock,
+            // so that serving a large response never stalls validation or
+            // RPC.
+            let store = node.lock().chain.store().clone();
             let mut out = Vec::new();
             let mut bytes = 0usize;
             for h in hashes {
-                match core.chain.block(&h) {
+                match crate::chain::read_block(&*store, &h) {
                     Ok(Some(b)) => {
                         bytes += encode(&b).len();
                         out.push(b);
@@ -1067,20 +1234,41 @@ fn answer<S: KvStore>(node: &Node<S>, req: SyncRequest) -> SyncResponse {
     }
 }
 
-/// Check headers from a peer; returns the hashes whose bodies we lack.
-/// `Err((0, _))` means "not the peer's fault" (e.g. a timestamp ahead of
-/// our clock).
+/// Check headers from a peer, continuing `from` (the state after the
+/// previous batch) when they build on it. `held` are earlier checked
+/// hashes whose bodies were not fetched yet. Once the header chain carries
+/// more work than our tip, every body we lack is marked wanted and
+/// returned for fetching. `Err((0, _))` means "not the peer's fault" (e.g.
+/// a timestamp ahead of our clock).
 fn check_headers<S: KvStore>(
     node: &Node<S>,
+    from: Option<xirtam_proofs::ChainState>,
+    mut held: Vec<Hash>,
     headers: &[xirtam_proofs::Header],
-) -> Result<Vec<Hash>, (i32, String)> {
-    let core = node.lock();
-    match core.chain.check_headers(headers, crate::node::unix_now()) {
-        Ok(()) => Ok(headers
-            .iter()
-            .map(|h| h.hash())
-            .filter(|h| core.chain.meta(h).is_none())
-            .collect()),
+) -> Result<Checked, (i32, String)> {
+    let mut core = node.lock();
+    match core
+        .chain
+        .check_headers(from.as_ref(), headers, crate::node::unix_now())
+    {
+        Ok(Some(state)) => {
+            held.extend(
+                headers
+                    .iter()
+                    .map(|h| h.hash())
+                    .filter(|h| core.chain.meta(h).is_none()),
+            );
+            let enough = state.total_work() > core.chain.tip().work();
+            if enough {
+                core.chain.want(held.iter().copied());
+            }
+            Ok(Checked {
+                enough,
+                hashes: held,
+                state: Box::new(state),
+            })
+        }
+        Ok(None) => Err((penalty::BAD_RESPONSE, "empty headers batch".into())),
         Err(ChainError::NotFound(what)) => Err((
             penalty::BAD_RESPONSE,
             format!("headers do not connect to our chain ({what})"),
@@ -1097,7 +1285,10 @@ fn connect_blocks<S: KvStore>(node: &Node<S>, blocks: Vec<Block>) -> Result<u64,
     let mut n = 0;
     for b in blocks {
         match node.submit_block(b) {
-            Ok(_) => n += 1,
+            // Credit only for blocks that joined the chain: a block held on
+            // a lighter branch earns a syncing peer nothing.
+            Ok(s) if !matches!(s.status, BlockStatus::Orphan | BlockStatus::Held) => n += 1,
+            Ok(_) => {}
             Err(e) if e.is_peer_fault() => {
                 return Err((penalty::INVALID_BLOCK, format!("invalid block: {e}")));
             }

@@ -3,11 +3,20 @@
 //! 1. Ask the peer for headers after our locator (at most
 //!    [`MAX_HEADERS`](super::protocol::MAX_HEADERS)).
 //! 2. Check them all (linkage, PoW, difficulty, timestamps) against the
-//!    parent we hold, before fetching any body.
-//! 3. Fetch the bodies we lack in batches of [`BODY_BATCH`], connecting each
-//!    batch through the chain (every rule).
+//!    parent we hold (or the state after the previous batch), before
+//!    fetching any body.
+//! 3. Only once the checked header chain carries more work than our tip are
+//!    its bodies fetched: the chain marks them wanted (branch admission)
+//!    and we fetch them in batches of [`BODY_BATCH`], connecting each batch
+//!    through the chain (every rule). Until then, more headers (at most
+//!    [`MAX_UNFETCHED`] ahead of the bodies).
 //! 4. If the header batch was full, continue after its last header;
 //!    otherwise the session ends and the peer's status is asked again.
+//!
+//! A peer that claimed more work than it then delivers (headers that do not
+//! add up, an empty answer, a refusal, a timeout) gets a strike: a penalty,
+//! and no new session with it until it reports another tip, so the next
+//! candidate is tried.
 //!
 //! The state here is plain data; the network task drives it.
 
@@ -15,10 +24,13 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use libp2p::PeerId;
-use xirtam_proofs::Hash;
+use xirtam_proofs::{ChainState, Hash, U256};
 
 /// Block bodies asked per request.
 pub(super) const BODY_BATCH: usize = 64;
+
+/// Most checked headers held before their chain outweighs ours.
+pub(super) const MAX_UNFETCHED: usize = 200_000;
 
 /// One sync session.
 #[derive(Debug)]
@@ -41,11 +53,19 @@ pub(super) struct Session {
     pub last_log: Instant,
     /// Height the peer claimed when the session started.
     pub target_height: u64,
+    /// Work the peer claimed when the session started: a session that
+    /// ends with our tip below it did not deliver the claim.
+    pub target_work: U256,
+    /// State after the last checked header (the next batch continues it).
+    pub checked: Option<ChainState>,
+    /// Checked headers whose bodies we lack, held until the header chain
+    /// carries more work than our tip.
+    pub unfetched: Vec<Hash>,
 }
 
 impl Session {
     /// A new session with `peer`, which claims a tip at `target_height`.
-    pub(super) fn new(peer: PeerId, target_height: u64) -> Self {
+    pub(super) fn new(peer: PeerId, target_height: u64, target_work: U256) -> Self {
         let now = Instant::now();
         Session {
             peer,
@@ -57,6 +77,9 @@ impl Session {
             started: now,
             last_log: now,
             target_height,
+            target_work,
+            checked: None,
+            unfetched: Vec::new(),
         }
     }
 

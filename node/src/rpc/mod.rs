@@ -102,6 +102,16 @@ pub trait NodeApi {
     #[method(name = "dir_get", blocking)]
     fn dir_get(&self, key: String, at_height: Option<u64>) -> RpcResult<DirGetView>;
 
+    /// Whether a claim commitment (hex) is in the state at `at_height`
+    /// (default: the tip) and the height it was mined at, with the state
+    /// proof against that block's header.
+    #[method(name = "dir_commitment", blocking)]
+    fn dir_commitment(
+        &self,
+        commitment: String,
+        at_height: Option<u64>,
+    ) -> RpcResult<DirCommitmentView>;
+
     /// Submit an op (hex of its canonical encoding) to the mempool.
     #[method(name = "dir_submit", blocking)]
     fn dir_submit(&self, op: String) -> RpcResult<SubmitOpView>;
@@ -214,6 +224,7 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
             BlockStatus::SideBranch => "side-branch",
             BlockStatus::AlreadyKnown => "already-known",
             BlockStatus::Orphan => "orphan",
+            BlockStatus::Held => "held",
         };
         Ok(SubmitBlockView {
             hash: hash.to_hex(),
@@ -239,6 +250,39 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
             header: hex::encode(header.to_bytes()),
             state_root: header.state_root.to_hex(),
             record: record.as_ref().map(RecordView::new),
+            proof: hex::encode(encode(&proof)),
+            tip_height: core.chain.height(),
+        })
+    }
+
+    fn dir_commitment(
+        &self,
+        commitment: String,
+        at_height: Option<u64>,
+    ) -> RpcResult<DirCommitmentView> {
+        let c = Hash::from_hex(&commitment).map_err(|e| {
+            err(
+                code::INVALID_PARAMS,
+                format!("invalid commitment {commitment:?}: {e}"),
+            )
+        })?;
+        let core = self.node.lock();
+        let height = at_height.unwrap_or_else(|| core.chain.height());
+        if height > core.chain.height() {
+            return Err(err(
+                code::NOT_FOUND,
+                format!("height {height} is above the tip ({})", core.chain.height()),
+            ));
+        }
+        let (header, mined_at, proof) =
+            core.chain.prove_commitment(&c, height).map_err(chain_err)?;
+        Ok(DirCommitmentView {
+            commitment: c.to_hex(),
+            height,
+            block_hash: header.hash().to_hex(),
+            header: hex::encode(header.to_bytes()),
+            state_root: header.state_root.to_hex(),
+            mined_at,
             proof: hex::encode(encode(&proof)),
             tip_height: core.chain.height(),
         })
@@ -346,8 +390,15 @@ pub fn op_rule(e: &xirtam_proofs::OpError) -> &'static str {
         E::StampPow => "stamp_pow",
         E::StampBlockUnknown(_) => "stamp_block_unknown",
         E::StaleStamp { .. } => "stale_stamp",
-        E::NonceNotIncreasing { .. } => "nonce_not_increasing",
+        E::NonceNotNext { .. } => "nonce_not_next",
+        E::ClaimNonce(_) => "claim_nonce",
         E::NotOwner(_) => "not_owner",
+        E::Unclaimed(_) => "unclaimed",
+        E::CommitmentUnknown(_) => "commitment_unknown",
+        E::ClaimTooEarly { .. } => "claim_too_early",
+        E::CommitmentExpired { .. } => "commitment_expired",
+        E::NameTaken { .. } => "name_taken",
+        E::AlreadyCommitted(_) => "already_committed",
         _ => "other",
     }
 }

@@ -57,6 +57,8 @@ pub struct RecordView {
     pub value: String,
     /// Value as UTF-8 when it is valid UTF-8.
     pub value_utf8: Option<String>,
+    /// Height at which the winning claim's commitment was mined.
+    pub claimed_at: u64,
     /// Canonical record bytes, hex (what the proof commits to).
     pub bytes: String,
 }
@@ -71,6 +73,7 @@ impl RecordView {
             value_utf8: std::str::from_utf8(r.value.as_bytes())
                 .ok()
                 .map(str::to_owned),
+            claimed_at: r.claimed_at,
             bytes: hex::encode(encode(r)),
         }
     }
@@ -97,19 +100,66 @@ pub struct DirGetView {
     pub tip_height: u64,
 }
 
+/// `dir_commitment`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirCommitmentView {
+    /// The commitment, hex.
+    pub commitment: String,
+    /// Height the proof is against.
+    pub height: u64,
+    /// Hash of that block.
+    pub block_hash: String,
+    /// That block's header, hex.
+    pub header: String,
+    /// That header's state root.
+    pub state_root: String,
+    /// Height at which the commitment was mined, or null when the proof
+    /// shows it absent.
+    pub mined_at: Option<u64>,
+    /// State proof, hex of its canonical encoding.
+    pub proof: String,
+    /// The node's tip height when answering.
+    pub tip_height: u64,
+}
+
 /// An op for humans.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpView {
     /// Op hash.
     pub hash: String,
-    /// Name.
+    /// `commit`, `claim` or `update`.
+    pub kind: String,
+    /// The name, or the commitment (hex) of a `commit`.
     pub key: String,
-    /// Nonce.
-    pub nonce: u64,
-    /// Signer, hex.
-    pub signer: String,
+    /// Nonce (writes only).
+    pub nonce: Option<u64>,
+    /// Signer, hex (writes only).
+    pub signer: Option<String>,
     /// Canonical op bytes, hex.
     pub bytes: String,
+}
+
+impl OpView {
+    /// From an op.
+    pub fn new(o: &Op) -> Self {
+        let (kind, key, nonce, signer) = match o {
+            Op::Commit(c) => ("commit", c.commitment.to_hex(), None, None),
+            Op::Write(w) => (
+                if w.claim.is_some() { "claim" } else { "update" },
+                w.key.to_string(),
+                Some(w.nonce),
+                Some(w.signer.to_hex()),
+            ),
+        };
+        OpView {
+            hash: o.hash().to_hex(),
+            kind: kind.into(),
+            key,
+            nonce,
+            signer,
+            bytes: hex::encode(encode(o)),
+        }
+    }
 }
 
 /// `chain_block`.
@@ -138,17 +188,7 @@ impl BlockView {
             main_chain,
             header: hex::encode(b.header.to_bytes()),
             block: hex::encode(encode(b)),
-            ops: b
-                .ops
-                .iter()
-                .map(|o: &Op| OpView {
-                    hash: o.hash().to_hex(),
-                    key: o.key.to_string(),
-                    nonce: o.nonce,
-                    signer: o.signer.to_hex(),
-                    bytes: hex::encode(encode(o)),
-                })
-                .collect(),
+            ops: b.ops.iter().map(OpView::new).collect(),
         }
     }
 }
@@ -186,6 +226,11 @@ pub struct ParamsView {
     pub stamp_window: u64,
     /// Default confirmation depth.
     pub confirmation_depth: u64,
+    /// Blocks between a claim's commitment and its earliest reveal.
+    pub claim_maturity: u64,
+    /// Blocks after which a commitment can no longer be revealed (and a
+    /// claimed name is settled).
+    pub claim_expiry: u64,
     /// Longest name.
     pub max_name_len: usize,
     /// Longest value.
@@ -204,6 +249,8 @@ impl ParamsView {
             stamp_target: hex::encode(p.stamp_target.to_be_bytes()),
             stamp_window: p.stamp_window,
             confirmation_depth: p.confirmation_depth,
+            claim_maturity: p.claim_maturity,
+            claim_expiry: p.claim_expiry,
             max_name_len: p.max_name_len,
             max_value_len: p.max_value_len,
             max_owners: p.max_owners,

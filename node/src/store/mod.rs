@@ -30,11 +30,14 @@ pub enum Column {
     Invalid,
     /// Singletons: the tip, the network name, the schema version.
     Meta,
+    /// State key of a pending op -> encoded `Op`: the mempool, so that an
+    /// acknowledged op survives a restart or `kill -9`.
+    Mempool,
 }
 
 impl Column {
     /// Every column.
-    pub const ALL: [Column; 7] = [
+    pub const ALL: [Column; 8] = [
         Column::Blocks,
         Column::Index,
         Column::MainChain,
@@ -42,6 +45,7 @@ impl Column {
         Column::Records,
         Column::Invalid,
         Column::Meta,
+        Column::Mempool,
     ];
 
     /// Column family name.
@@ -54,6 +58,7 @@ impl Column {
             Column::Records => "records",
             Column::Invalid => "invalid",
             Column::Meta => "meta",
+            Column::Mempool => "mempool",
         }
     }
 }
@@ -130,7 +135,8 @@ pub trait KvStore: Send + Sync + 'static {
 }
 
 /// Schema version written in [`Column::Meta`]; bump on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// (2: ops of two kinds, records with `claimed_at`, the mempool column.)
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use xirtam_proofs::block::{Block, ops_root};
 use xirtam_proofs::header::mine;
 use xirtam_proofs::{Op, encode};
 
-use crate::common::{TestNode, key, op, tip_hash};
+use crate::common::{TestNode, commit_op, key, op, tip_hash};
 
 /// POST `body` and return (HTTP status, parsed JSON body if any).
 fn post(url: &str, body: &[u8]) -> (u16, Option<Json>) {
@@ -73,7 +73,9 @@ async fn every_bad_input_gets_a_clear_error() {
     t.mine(2).await;
     let url = t.url.clone();
     let recent = tip_hash(&t.node);
-    let good_op = op("@alice", 1, &key(1), &key(1), b"v", recent);
+    // A commitment is valid on its own; a write needs a claimed name.
+    let good_op = commit_op("@alice", &key(1), recent);
+    let write = op("@alice", 1, &key(1), &key(1), b"v", recent);
     let node = t.node.clone();
 
     tokio::task::spawn_blocking(move || {
@@ -132,16 +134,21 @@ async fn every_bad_input_gets_a_clear_error() {
         );
 
         // Invalid ops: each names the rule.
-        let mut bad_sig = good_op.clone();
-        bad_sig.signature.0[0] ^= 1;
-        let mut bad_stamp = good_op.clone();
-        bad_stamp.stamp.block.0[0] ^= 1;
-        let mut zero = good_op.clone();
-        zero.nonce = 0;
+        let edit = |f: &dyn Fn(&mut xirtam_proofs::Write)| {
+            let mut o = write.clone();
+            if let Op::Write(w) = &mut o {
+                f(w);
+            }
+            o
+        };
+        let bad_sig = edit(&|w| w.signature.0[0] ^= 1);
+        let bad_stamp = edit(&|w| w.stamp.nonce ^= 1 << 40);
+        let zero = edit(&|w| w.nonce = 0);
         for (o, rule) in [
             (&bad_sig, "signature"),
             (&bad_stamp, "stamp_"),
             (&zero, "zero_nonce"),
+            (&write, "unclaimed"),
         ] {
             let r = call(&url, "dir_submit", json!([hex::encode(encode(o))]));
             assert_eq!(error_code(&r), i64::from(code::INVALID_OP), "{r}");

@@ -2,7 +2,8 @@
 //! accepting ops), kill it with SIGKILL at random moments 22 times. After
 //! every restart, every op seen confirmed before any kill is still there;
 //! at the end the stored chain and state root equal a replay of the stored
-//! blocks from genesis.
+//! blocks from genesis. And ops acknowledged into the mempool of a node
+//! that is not mining survive a SIGKILL.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,13 +14,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xirtam_node::chain::Chain;
 use xirtam_node::rpc::NodeApiClient;
 use xirtam_node::store::{MemoryStore, RocksStore};
-use xirtam_proofs::{Hash, encode};
+use xirtam_proofs::{Hash, Op, encode};
 
-use crate::common::{NET, key, name, op};
+use crate::common::{NET, commit_op, key};
 
 const ROUNDS: usize = 22;
 
 fn spawn(datadir: &Path) -> Child {
+    spawn_with(datadir, true)
+}
+
+fn spawn_with(datadir: &Path, mine: bool) -> Child {
     let _ = std::fs::remove_file(datadir.join("rpc.addr"));
     Command::new(env!("CARGO_BIN_EXE_xirtam-node"))
         .args([
@@ -28,11 +33,11 @@ fn spawn(datadir: &Path) -> Child {
             "regtest",
             "--rpc-addr",
             "127.0.0.1:0",
-            "--mine",
             "--log",
             "warn",
-            "--datadir",
         ])
+        .args(mine.then_some("--mine"))
+        .arg("--datadir")
         .arg(datadir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -77,8 +82,9 @@ async fn kill_9_loses_nothing_acknowledged() {
         | 1;
     println!("crash test seed {seed}");
     let mut rng = Rng(seed);
-    // name -> nonce seen confirmed (in a main-chain block the node served).
-    let mut confirmed: BTreeMap<String, u64> = BTreeMap::new();
+    // commitment -> height it was seen mined at (in a main-chain block the
+    // node served).
+    let mut confirmed: BTreeMap<Hash, u64> = BTreeMap::new();
     let mut last_height = 0;
     let signer = key(9);
 
@@ -94,32 +100,27 @@ async fn kill_9_loses_nothing_acknowledged() {
             "round {round}: tip went back from {last_height} to {}",
             tip.height
         );
-        for (n, nonce) in &confirmed {
-            let c = xirtam_node::client::get(&rpc, &name(n), None)
+        for (c, at) in &confirmed {
+            let v = rpc
+                .dir_commitment(c.to_hex(), None)
                 .await
-                .expect("verified lookup");
-            let got = c.record.map(|r| r.nonce);
-            assert!(
-                got >= Some(*nonce),
-                "round {round}: {n} (nonce {nonce}) lost after kill -9: {got:?}"
+                .expect("dir_commitment");
+            assert_eq!(
+                v.mined_at,
+                Some(*at),
+                "round {round}: commitment {c} (mined at {at}) lost after kill -9"
             );
         }
 
-        // Submit a few claims while it mines.
+        // Submit a few commitments while it mines.
         let recent = Hash::from_hex(&tip.hash).expect("hash");
         let mut submitted = Vec::new();
         for i in 0..3 {
-            let n = format!("@r{round}x{i}");
-            let o = op(
-                &n,
-                1,
-                &signer,
-                &signer,
-                format!("round {round}").as_bytes(),
-                recent,
-            );
-            if rpc.dir_submit(hex::encode(encode(&o))).await.is_ok() {
-                submitted.push(n);
+            let o = commit_op(&format!("@r{round}x{i}"), &signer, recent);
+            if rpc.dir_submit(hex::encode(encode(&o))).await.is_ok()
+                && let Op::Commit(c) = o
+            {
+                submitted.push(c.commitment);
             }
         }
         // Let it run a random while, then record what is confirmed.
@@ -127,11 +128,11 @@ async fn kill_9_loses_nothing_acknowledged() {
         if let Ok(t) = rpc.chain_tip().await {
             last_height = t.height;
         }
-        for n in &submitted {
-            if let Ok(c) = xirtam_node::client::get(&rpc, &name(n), None).await
-                && let Some(r) = c.record
+        for c in &submitted {
+            if let Ok(v) = rpc.dir_commitment(c.to_hex(), None).await
+                && let Some(at) = v.mined_at
             {
-                confirmed.insert(n.clone(), r.nonce);
+                confirmed.insert(*c, at);
             }
         }
         // And kill it at a random moment after that, mid-work.
@@ -162,15 +163,14 @@ async fn kill_9_loses_nothing_acknowledged() {
         replay.tip().header.state_root,
         chain.tip().header.state_root
     );
-    for n in confirmed.keys() {
+    for (c, at) in &confirmed {
+        let h = chain.height();
         assert_eq!(
-            replay.record(&name(n)).expect("read"),
-            chain.record(&name(n)).expect("read")
+            replay.prove_commitment(c, h).expect("read").1,
+            Some(*at),
+            "{c} confirmed but absent at the end"
         );
-        assert!(
-            chain.record(&name(n)).expect("read").is_some(),
-            "{n} confirmed but absent at the end"
-        );
+        assert_eq!(chain.prove_commitment(c, h).expect("read").1, Some(*at));
     }
     println!(
         "{} rounds, final height {}, {} confirmed ops",
@@ -178,4 +178,43 @@ async fn kill_9_loses_nothing_acknowledged() {
         chain.height(),
         confirmed.len()
     );
+}
+
+/// Ops acknowledged by `dir_submit` survive a SIGKILL of a node that was
+/// not mining: after the restart they are pending again, and the next block
+/// includes them. (The mempool used to live in memory only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_ops_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let datadir = dir.path().to_path_buf();
+    let mut child = spawn_with(&datadir, false);
+    let rpc = xirtam_node::client::connect(&rpc_url(&datadir, &mut child).await).expect("client");
+    let recent = NET.genesis_hash;
+    let ops: Vec<Op> = (0..5)
+        .map(|i| commit_op(&format!("@keep{i}"), &key(4), recent))
+        .collect();
+    for o in &ops {
+        rpc.dir_submit(hex::encode(encode(o)))
+            .await
+            .expect("acknowledged");
+    }
+    assert_eq!(rpc.node_info().await.expect("info").mempool_ops, 5);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    let mut child = spawn_with(&datadir, false);
+    let rpc = xirtam_node::client::connect(&rpc_url(&datadir, &mut child).await).expect("client");
+    assert_eq!(
+        rpc.node_info().await.expect("info").mempool_ops,
+        5,
+        "every acknowledged op is pending after kill -9"
+    );
+    rpc.dev_mine(1).await.expect("mine");
+    let b = rpc
+        .chain_block(xirtam_node::rpc::HeightOrHash::Height(1))
+        .await
+        .expect("block 1");
+    assert_eq!(b.ops.len(), 5);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
 }

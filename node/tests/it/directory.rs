@@ -10,7 +10,7 @@ use xirtam_proofs::header::Header;
 use xirtam_proofs::state::{StateProof, verify_state};
 use xirtam_proofs::{Record, decode_hex, encode};
 
-use crate::common::{TestNode, key, name, op, tip_hash};
+use crate::common::{TestNode, key, name, op, tip_hash, while_mining};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_update_reject_and_prove() {
@@ -26,15 +26,29 @@ async fn claim_update_reject_and_prove() {
         owners: vec![],
         claim: true,
     };
-    let claim = client::write(&rpc, &alice, &req)
+    // A claim takes two ops and blocks in between: mine meanwhile.
+    let wait = Duration::from_secs(30);
+    let claim = while_mining(&t.node, client::write(&rpc, &alice, &req, wait))
         .await
         .expect("claim submitted");
-    assert_eq!(rpc.node_info().await.expect("info").mempool_ops, 1);
-    t.mine(1).await;
-    let c = client::wait_confirmed(&rpc, &claim, 1, Duration::from_secs(30))
+    assert!(claim.claim.is_some(), "a first write is a claim");
+    let c = while_mining(&t.node, client::wait_confirmed(&rpc, &claim, 1, wait))
         .await
         .expect("confirmed");
-    let v1_height = c.header.height;
+    // The block that included the reveal: the first height from the
+    // commitment's where @alice exists.
+    let commit_height = claim.claim.map_or(0, |c| c.commit_height);
+    let mut v1_height = commit_height;
+    while client::get(&rpc, &name("@alice"), Some(v1_height))
+        .await
+        .expect("dir_get")
+        .record
+        .is_none()
+    {
+        v1_height += 1;
+        assert!(v1_height <= c.header.height, "the claim is included");
+    }
+    assert!(v1_height >= commit_height + crate::common::NET.claim_maturity);
     assert_eq!(
         c.record.as_ref().map(|r| r.value.as_bytes().to_vec()),
         Some(b"v1".to_vec())
@@ -54,6 +68,7 @@ async fn claim_update_reject_and_prove() {
             claim: false,
             ..req.clone()
         },
+        wait,
     )
     .await
     .expect("update submitted");
@@ -77,7 +92,7 @@ async fn claim_update_reject_and_prove() {
         "{msg}"
     );
     // ...and the client refuses before even building it.
-    let e = client::write(&rpc, &mallory, &req)
+    let e = client::write(&rpc, &mallory, &req, wait)
         .await
         .expect_err("client refuses");
     assert!(e.to_string().contains("already claimed"), "{e}");
@@ -110,6 +125,7 @@ async fn claim_update_reject_and_prove() {
                 nonce: 1,
                 owners: xirtam_proofs::Owners::single(alice.public()),
                 value: xirtam_proofs::Value::default(),
+                claimed_at: 1,
             })
         };
         assert!(verify_state(&header.state_root, &n, flipped.as_ref(), &proof).is_err());

@@ -1,7 +1,9 @@
 //! Node integration tests: one binary, modules per area. Servers listen on
 //! 127.0.0.1 port 0; nothing sleeps to synchronise.
 
+mod attacks;
 mod bad_input;
+mod claims;
 mod common;
 mod crash;
 mod directory;

@@ -11,7 +11,7 @@ use xirtam_node::store::KvStore;
 use xirtam_proofs::block::Block;
 use xirtam_proofs::{Hash, decode_hex, encode};
 
-use crate::common::{TestNode, key, memory_node, mine, op, tip_hash};
+use crate::common::{TestNode, claim_pending, key, memory_node, mine, prepare_claim, tip_hash};
 
 /// The value of `@alice` that the node serves (checked proof).
 async fn alice(rpc: &jsonrpsee::http_client::HttpClient) -> Option<Vec<u8>> {
@@ -42,6 +42,17 @@ fn branch_from(blocks: &[Block]) -> Arc<Node<xirtam_node::store::MemoryStore>> {
     n
 }
 
+/// The main-chain blocks of `n` from height `from` to its tip.
+fn main_blocks<S: KvStore>(n: &Node<S>, from: u64) -> Vec<Block> {
+    let core = n.lock();
+    (from..=core.chain.height())
+        .map(|h| {
+            let hash = core.chain.hash_at(h).expect("main chain");
+            core.chain.block(&hash).expect("read").expect("stored")
+        })
+        .collect()
+}
+
 fn state_root<S: KvStore>(n: &Node<S>) -> Hash {
     n.lock().chain.tip().header.state_root
 }
@@ -52,30 +63,28 @@ async fn heavier_branch_reorgs_and_back() {
     let rpc = t.client();
     let (alice_key, mallory) = (key(1), key(2));
 
-    // Common prefix: 2 blocks. Then the node's branch: @alice = "original".
+    // Common prefix: 2 blocks. Then the node's branch: @alice = "original"
+    // (commitment in block 3, reveal in block 4), 3 blocks.
     let prefix = t.mine(2).await;
-    t.node
-        .submit_op(op(
-            "@alice",
-            1,
-            &alice_key,
-            &alice_key,
-            b"original",
-            tip_hash(&t.node),
-        ))
-        .expect("op admitted");
-    let original = t.mine(3).await;
+    let reveal = prepare_claim(&t.node, "@alice", &alice_key, b"original").await;
+    t.node.submit_op(reveal).expect("reveal admitted");
+    t.mine(2).await;
+    let original = main_blocks(&t.node, 3);
+    assert_eq!(original.len(), 3);
     assert_eq!(alice(&rpc).await.as_deref(), Some(&b"original"[..]));
     let original_tip = tip_hash(&t.node);
 
     // A competing branch from the prefix with @alice = "other", one block
     // longer (equal work per block on regtest, so longer = heavier).
     let b = branch_from(&prefix);
-    b.submit_op(op("@alice", 1, &mallory, &mallory, b"other", tip_hash(&b)))
-        .expect("op admitted");
-    let side = mine(b.clone(), 4).await;
+    let reveal = prepare_claim(&b, "@alice", &mallory, b"other").await;
+    b.submit_op(reveal).expect("reveal admitted");
+    mine(b.clone(), 3).await;
+    let side = main_blocks(&b, 3);
     let statuses = submit_all(&rpc, &side).await;
-    assert_eq!(statuses[..3], ["side-branch", "side-branch", "side-branch"]);
+    // Lighter than the tip: held in memory, not stored, until the branch
+    // catches up; the third ties the tip's work and connects (it may win).
+    assert_eq!(statuses[..3], ["held", "held", "side-branch"]);
     assert_eq!(
         statuses[3], "tip",
         "the fourth block makes the branch heavier"
@@ -101,9 +110,15 @@ async fn heavier_branch_reorgs_and_back() {
         tip_hash(&c).to_hex()
     );
     assert_eq!(alice(&rpc).await.as_deref(), Some(&b"original"[..]));
-    // Mallory's claim was disconnected; it is invalid on this branch
-    // (@alice is owned by alice), so it did not return to the mempool.
-    assert_eq!(rpc.node_info().await.expect("info").mempool_ops, 0);
+    // Mallory's ops were disconnected. Her reveal is invalid on this branch
+    // (its commitment is not on it), so it did not return to the mempool;
+    // her commitment is still valid there, so it did.
+    assert_eq!(rpc.node_info().await.expect("info").mempool_ops, 1);
+    let pending = t.node.lock().mempool.ops();
+    assert!(
+        matches!(pending[..], [xirtam_proofs::Op::Commit(_)]),
+        "{pending:?}"
+    );
 
     // Replay the node's main chain from genesis into a fresh node.
     let tip = rpc.chain_tip().await.expect("tip");
@@ -138,19 +153,26 @@ async fn disconnected_ops_return_to_the_mempool() {
     let t = TestNode::start().await;
     let rpc = t.client();
     let prefix = t.mine(2).await;
-    // The node includes @bob's claim; a heavier branch without it wins.
-    t.node
-        .submit_op(op("@bob", 1, &key(3), &key(3), b"bob", tip_hash(&t.node)))
-        .expect("admitted");
+    // The node includes @bob's claim (commitment in block 3, reveal in
+    // block 4) and an update of @carol's; a heavier branch without them
+    // wins.
+    let reveal = claim_pending(&t.node, "@bob", &key(3), b"bob").await;
     t.mine(1).await;
     assert_eq!(rpc.node_info().await.expect("info").mempool_ops, 0);
     let b = branch_from(&prefix);
-    let side = mine(b, 2).await;
+    let side = mine(b, 3).await;
     submit_all(&rpc, &side).await;
-    assert_eq!(rpc.chain_tip().await.expect("tip").height, 4);
-    // Still valid on the new branch (stamp block is in the common prefix),
-    // so it is pending again, and the next block includes it.
-    assert_eq!(rpc.node_info().await.expect("info").mempool_ops, 1);
+    assert_eq!(rpc.chain_tip().await.expect("tip").height, 5);
+    // The commitment is still valid on the new branch (its anchor is in the
+    // common prefix), so it is pending again; the reveal is not (its
+    // commitment is gone). The next block includes the commitment, and the
+    // reveal, re-signed with the new commitment height, follows.
+    let pending = t.node.lock().mempool.ops();
+    assert!(
+        matches!(pending[..], [xirtam_proofs::Op::Commit(_)]),
+        "{pending:?}"
+    );
     let next = t.mine(1).await;
     assert_eq!(next[0].ops.len(), 1);
+    assert!(!t.node.lock().mempool.contains(&reveal));
 }

@@ -2,7 +2,7 @@
 
 use xirtam_proofs::block::ops_root;
 use xirtam_proofs::header::{ChainState, Header, header_template, mine};
-use xirtam_proofs::op::{Op, Owners, Record, Value};
+use xirtam_proofs::op::{Claim, Commit, Draft, Owners, Record, Value, Write, claim_commitment};
 use xirtam_proofs::params::{LOCAL, Params};
 use xirtam_proofs::state::{self, MemoryNodeStore};
 use xirtam_proofs::{Hash, Name, SecretKey};
@@ -17,7 +17,7 @@ pub(crate) fn name(s: &str) -> Name {
     Name::new(s).expect("test names are valid")
 }
 
-/// A signed and stamped op on `LOCAL`, stamped against `block`.
+/// A signed and stamped update on `LOCAL`, anchored at `block`.
 pub(crate) fn op(
     n: &str,
     nonce: u64,
@@ -25,17 +25,57 @@ pub(crate) fn op(
     owners: &[&SecretKey],
     value: &[u8],
     block: Hash,
-) -> Op {
+) -> Write {
+    write(n, nonce, signer, owners, value, None, block)
+}
+
+/// A signed and stamped first claim on `LOCAL` revealing the commitment
+/// with `salt` mined at `commit_height`, anchored at `block`.
+pub(crate) fn claim(
+    n: &str,
+    signer: &SecretKey,
+    value: &[u8],
+    salt: [u8; 32],
+    commit_height: u64,
+    block: Hash,
+) -> Write {
+    let c = Claim {
+        salt,
+        commit_height,
+    };
+    write(n, 1, signer, &[signer], value, Some(c), block)
+}
+
+/// The commitment op for a claim of `n` by `signer` with `salt`.
+pub(crate) fn commit(n: &str, signer: &SecretKey, salt: [u8; 32], block: Hash) -> Commit {
+    let mut c = Commit::new(
+        claim_commitment(&LOCAL, &name(n), &signer.public(), &salt),
+        block,
+    );
+    assert!(c.solve_stamp(&LOCAL, 0, 1 << 24), "stamp found");
+    c
+}
+
+fn write(
+    n: &str,
+    nonce: u64,
+    signer: &SecretKey,
+    owners: &[&SecretKey],
+    value: &[u8],
+    claim: Option<Claim>,
+    block: Hash,
+) -> Write {
     let owners = Owners::new(owners.iter().map(|k| k.public()).collect()).expect("1..=16 owners");
-    let mut o = Op::sign(
-        &LOCAL,
-        name(n),
+    let mut o = Draft {
+        key: name(n),
         nonce,
         owners,
-        Value::new(value.to_vec()).expect("small value"),
-        signer,
-    );
-    assert!(o.solve_stamp(&LOCAL, block, 0, 1 << 24), "stamp found");
+        value: Value::new(value.to_vec()).expect("small value"),
+        claim,
+        anchor: block,
+    }
+    .sign(&LOCAL, signer);
+    assert!(o.solve_stamp(&LOCAL, 0, 1 << 24), "stamp found");
     o
 }
 
@@ -79,5 +119,6 @@ pub(crate) fn record(nonce: u64, owner: &SecretKey, value: &[u8]) -> Record {
         nonce,
         owners: Owners::single(owner.public()),
         value: Value::new(value.to_vec()).expect("small value"),
+        claimed_at: 1,
     }
 }

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use xirtam_proofs::block::{Block, OpProof};
 use xirtam_proofs::header::{ChainState, Header};
 use xirtam_proofs::history::{HistoryNode, HistoryProof};
-use xirtam_proofs::op::{Op, Owners, Record, Stamp, Value};
+use xirtam_proofs::op::{Claim, Commit, Op, Owners, Record, Stamp, Value, Write};
 use xirtam_proofs::pow::{CompactTarget, U256};
 use xirtam_proofs::state::{StateProof, Terminal};
 use xirtam_proofs::{Hash, Name, PublicKey, Signature, decode, encode};
@@ -27,40 +27,54 @@ pub(crate) fn value() -> impl Strategy<Value = Value> {
 }
 
 pub(crate) fn record() -> impl Strategy<Value = Record> {
-    (any::<u64>(), owners(), value()).prop_map(|(nonce, owners, value)| Record {
+    (any::<u64>(), owners(), value(), any::<u64>()).prop_map(|(nonce, owners, value, at)| Record {
         nonce,
         owners,
         value,
+        claimed_at: at,
     })
 }
 
 pub(crate) fn op() -> impl Strategy<Value = Op> {
-    (
-        name(),
-        any::<u64>(),
-        any::<[u8; 32]>(),
-        owners(),
-        value(),
+    let claim = prop::option::of((any::<[u8; 32]>(), any::<u64>()).prop_map(
+        |(salt, commit_height)| Claim {
+            salt,
+            commit_height,
+        },
+    ));
+    let write = (
+        (name(), any::<u64>(), any::<[u8; 32]>(), owners(), value()),
+        claim,
         prop::collection::vec(any::<u8>(), 64),
         hash(),
         any::<u64>(),
     )
-        .prop_map(|(key, nonce, signer, owners, value, sig, block, snonce)| {
-            let mut s = [0u8; 64];
-            s.copy_from_slice(&sig);
-            Op {
-                key,
-                nonce,
-                signer: PublicKey(signer),
-                owners,
-                value,
-                signature: Signature(s),
-                stamp: Stamp {
-                    block,
-                    nonce: snonce,
-                },
-            }
+        .prop_map(
+            |((key, nonce, signer, owners, value), claim, sig, block, snonce)| {
+                let mut s = [0u8; 64];
+                s.copy_from_slice(&sig);
+                Op::Write(Write {
+                    key,
+                    nonce,
+                    signer: PublicKey(signer),
+                    owners,
+                    value,
+                    claim,
+                    signature: Signature(s),
+                    stamp: Stamp {
+                        block,
+                        nonce: snonce,
+                    },
+                })
+            },
+        );
+    let commit = (hash(), hash(), any::<u64>()).prop_map(|(commitment, block, nonce)| {
+        Op::Commit(Commit {
+            commitment,
+            stamp: Stamp { block, nonce },
         })
+    });
+    prop_oneof![3 => write, 1 => commit]
 }
 
 pub(crate) fn header() -> impl Strategy<Value = Header> {

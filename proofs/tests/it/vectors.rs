@@ -19,7 +19,7 @@ use xirtam_proofs::pow::CompactTarget;
 use xirtam_proofs::state::{self, StateProof, verify_state};
 use xirtam_proofs::{Hash, Name, Op, PublicKey, Record, Signature, decode, encode};
 
-use crate::common::{FAR_FUTURE, key, mine_chain, op, record, tree};
+use crate::common::{FAR_FUTURE, claim, commit, key, mine_chain, record, tree};
 
 fn path(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -86,36 +86,58 @@ fn header_vectors() {
 #[test]
 fn op_vectors() {
     let alice = key(1);
-    let o = op(
+    let salt = [0x5a; 32];
+    let c = commit("@alice", &alice, salt, LOCAL.genesis_hash);
+    let w = claim(
         "@alice",
-        1,
         &alice,
-        &[&alice, &key(2)],
         b"hello xirtam",
+        salt,
+        7,
         LOCAL.genesis_hash,
     );
-    let payload = o.signing_payload(&LOCAL);
+    let o = Op::Write(w.clone());
+    let payload = w.signing_payload(&LOCAL);
     let computed = json!({
-        "description": "a claim of @alice on the local network: content bytes, the exact Ed25519 message (tag-prefixed), signature, op id, stamp and full op encoding",
+        "description": "a claim of @alice on the local network in two ops: the commitment (mined at height 7) and the signed reveal. Commitment, content bytes, the exact Ed25519 message (tag-prefixed), signature, ids, stamps, encodings and ops_root leaves",
         "network": "local",
         "secret_seed": hex::encode(alice.to_seed()),
         "public_key": alice.public().to_hex(),
-        "content_bytes": hex::encode(o.content_bytes()),
+        "salt": hex::encode(salt),
+        "commitment": c.commitment.to_hex(),
+        "commit_id": c.id().to_hex(),
+        "commit_stamp_nonce": c.stamp.nonce,
+        "commit_bytes": hex::encode(encode(&Op::Commit(c))),
+        "commit_hash": Op::Commit(c).hash().to_hex(),
+        "commit_state_key": Op::Commit(c).state_key().to_hex(),
+        "commit_entry_at_7": state::commit_entry_hash(7).to_hex(),
+        "content_bytes": hex::encode(w.content_bytes()),
         "signing_message": hex::encode(tagged_message(tag::SIG_OP, &payload)),
-        "signature": hex::encode(o.signature.0),
-        "op_id": o.id().to_hex(),
-        "stamp_block": o.stamp.block.to_hex(),
-        "stamp_nonce": o.stamp.nonce,
-        "stamp_hash": o.stamp.pow_hash(&o.id()).to_hex(),
+        "signature": hex::encode(w.signature.0),
+        "op_id": w.id().to_hex(),
+        "stamp_block": w.stamp.block.to_hex(),
+        "stamp_nonce": w.stamp.nonce,
+        "stamp_hash": w.stamp.pow_hash(&w.id()).to_hex(),
         "op_bytes": hex::encode(encode(&o)),
         "op_hash": o.hash().to_hex(),
     });
     let v = check_file("op.json", &computed);
+    let co: Op = decode(&unhex(&v, "commit_bytes")).expect("vector decodes");
+    assert_eq!(co.hash().to_hex(), s(&v, "commit_hash"));
+    assert_eq!(co.state_key().to_hex(), s(&v, "commit_state_key"));
+    co.check_stateless(&LOCAL)
+        .expect("vector commitment is valid");
     let o: Op = decode(&unhex(&v, "op_bytes")).expect("vector decodes");
-    assert_eq!(hex::encode(o.content_bytes()), s(&v, "content_bytes"));
-    assert_eq!(o.id().to_hex(), s(&v, "op_id"));
+    let Op::Write(w) = &o else {
+        panic!("the vector op is a write")
+    };
+    let (key_hash, entry) = w.claim_entry(&LOCAL).expect("a claim");
+    assert_eq!(key_hash, co.state_key(), "the reveal opens the commitment");
+    assert_eq!(entry.to_hex(), s(&v, "commit_entry_at_7"));
+    assert_eq!(hex::encode(w.content_bytes()), s(&v, "content_bytes"));
+    assert_eq!(w.id().to_hex(), s(&v, "op_id"));
     assert_eq!(o.hash().to_hex(), s(&v, "op_hash"));
-    assert_eq!(o.stamp.pow_hash(&o.id()).to_hex(), s(&v, "stamp_hash"));
+    assert_eq!(w.stamp.pow_hash(&w.id()).to_hex(), s(&v, "stamp_hash"));
     o.check_stateless(&LOCAL).expect("vector op is valid");
     // The signature verifies over the message bytes in the file with plain
     // Ed25519 (no knowledge of our tag scheme needed).
@@ -124,10 +146,10 @@ fn op_vectors() {
     let sig: [u8; 64] = unhex(&v, "signature").try_into().expect("64 bytes");
     let vk = ed25519_dalek_verify(&pk, &msg, &sig);
     assert!(vk, "signature verifies over the raw message");
-    let mut bad = o.clone();
+    let mut bad = w.clone();
     bad.signature = Signature(sig);
     bad.signature.0[0] ^= 1;
-    assert!(bad.check_stateless(&LOCAL).is_err());
+    assert!(Op::Write(bad).check_stateless(&LOCAL).is_err());
 }
 
 /// Verify a raw Ed25519 signature: the message already contains the tag.
@@ -271,48 +293,76 @@ fn protocol_md_examples() {
         nonce: 1,
         owners: Owners::single(k.public()),
         value: Value::new(b"hi".to_vec()).expect("small"),
+        claimed_at: 7,
     };
-    assert_eq!(encode(&rec).len(), 58);
+    assert_eq!(
+        hex::encode(encode(&rec)),
+        "010000000000000001000000000000008a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c020000000000000068690700000000000000"
+    );
     assert_eq!(
         rec.hash().to_hex(),
-        "68cc3bf79b29838a2e7c071d15a683cce542cbd7ebe65e4d0e6a1a2b9d1f0928"
+        "2413c05d18c726921408802de00a1d3353b9b56d1f059909e0de21380ada62f8"
     );
     assert_eq!(
         tree(&[(alice.clone(), rec)]).1.to_hex(),
-        "f5c17da801ef6dbbd140d5fbbf722d47aa3797f34a238b064e0fdd5fc786ce17"
+        "17e08f2a596c59cf35032582aa96a1f92ceff31d2caafdfabaf99fca7110618d"
     );
 
-    let mut o = Op::sign(
-        &LOCAL,
-        alice,
-        1,
-        Owners::single(k.public()),
-        Value::new(b"hi".to_vec()).expect("small"),
-        &k,
+    // The claim of @alice in two phases, salt 5a×32, both ops anchored at
+    // the local genesis; the commitment is mined at height 7.
+    let salt = [0x5a; 32];
+    let c = crate::common::commit("@alice", &k, salt, LOCAL.genesis_hash);
+    assert_eq!(
+        c.commitment.to_hex(),
+        "ba9299856965f84c4b49c70d868b259c950c73620bee81ce5222824189b84b1a"
     );
-    assert!(o.solve_stamp(&LOCAL, LOCAL.genesis_hash, 0, 1 << 20));
-    assert_eq!(o.content_bytes().len(), 104);
+    assert_eq!(
+        c.id().to_hex(),
+        "b184edeb7cdac268ec2afa3630bd215147108c4b76febdaeb9ffaf8a77f3ba0b"
+    );
+    assert_eq!(c.stamp.nonce, 1273);
+    let c = Op::Commit(c);
+    assert_eq!(encode(&c).len(), 76);
+    assert_eq!(
+        c.hash().to_hex(),
+        "6c00889792c5d382191494f263d0c437a306b7c340678614d119f415754986b5"
+    );
+    assert_eq!(
+        c.state_key().to_hex(),
+        "0e8dc8308773d5a4c0bf250242c147d87bdf954236303445b3ac6c9500cb16b7"
+    );
+    assert_eq!(
+        state::commit_entry_hash(7).to_hex(),
+        "98f5b44c91872fcb3f63fc164d8364f4d0459371202b4b0da02edbd6ab573598"
+    );
+
+    let o = crate::common::claim("@alice", &k, b"hi", salt, 7, LOCAL.genesis_hash);
+    assert_eq!(
+        hex::encode(o.content_bytes()),
+        "060000000000000040616c69636501000000000000008a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c01000000000000008a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c02000000000000006869015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0700000000000000000e531ef2a76c79fb1a37af778131104c18dd066021d405f1b5dfed798e6225"
+    );
     assert_eq!(
         hex::encode(o.signature.0),
-        "4e421318f2ff190ed95d9448dc5c6a5bc4809e183d9e09a09473a1f33e7b3f29745b60982492317bc8699b391f47cfd3fa7d15b9cadf13040b4be84b50665e0b"
+        "428e6ef6d48bf448cd46fc7ff84ffbe8213545c5f7af54d3241043f5b6da31c37c24d3a134819f0dd1637341b56580bf0e68a48f68211dd1fb570979d7126901"
     );
     assert_eq!(
         o.id().to_hex(),
-        "5a25cd924cf6ec1f6deb559c2909110fde647b1ea9b16300eb06b79d0e47cb35"
+        "04ddfe85366c90a06198d781659263f6d294036667c141e21f02a274851c1649"
     );
-    assert_eq!(o.stamp.nonce, 520);
+    assert_eq!(o.stamp.nonce, 532);
     assert_eq!(
         o.stamp.pow_hash(&o.id()).to_hex(),
-        "003e4aa44b223a1b26369022a92dcd9ba2605db45ba6aab42bf326d382467cdf"
+        "002e36bf2e71c8f5a7bf7e5295a0af09d67030113d7be9c55a6deefbfe9a90da"
     );
-    assert_eq!(encode(&o).len(), 208);
+    let o = Op::Write(o);
+    assert_eq!(encode(&o).len(), 253);
     assert_eq!(
         o.hash().to_hex(),
-        "ba03bce4b684201531b29d5089cdd128a63faf38e899c2dd8db139b4c36ad2e7"
+        "4745e81ce86ef12fd35b5f3308e4aed4818a2dfd2cc50ce781d8f5332c3b9883"
     );
     assert_eq!(
         xirtam_proofs::ops_root(&[o.hash()]).to_hex(),
-        "ef9006993b196dd9ee18cb06401d99567c2a80473adc5af2f74d7d2cd79ea69d"
+        "eb3a434218b06b40050ab035eb83e93f961242ced2c0bc52a5a43b3a108c2f35"
     );
 
     let g = ChainState::genesis(&LOCAL);

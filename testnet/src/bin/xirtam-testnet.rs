@@ -380,7 +380,7 @@ async fn bench_lightclient(
 ) -> Result<()> {
     use std::time::Instant;
     use xirtam_lightclient::{Config as LcConfig, HttpSource, LightClient};
-    use xirtam_proofs::op::{Op, Owners, Value};
+    use xirtam_proofs::op::{Claim, Commit, Draft, Op, Owners, Value, claim_commitment};
     use xirtam_proofs::{Name, REGTEST, SecretKey};
     use xirtam_testnet::percentile;
 
@@ -393,17 +393,33 @@ async fn bench_lightclient(
     .await?;
     let key = SecretKey::from_seed([1; 32]);
     let name = Name::new("@bench").context("name")?;
-    let mut op = Op::sign(
-        &REGTEST,
-        name.clone(),
-        1,
-        Owners::single(key.public()),
-        Value::new(b"benchmark".to_vec()).context("value")?,
-        &key,
+    // Claim @bench: commitment in block 1, reveal in block 2.
+    let salt = [9; 32];
+    let mut c = Commit::new(
+        claim_commitment(&REGTEST, &name, &key.public(), &salt),
+        REGTEST.genesis_hash,
     );
-    anyhow::ensure!(op.solve_stamp(&REGTEST, REGTEST.genesis_hash, 0, u64::MAX / 2));
+    anyhow::ensure!(c.solve_stamp(&REGTEST, 0, u64::MAX / 2));
     net.rpc(0)
-        .dir_submit(hex::encode(xirtam_proofs::encode(&op)))
+        .dir_submit(hex::encode(xirtam_proofs::encode(&Op::Commit(c))))
+        .await
+        .context("submit")?;
+    let commit_height = net.mine(0, 1).await?;
+    let mut w = Draft {
+        key: name.clone(),
+        nonce: 1,
+        owners: Owners::single(key.public()),
+        value: Value::new(b"benchmark".to_vec()).context("value")?,
+        claim: Some(Claim {
+            salt,
+            commit_height,
+        }),
+        anchor: REGTEST.genesis_hash,
+    }
+    .sign(&REGTEST, &key);
+    anyhow::ensure!(w.solve_stamp(&REGTEST, 0, u64::MAX / 2));
+    net.rpc(0)
+        .dir_submit(hex::encode(xirtam_proofs::encode(&Op::Write(w))))
         .await
         .context("submit")?;
     let t = Instant::now();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use xirtam_node::client;
 use xirtam_node::rpc::NodeApiClient;
-use xirtam_proofs::op::{Op, Owners, Value};
+use xirtam_proofs::op::{Claim, Commit, Draft, Op, Owners, Value, claim_commitment};
 use xirtam_proofs::params::Params;
 use xirtam_proofs::{Hash, Name, Record, SecretKey, encode};
 use xirtam_testnet::{Testnet, wait_for};
@@ -13,18 +13,71 @@ pub(crate) fn key(i: u8) -> SecretKey {
     SecretKey::from_seed([i; 32])
 }
 
-/// A signed first claim of `name`, stamped on `recent`.
-pub(crate) fn claim(params: &Params, name: &str, k: &SecretKey, value: &[u8], recent: Hash) -> Op {
-    let mut op = Op::sign(
-        params,
-        Name::new(name).expect("valid name"),
-        1,
-        Owners::single(k.public()),
-        Value::new(value.to_vec()).expect("small value"),
-        k,
+fn salt(name: &str, k: &SecretKey) -> [u8; 32] {
+    xirtam_proofs::hash::hash_parts("test-salt", &[name.as_bytes(), &k.public().0]).0
+}
+
+/// The commitment op for a claim of `name` by `k`, anchored at `recent`.
+pub(crate) fn commit(params: &Params, name: &str, k: &SecretKey, recent: Hash) -> Op {
+    let n = Name::new(name).expect("valid name");
+    let mut c = Commit::new(
+        claim_commitment(params, &n, &k.public(), &salt(name, k)),
+        recent,
     );
-    assert!(op.solve_stamp(params, recent, 0, u64::MAX / 2));
-    op
+    assert!(c.solve_stamp(params, 0, u64::MAX / 2));
+    Op::Commit(c)
+}
+
+/// A signed write of `name` anchored at `recent`: the reveal of
+/// [`commit`] (mined at `commit_height`) when that is given, else an
+/// update with `nonce`.
+pub(crate) fn write(
+    params: &Params,
+    name: &str,
+    k: &SecretKey,
+    value: &[u8],
+    nonce: u64,
+    commit_height: Option<u64>,
+    recent: Hash,
+) -> Op {
+    let mut w = Draft {
+        key: Name::new(name).expect("valid name"),
+        nonce,
+        owners: Owners::single(k.public()),
+        value: Value::new(value.to_vec()).expect("small value"),
+        claim: commit_height.map(|commit_height| Claim {
+            salt: salt(name, k),
+            commit_height,
+        }),
+        anchor: recent,
+    }
+    .sign(params, k);
+    assert!(w.solve_stamp(params, 0, u64::MAX / 2));
+    Op::Write(w)
+}
+
+/// Claim `name` for `k` through node `i` of a network that mines only on
+/// request: submit the commitment (anchored at `recent`), mine until the
+/// reveal is due, submit the reveal (not mined yet) and return it.
+pub(crate) async fn claim(
+    net: &Testnet,
+    i: usize,
+    params: &Params,
+    name: &str,
+    k: &SecretKey,
+    value: &[u8],
+    recent: Hash,
+) -> Op {
+    submit(net, i, &commit(params, name, k, recent)).await;
+    let commit_height = net.mine(i, 1).await.expect("mine");
+    if params.claim_maturity > 1 {
+        net.mine(i, params.claim_maturity as u32 - 1)
+            .await
+            .expect("mine");
+    }
+    let reveal = write(params, name, k, value, 1, Some(commit_height), recent);
+    submit(net, i, &reveal).await;
+    reveal
 }
 
 /// Submit `op` to node `i`.

@@ -12,12 +12,11 @@ use jsonrpsee::types::ErrorObjectOwned;
 use serde_json::Value;
 use xirtam_lightclient::{Config as LcConfig, Error, HttpSource, LightClient, SourceStatus};
 use xirtam_node::rpc::NodeApiClient;
-use xirtam_proofs::op::{Op, Owners, Value as RecordValue};
 use xirtam_proofs::params::REGTEST;
 use xirtam_proofs::{Hash, Name};
 use xirtam_testnet::{Config, Testnet, Topology, wait_for};
 
-use crate::common::{claim, key, submit, wait_record};
+use crate::common::{claim, key, submit, wait_record, write};
 
 /// What a [`Proxy`] does to the honest answers it relays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,9 +172,17 @@ async fn light_client_gets_the_truth_or_an_error() {
     net.wait_peers(0, 1).await.expect("0 and 1 connect");
     net.mine(0, 5).await.expect("mine");
     let alice = key(1);
-    let op = claim(&REGTEST, "@alice", &alice, b"v1", REGTEST.genesis_hash);
-    submit(&net, 0, &op).await;
-    net.mine(0, 5).await.expect("mine");
+    claim(
+        &net,
+        0,
+        &REGTEST,
+        "@alice",
+        &alice,
+        b"v1",
+        REGTEST.genesis_hash,
+    )
+    .await;
+    net.mine(0, 4).await.expect("mine");
     wait_record(&net, 1, "@alice", b"v1", Duration::from_secs(30)).await;
     net.mine(2, 4).await.expect("lighter fork");
     let main_tip = net.wait_same_tip(&[0, 1], 10).await.expect("same tip");
@@ -246,19 +253,8 @@ async fn light_client_gets_the_truth_or_an_error() {
     let mut lc = client(&[&urls[0], &urls[1]], 3, None);
     let before = lc.resolve(&name("@alice")).await.expect("resolve");
     assert_eq!(before.record().map(|r| r.nonce), Some(1));
-    let update = {
-        let mut op = Op::sign(
-            &REGTEST,
-            name("@alice"),
-            2,
-            Owners::single(alice.public()),
-            RecordValue::new(b"v2".to_vec()).expect("small"),
-            &alice,
-        );
-        let recent = Hash::from_hex(&main_tip.hash).expect("hex");
-        assert!(op.solve_stamp(&REGTEST, recent, 0, u64::MAX / 2));
-        op
-    };
+    let recent = Hash::from_hex(&main_tip.hash).expect("hex");
+    let update = write(&REGTEST, "@alice", &alice, b"v2", 2, None, recent);
     submit(&net, 0, &update).await;
     net.mine(0, 1).await.expect("mine");
     wait_height(&net, 1, main_tip.height + 1).await;
@@ -312,9 +308,17 @@ async fn restart_resumes_without_downloading_again() {
 async fn cli_resolves_and_explains_failures() {
     let net = one_node().await;
     net.mine(0, 3).await.expect("mine");
-    let op = claim(&REGTEST, "@carol", &key(3), b"hi", REGTEST.genesis_hash);
-    submit(&net, 0, &op).await;
-    net.mine(0, 3).await.expect("mine");
+    claim(
+        &net,
+        0,
+        &REGTEST,
+        "@carol",
+        &key(3),
+        b"hi",
+        REGTEST.genesis_hash,
+    )
+    .await;
+    net.mine(0, 2).await.expect("mine");
     let bin = xirtam_testnet::find_bin("xirtam-lc", "XIRTAM_LC_BIN").expect("xirtam-lc built");
     let dir = tempfile::tempdir().expect("tempdir");
     let url = net.node(0).rpc_url.clone();

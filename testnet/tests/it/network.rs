@@ -3,11 +3,10 @@
 use std::time::{Duration, Instant};
 
 use xirtam_node::rpc::NodeApiClient;
-use xirtam_proofs::Hash;
-use xirtam_proofs::params::{LOCAL, REGTEST};
+use xirtam_proofs::params::REGTEST;
 use xirtam_testnet::{Config, Testnet, Topology, wait_for};
 
-use crate::common::{claim, key, record, submit, wait_record};
+use crate::common::{commit, key, record, submit, wait_record, write};
 
 /// 5 nodes, 3 of them mining for real on `local`: they converge on one tip,
 /// and an op submitted to node 0 is mined and provable on node 4.
@@ -24,10 +23,18 @@ async fn five_nodes_three_miners_converge_and_an_op_spreads() {
     .expect("testnet starts");
     let all = net.all();
     let tip = net.wait_same_tip(&all, 3).await.expect("converge");
-    let recent = Hash::from_hex(&tip.hash).expect("hex");
     let alice = key(1);
-    let op = claim(&LOCAL, "@alice", &alice, b"hello from node 0", recent);
-    submit(&net, 0, &op).await;
+    // The claim as the CLI makes it: commitment, wait, reveal.
+    let req = xirtam_node::client::WriteRequest {
+        name: xirtam_proofs::Name::new("@alice").expect("valid"),
+        value: b"hello from node 0".to_vec(),
+        owners: vec![],
+        claim: true,
+    };
+    let w = xirtam_node::client::write(net.rpc(0), &alice, &req, Duration::from_secs(90))
+        .await
+        .expect("claim submitted");
+    assert_eq!(w.claim.map(|c| c.commit_height > tip.height), Some(true));
     wait_record(
         &net,
         4,
@@ -56,14 +63,35 @@ async fn partition_heals_to_the_heavier_side() {
     })
     .await
     .expect("testnet starts");
-    // Stamps on genesis: valid on both sides.
+    // Stamps on genesis: valid on both sides. Each side commits in its
+    // block 1 and reveals in block 2.
     let g = REGTEST.genesis_hash;
     let (ka, kb) = (key(1), key(2));
-    submit(&net, 0, &claim(&REGTEST, "@x", &ka, b"side A", g)).await;
-    submit(&net, 0, &claim(&REGTEST, "@only-a", &ka, b"A only", g)).await;
-    submit(&net, 2, &claim(&REGTEST, "@x", &kb, b"side B", g)).await;
-    net.mine(0, 3).await.expect("mine A");
-    net.mine(2, 6).await.expect("mine B");
+    submit(&net, 0, &commit(&REGTEST, "@x", &ka, g)).await;
+    submit(&net, 0, &commit(&REGTEST, "@only-a", &ka, g)).await;
+    submit(&net, 2, &commit(&REGTEST, "@x", &kb, g)).await;
+    net.mine(0, 1).await.expect("mine A");
+    net.mine(2, 1).await.expect("mine B");
+    submit(
+        &net,
+        0,
+        &write(&REGTEST, "@x", &ka, b"side A", 1, Some(1), g),
+    )
+    .await;
+    submit(
+        &net,
+        0,
+        &write(&REGTEST, "@only-a", &ka, b"A only", 1, Some(1), g),
+    )
+    .await;
+    submit(
+        &net,
+        2,
+        &write(&REGTEST, "@x", &kb, b"side B", 1, Some(1), g),
+    )
+    .await;
+    net.mine(0, 2).await.expect("mine A");
+    net.mine(2, 5).await.expect("mine B");
     let a = net.wait_same_tip(&[0, 1], 3).await.expect("group A agrees");
     let b = net.wait_same_tip(&[2, 3], 6).await.expect("group B agrees");
     assert_ne!(a.hash, b.hash);
@@ -103,22 +131,34 @@ async fn partition_heals_to_the_heavier_side() {
         );
         assert!(record(&net, i, "@only-a").await.is_none());
     }
-    // @only-a is valid on the new chain: back in node 0's mempool (the
-    // conflicting @x claim is not).
+    // Side A's commitments are valid on the new chain (anchored at
+    // genesis): both are back in node 0's mempool. Their reveals are not
+    // (their commitments are no longer on chain).
     let info = wait_for(
-        "@only-a back in the mempool",
+        "side A's commitments back in the mempool",
         Duration::from_secs(30),
         || async {
             net.rpc(0)
                 .node_info()
                 .await
                 .ok()
-                .filter(|i| i.mempool_ops == 1)
+                .filter(|i| i.mempool_ops == 2)
         },
     )
     .await
-    .expect("the losing side's valid op returns");
+    .expect("the losing side's valid ops return");
     assert_eq!(info.height, 6);
+    let commit_height = net.mine(0, 1).await.expect("mine");
+    let reveal = write(
+        &REGTEST,
+        "@only-a",
+        &ka,
+        b"A only",
+        1,
+        Some(commit_height),
+        g,
+    );
+    submit(&net, 0, &reveal).await;
     net.mine(0, 1).await.expect("mine");
     for i in net.all() {
         wait_record(&net, i, "@only-a", b"A only", Duration::from_secs(30)).await;

@@ -71,12 +71,14 @@ async fn rogue_peer_is_banned_and_its_data_not_forwarded() {
     net.mine(0, 2).await.expect("mine");
     net.wait_same_tip(&[0, 1], 2).await.expect("in sync");
 
-    // A real block to tamper with.
+    // A real block to tamper with: the tip, so that a tampered copy has as
+    // much work as the tip and is validated in full (a lighter one would
+    // only be held).
     let view = net
         .rpc(0)
-        .chain_block(HeightOrHash::Height(1))
+        .chain_block(HeightOrHash::Height(2))
         .await
-        .expect("block 1");
+        .expect("block 2");
     let good: Block = decode_hex(&view.block).expect("block decodes");
 
     // Invalid: a different state root (proof of work redone, so only the
@@ -130,4 +132,98 @@ async fn rogue_peer_is_banned_and_its_data_not_forwarded() {
     )
     .await
     .expect("honest peer kept");
+}
+
+/// A peer that advertises maximal work, answers status requests, and then
+/// never answers a headers or blocks request (it holds the streams open).
+/// Returns its listen address; it runs until the test ends.
+async fn staller() -> Multiaddr {
+    use libp2p::request_response;
+    use xirtam_node::p2p::protocol::{Status, SyncRequest, SyncResponse};
+    let keypair = identity::Keypair::generate_ed25519();
+    let me = keypair.public().to_peer_id();
+    let mut swarm = build_swarm(&REGTEST, keypair, 8).expect("staller swarm");
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+        .expect("listen");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address.with(libp2p::multiaddr::Protocol::P2p(me));
+        }
+    };
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            })) = swarm.select_next_some().await
+            {
+                match request {
+                    SyncRequest::Status => {
+                        let st = Status {
+                            genesis: REGTEST.genesis_hash,
+                            height: 1_000_000,
+                            tip: Hash([9; 32]),
+                            work: [0xff; 32],
+                        };
+                        let _ = swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, SyncResponse::Status(st));
+                    }
+                    // Withhold: keep the stream open, never answer.
+                    _ => held.push(channel),
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// A fresh node that meets a peer claiming maximal work, which then stalls
+/// every request, still syncs an honest 50-block chain within 30 s: the
+/// staller gets a strike (penalty, no new session until it reports another
+/// tip) and sync moves to the honest peer. (It used to pick the staller
+/// again after each timeout, forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_claims_work_and_stalls_cannot_stop_sync() {
+    let mut net = Testnet::start(Config {
+        nodes: 1,
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts");
+    let tip = net.mine(0, 50).await.expect("mine");
+    let staller = staller().await;
+    let fresh = net.add_node(false, &[]).await.expect("fresh node");
+    let started = std::time::Instant::now();
+    net.rpc(fresh)
+        .net_connect(staller.to_string())
+        .await
+        .expect("dial the staller");
+    // Let it start syncing from the staller before the honest peer shows up.
+    wait_for(
+        "a session with the staller",
+        Duration::from_secs(10),
+        || async {
+            net.net_info(fresh)
+                .await
+                .ok()
+                .filter(|i| i.peers.iter().any(|p| p.height == Some(1_000_000)))
+        },
+    )
+    .await
+    .expect("the staller is a peer");
+    net.connect(fresh, 0).await.expect("dial the honest node");
+    let synced = net
+        .wait_same_tip(&[0, fresh], tip)
+        .await
+        .expect("the fresh node syncs the honest chain");
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(synced.height, 50);
+    assert!(secs < 30.0, "synced after {secs:.1} s");
 }
