@@ -102,8 +102,19 @@ pub fn build_swarm(
                 .validate_messages()
                 .max_transmit_size(params.max_block_bytes + 64 * 1024)
                 .heartbeat_interval(Duration::from_millis(500))
+                // One id per publication (origin, sequence number, data):
+                // relays of it are de-duplicated, while a node can announce
+                // the same op again (after a reorg returned it) and be
+                // heard. Identical data from several origins is
+                // de-duplicated by the chain and mempool instead.
                 .message_id_fn(|m: &gossipsub::Message| {
-                    gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                    let mut h = blake3::Hasher::new();
+                    if let Some(src) = &m.source {
+                        h.update(&src.to_bytes());
+                    }
+                    h.update(&m.sequence_number.unwrap_or(0).to_le_bytes());
+                    h.update(&m.data);
+                    gossipsub::MessageId::from(h.finalize().as_bytes().to_vec())
                 })
                 .build()
                 .map_err(|e| e.to_string())?;
@@ -1191,7 +1202,9 @@ fn judge_op<S: KvStore>(node: &Node<S>, data: &[u8]) -> Verdict {
         Err(e) => return Verdict::Reject(penalty::GARBAGE, format!("undecodable op: {e}")),
     };
     match node.submit_op(op) {
-        Ok(_) => Verdict::Accept,
+        // Already pending is still valid: forward it (a node announcing it
+        // again after a reorg relies on that to reach the others).
+        Ok(_) | Err(MempoolError::Duplicate) => Verdict::Accept,
         Err(MempoolError::Invalid(e)) if is_stateless_failure(&e) => {
             Verdict::Reject(penalty::INVALID_OP, format!("invalid op: {e}"))
         }

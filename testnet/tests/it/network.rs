@@ -148,6 +148,21 @@ async fn partition_heals_to_the_heavier_side() {
     .await
     .expect("the losing side's valid ops return");
     assert_eq!(info.height, 6);
+    // They are announced again: side B's nodes, which never saw them, get
+    // them by gossip.
+    wait_for(
+        "side A's commitments re-announced to side B",
+        Duration::from_secs(30),
+        || async {
+            net.rpc(3)
+                .node_info()
+                .await
+                .ok()
+                .filter(|i| i.mempool_ops == 2)
+        },
+    )
+    .await
+    .expect("a reorg re-announces its returned ops");
     let commit_height = net.mine(0, 1).await.expect("mine");
     let reveal = write(
         &REGTEST,

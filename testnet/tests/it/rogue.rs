@@ -227,3 +227,82 @@ async fn a_peer_that_claims_work_and_stalls_cannot_stop_sync() {
     assert_eq!(synced.height, 50);
     assert!(secs < 30.0, "synced after {secs:.1} s");
 }
+
+/// A peer floods a node with blocks requests (each asking for 128 blocks):
+/// the node keeps validating blocks and answering RPC, refuses what is over
+/// the per-peer limits, and bans the flooder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_does_not_stop_validation_or_rpc() {
+    use xirtam_node::p2p::protocol::SyncRequest;
+    let net = Testnet::start(Config {
+        nodes: 2,
+        topology: Topology::Line,
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts");
+    net.mine(0, 200).await.expect("mine");
+    net.wait_same_tip(&[0, 1], 200).await.expect("in sync");
+    let hashes: Vec<Hash> = net
+        .rpc(0)
+        .chain_headers(1, 128)
+        .await
+        .expect("headers")
+        .iter()
+        .map(|h| {
+            decode_hex::<xirtam_proofs::Header>(h)
+                .expect("header")
+                .hash()
+        })
+        .collect();
+    let addr: Multiaddr = net.node(0).p2p_addr.parse().expect("multiaddr");
+    let keypair = identity::Keypair::generate_ed25519();
+    let flooder = keypair.public().to_peer_id();
+    let mut swarm = build_swarm(&REGTEST, keypair, 8).expect("flooder swarm");
+    swarm.dial(addr).expect("dial");
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u32;
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            tokio::select! {
+                ev = swarm.select_next_some() => {
+                    if let SwarmEvent::ConnectionEstablished { peer_id, .. } = ev {
+                        for _ in 0..2000 {
+                            swarm.behaviour_mut().sync.send_request(
+                                &peer_id,
+                                SyncRequest::Blocks { hashes: hashes.clone() },
+                            );
+                            sent += 1;
+                        }
+                    }
+                    if matches!(ev, SwarmEvent::ConnectionClosed { num_established: 0, .. }) && sent > 0 {
+                        return sent;
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => return sent,
+            }
+        }
+    });
+    // Meanwhile: RPC answers and blocks are validated and spread.
+    for round in 0..10 {
+        let t = std::time::Instant::now();
+        net.rpc(0).chain_tip().await.expect("rpc answers");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "round {round}: rpc took {:?}",
+            t.elapsed()
+        );
+        net.mine(0, 1).await.expect("validation goes on");
+    }
+    net.wait_same_tip(&[0, 1], 210)
+        .await
+        .expect("node 1 keeps up");
+    let sent = flood.await.expect("flooder");
+    assert!(sent >= 2000, "the flood was sent ({sent})");
+    let info = net.net_info(0).await.expect("info");
+    assert!(info.stats.requests_limited > 0, "{info:?}");
+    assert!(
+        info.banned.contains(&flooder.to_string()),
+        "the flooder is banned: {info:?}"
+    );
+}
