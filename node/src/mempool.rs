@@ -215,28 +215,34 @@ impl Mempool {
         }
         let len = encode(&op).len();
         // Choose evictions before changing anything, so that a refused
-        // op leaves the pool as it was.
+        // op leaves the pool as it was. Ages count from the anchor height
+        // honest writers use (`confirmation_depth` under the tip) at most,
+        // so a flood anchored at the very tip cannot evict them.
+        let honest = chain.params().anchor_height(chain.height());
+        let age = |h: u64| h.min(honest);
         let replaced = self.entries.get(&key).map(|e| e.len);
         let mut count = self.entries.len() - usize::from(replaced.is_some());
         let mut bytes = self.bytes - replaced.unwrap_or(0);
-        let mut victims: Vec<&Entry> = self
-            .entries
-            .values()
-            .filter(|e| e.stamp_height < stamp_height && e.op.state_key() != key)
-            .collect();
-        victims.sort_by_key(|e| (e.stamp_height, e.seq));
         let mut evict = Vec::new();
-        let mut victims = victims.into_iter();
-        while count >= self.max_ops || bytes + len > self.max_bytes {
-            let Some(v) = victims.next() else {
-                return Err(MempoolError::Full {
-                    count: self.entries.len(),
-                    bytes: self.bytes,
-                });
-            };
-            count -= 1;
-            bytes -= v.len;
-            evict.push(v.op.state_key());
+        if count >= self.max_ops || bytes + len > self.max_bytes {
+            let mut victims: Vec<&Entry> = self
+                .entries
+                .values()
+                .filter(|e| age(e.stamp_height) < age(stamp_height) && e.op.state_key() != key)
+                .collect();
+            victims.sort_by_key(|e| (e.stamp_height, e.seq));
+            let mut victims = victims.into_iter();
+            while count >= self.max_ops || bytes + len > self.max_bytes {
+                let Some(v) = victims.next() else {
+                    return Err(MempoolError::Full {
+                        count: self.entries.len(),
+                        bytes: self.bytes,
+                    });
+                };
+                count -= 1;
+                bytes -= v.len;
+                evict.push(v.op.state_key());
+            }
         }
         let mut batch = Batch::new();
         for k in &evict {
@@ -302,7 +308,13 @@ impl Mempool {
                     && e.op
                         .check_stamp_age(chain.params(), e.stamp_height, chain.height() + 1)
                         .is_ok();
-                !stamp_ok || (touched.contains(key) && chain.check_op_stateful(&e.op).is_err())
+                // A claim can also lapse through its commitment (expiry,
+                // or a reorg of the commitment's block): always re-check
+                // claims; they are few.
+                let is_claim = e.op.as_write().is_some_and(|w| w.claim.is_some());
+                !stamp_ok
+                    || ((touched.contains(key) || is_claim)
+                        && chain.check_op_stateful(&e.op).is_err())
             })
             .map(|(key, _)| *key)
             .collect();
@@ -544,15 +556,27 @@ mod tests {
             m.add(&c, commit("@c", &k, [1; 32], g)),
             Err(MempoolError::Full { .. })
         ));
-        // Mine a block so a younger stamp exists: it evicts the oldest.
+        // Mine blocks so a younger anchor exists: it evicts the oldest.
         mine(&mut c, vec![]);
-        let young = tip(&c);
-        let newest = commit("@c", &k, [1; 32], young);
+        mine(&mut c, vec![]);
+        let honest = c
+            .hash_at(REGTEST.anchor_height(c.height()))
+            .expect("main chain");
+        let newest = commit("@c", &k, [1; 32], honest);
         assert_eq!(m.add(&c, newest.clone()), Ok(Admitted::New));
         assert_eq!(m.len(), 2);
         assert!(m.contains(&newest));
         // The stored copy follows.
         assert_eq!(c.store().scan(Column::Mempool).expect("scan").len(), 2);
+        // A flood anchored at the very tip counts as no younger than ops
+        // anchored where honest writers anchor: it cannot evict them.
+        let mut m2 = Mempool::new(1, usize::MAX);
+        m2.add(&c, commit("@d", &k, [1; 32], honest))
+            .expect("admitted");
+        assert!(matches!(
+            m2.add(&c, commit("@e", &k, [1; 32], tip(&c))),
+            Err(MempoolError::Full { .. })
+        ));
     }
 
     /// A replacement refused because the pool is full leaves the original
@@ -587,6 +611,35 @@ mod tests {
                 .expect("get"),
             Some(encode(&original))
         );
+    }
+
+    /// A pending claim whose commitment lapses (here: expires) is dropped
+    /// at the next tip change, although nothing touched its name, so it
+    /// stops blocking the name's updates and claims.
+    #[test]
+    fn a_claim_that_lapsed_leaves_the_pool() {
+        let mut c = chain();
+        let k = SecretKey::from_seed([1; 32]);
+        let g = tip(&c);
+        mine(&mut c, vec![commit("@a", &k, [1; 32], g)]);
+        let reveal = write(
+            "@a",
+            1,
+            &k,
+            Some(Claim {
+                salt: [1; 32],
+                commit_height: 1,
+            }),
+            g,
+        );
+        let mut m = Mempool::default();
+        m.add(&c, reveal.clone()).expect("admitted");
+        for _ in 0..REGTEST.claim_expiry {
+            mine(&mut c, vec![]);
+        }
+        m.on_tip_change(&c, &TipChange::default());
+        assert!(!m.contains(&reveal), "an expired claim is dropped");
+        assert_eq!(c.store().scan(Column::Mempool).expect("scan").len(), 0);
     }
 
     /// What was acknowledged comes back after a restart; what became

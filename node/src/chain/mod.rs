@@ -653,9 +653,9 @@ impl<S: KvStore> Chain<S> {
                 return Err(e);
             }
         };
-        if self.wanted.remove(&hash) {
-            self.wanted_order.retain(|h| *h != hash);
-        }
+        // Its entry in `wanted_order` goes stale and is dropped with the
+        // oldest marks (the order is bounded by MAX_WANTED either way).
+        self.wanted.remove(&hash);
         self.store_block(hash, block, validated, change)
     }
 

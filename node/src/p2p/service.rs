@@ -557,9 +557,10 @@ impl<S: KvStore> Service<S> {
                 tracing::info!(target: "p2p", peer = %peer_id, "disconnected");
                 self.peers.remove(&peer_id);
                 self.fruitless.retain(|(p, _)| *p != peer_id);
+                // Gossip and request counters stay until the work they
+                // count finishes (they drop to zero and are removed then),
+                // so reconnecting does not reset them.
                 self.request_buckets.remove(&peer_id);
-                self.gossip_queued.remove(&peer_id);
-                self.requests_in_flight.remove(&peer_id);
                 self.status_pending.remove(&peer_id);
                 if self.syncing_from(peer_id) {
                     self.session = None;
@@ -1110,6 +1111,9 @@ impl<S: KvStore> Service<S> {
             } => {
                 if let Some(n) = self.requests_in_flight.get_mut(&peer) {
                     *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.requests_in_flight.remove(&peer);
+                    }
                 }
                 let _ = self
                     .swarm
@@ -1202,9 +1206,7 @@ fn judge_op<S: KvStore>(node: &Node<S>, data: &[u8]) -> Verdict {
         Err(e) => return Verdict::Reject(penalty::GARBAGE, format!("undecodable op: {e}")),
     };
     match node.submit_op(op) {
-        // Already pending is still valid: forward it (a node announcing it
-        // again after a reorg relies on that to reach the others).
-        Ok(_) | Err(MempoolError::Duplicate) => Verdict::Accept,
+        Ok(_) => Verdict::Accept,
         Err(MempoolError::Invalid(e)) if is_stateless_failure(&e) => {
             Verdict::Reject(penalty::INVALID_OP, format!("invalid op: {e}"))
         }

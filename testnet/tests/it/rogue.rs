@@ -288,7 +288,7 @@ async fn a_request_flood_does_not_stop_validation_or_rpc() {
         let t = std::time::Instant::now();
         net.rpc(0).chain_tip().await.expect("rpc answers");
         assert!(
-            t.elapsed() < Duration::from_secs(2),
+            t.elapsed() < Duration::from_secs(5),
             "round {round}: rpc took {:?}",
             t.elapsed()
         );
