@@ -498,6 +498,17 @@ impl<S: KvStore> Chain<S> {
         )
     }
 
+    /// The header of the main-chain block at `height`.
+    fn main_header(&self, height: u64) -> Result<Header, ChainError> {
+        let hash = self
+            .hash_at(height)
+            .ok_or_else(|| ChainError::NotFound(format!("height {height}")))?;
+        Ok(self
+            .meta(&hash)
+            .ok_or_else(|| corrupt("index", "main-chain block not indexed"))?
+            .header)
+    }
+
     /// The record of `name` at main-chain `height`, with its proof and the
     /// header whose `state_root` it is proven against.
     pub fn prove(
@@ -505,13 +516,7 @@ impl<S: KvStore> Chain<S> {
         name: &Name,
         height: u64,
     ) -> Result<(Header, Option<Record>, StateProof), ChainError> {
-        let hash = self
-            .hash_at(height)
-            .ok_or_else(|| ChainError::NotFound(format!("height {height}")))?;
-        let header = self
-            .meta(&hash)
-            .ok_or_else(|| corrupt("index", "main-chain block not indexed"))?
-            .header;
+        let header = self.main_header(height)?;
         let (record, proof) = prove_at(&*self.store, Some(&self.cache), header.state_root, name)?;
         Ok((header, record, proof))
     }
@@ -524,13 +529,7 @@ impl<S: KvStore> Chain<S> {
         commitment: &Hash,
         height: u64,
     ) -> Result<(Header, Option<u64>, StateProof), ChainError> {
-        let hash = self
-            .hash_at(height)
-            .ok_or_else(|| ChainError::NotFound(format!("height {height}")))?;
-        let header = self
-            .meta(&hash)
-            .ok_or_else(|| corrupt("index", "main-chain block not indexed"))?
-            .header;
+        let header = self.main_header(height)?;
         let view = StateView(&*self.store, Some(&self.cache));
         let key = xirtam_proofs::op::commit_key(commitment);
         let (value, proof) = xirtam_proofs::state::prove(&view, header.state_root, &key)?;
