@@ -142,7 +142,14 @@ async fn every_bad_input_gets_a_clear_error() {
             o
         };
         let bad_sig = edit(&|w| w.signature.0[0] ^= 1);
-        let bad_stamp = edit(&|w| w.stamp.nonce ^= 1 << 40);
+        // A stamp nonce that misses the target (searched: a random one meets
+        // regtest's easy target one time in 16).
+        let bad_stamp = edit(&|w| {
+            let (id, target) = (w.id(), crate::common::NET.stamp_target_be());
+            while xirtam_proofs::pow::meets_target(&w.stamp.pow_hash(&id), &target) {
+                w.stamp.nonce = w.stamp.nonce.wrapping_add(1);
+            }
+        });
         let zero = edit(&|w| w.nonce = 0);
         for (o, rule) in [
             (&bad_sig, "signature"),
