@@ -615,21 +615,28 @@ impl<S: KvStore> Service<S> {
 
     // ---- gossip ----
 
+    /// Tell gossipsub what became of a message (forward, drop, or drop and
+    /// penalise).
+    fn report(
+        &mut self,
+        id: &gossipsub::MessageId,
+        source: &PeerId,
+        acceptance: gossipsub::MessageAcceptance,
+    ) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, acceptance);
+    }
+
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let is_block = if message.topic == self.blocks_topic {
             true
         } else if message.topic == self.ops_topic {
             false
         } else {
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(
-                    &id,
-                    &source,
-                    gossipsub::MessageAcceptance::Reject,
-                );
+            self.report(&id, &source, gossipsub::MessageAcceptance::Reject);
             return;
         };
         // Bounded work: a full queue, or a sender over its share, means the
@@ -638,15 +645,7 @@ impl<S: KvStore> Service<S> {
         let mine = self.gossip_queued.get(&source).copied().unwrap_or(0);
         if total >= GOSSIP_QUEUE || mine >= GOSSIP_QUEUE_PER_PEER {
             self.stats.gossip_dropped += 1;
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(
-                    &id,
-                    &source,
-                    gossipsub::MessageAcceptance::Ignore,
-                );
+            self.report(&id, &source, gossipsub::MessageAcceptance::Ignore);
             return;
         }
         *self.gossip_queued.entry(source).or_default() += 1;
@@ -700,10 +699,7 @@ impl<S: KvStore> Service<S> {
             Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
             Verdict::Reject(..) => gossipsub::MessageAcceptance::Reject,
         };
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &source, acceptance);
+        self.report(&id, &source, acceptance);
         match verdict {
             Verdict::Accept if is_block => self.stats.blocks_accepted += 1,
             Verdict::Accept => self.stats.ops_accepted += 1,

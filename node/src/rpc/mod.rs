@@ -74,6 +74,18 @@ fn chain_err(e: ChainError) -> ErrorObjectOwned {
     }
 }
 
+/// The height a proof is asked at (default: the tip), which must be stored.
+fn proof_height(tip: u64, at_height: Option<u64>) -> RpcResult<u64> {
+    let height = at_height.unwrap_or(tip);
+    if height > tip {
+        return Err(err(
+            code::NOT_FOUND,
+            format!("height {height} is above the tip ({tip})"),
+        ));
+    }
+    Ok(height)
+}
+
 fn parse_name(key: &str) -> RpcResult<Name> {
     Name::new(key).map_err(|e| err(code::INVALID_PARAMS, format!("invalid name {key:?}: {e}")))
 }
@@ -235,13 +247,7 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
     fn dir_get(&self, key: String, at_height: Option<u64>) -> RpcResult<DirGetView> {
         let name = parse_name(&key)?;
         let core = self.node.lock();
-        let height = at_height.unwrap_or_else(|| core.chain.height());
-        if height > core.chain.height() {
-            return Err(err(
-                code::NOT_FOUND,
-                format!("height {height} is above the tip ({})", core.chain.height()),
-            ));
-        }
+        let height = proof_height(core.chain.height(), at_height)?;
         let (header, record, proof) = core.chain.prove(&name, height).map_err(chain_err)?;
         Ok(DirGetView {
             key: name.to_string(),
@@ -267,13 +273,7 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
             )
         })?;
         let core = self.node.lock();
-        let height = at_height.unwrap_or_else(|| core.chain.height());
-        if height > core.chain.height() {
-            return Err(err(
-                code::NOT_FOUND,
-                format!("height {height} is above the tip ({})", core.chain.height()),
-            ));
-        }
+        let height = proof_height(core.chain.height(), at_height)?;
         let (header, mined_at, proof) =
             core.chain.prove_commitment(&c, height).map_err(chain_err)?;
         Ok(DirCommitmentView {
