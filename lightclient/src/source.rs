@@ -12,18 +12,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use jsonrpsee::core::client::{ClientT, Error as RpcClientError};
+use jsonrpsee::core::client::{BatchResponse, ClientT, Error as RpcClientError};
+use jsonrpsee::core::params::BatchRequestBuilder;
+use jsonrpsee::core::traits::ToRpcParams;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
-use jsonrpsee::rpc_params;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use xirtam_proofs::header::{HEADER_LEN, Header};
+use xirtam_node_api::NodeApiClient;
+use xirtam_node_api::wire::{WireError, header_from_hex};
+use xirtam_proofs::header::Header;
 use xirtam_proofs::op::{Op, Record};
 use xirtam_proofs::state::StateProof;
-use xirtam_proofs::{Hash, Name, U256, decode, encode};
+use xirtam_proofs::{Hash, Name, U256, encode};
 
-/// Most headers one `chain_headers` call returns (the node's cap).
-pub const MAX_HEADERS_PER_CALL: u32 = 2000;
+pub use xirtam_node_api::MAX_HEADERS_PER_CALL;
 
 /// Largest JSON-RPC response accepted from a source (bytes). A full
 /// `chain_headers` batch is about 650 KB; a `dir_get` a few KB.
@@ -153,11 +155,25 @@ pub trait Source: Send + Sync {
     fn bytes_received(&self) -> u64;
 }
 
-/// A node's JSON-RPC endpoint over HTTP.
+impl From<WireError> for SourceError {
+    fn from(e: WireError) -> Self {
+        SourceError::Malformed(e.to_string())
+    }
+}
+
+/// A node's JSON-RPC endpoint over HTTP, called through the node's own
+/// API trait (`xirtam-node-api`).
 #[derive(Debug, Clone)]
 pub struct HttpSource {
     url: String,
-    client: HttpClient,
+    client: CountingClient,
+}
+
+/// An HTTP JSON-RPC client that counts the bytes of every result it
+/// receives (the generated [`NodeApiClient`] methods run on top of it).
+#[derive(Debug, Clone)]
+struct CountingClient {
+    inner: HttpClient,
     received: Arc<AtomicU64>,
 }
 
@@ -165,115 +181,67 @@ pub struct HttpSource {
 /// (the client library hands over only the `result` member).
 const ENVELOPE_BYTES: u64 = 200;
 
+impl ClientT for CountingClient {
+    async fn notification<Params>(&self, method: &str, params: Params) -> Result<(), RpcClientError>
+    where
+        Params: ToRpcParams + Send,
+    {
+        self.inner.notification(method, params).await
+    }
+
+    async fn request<R, Params>(&self, method: &str, params: Params) -> Result<R, RpcClientError>
+    where
+        R: DeserializeOwned,
+        Params: ToRpcParams + Send,
+    {
+        let raw: Box<RawValue> = self.inner.request(method, params).await?;
+        self.received
+            .fetch_add(raw.get().len() as u64 + ENVELOPE_BYTES, Ordering::Relaxed);
+        serde_json::from_str(raw.get()).map_err(RpcClientError::ParseError)
+    }
+
+    async fn batch_request<'a, R>(
+        &self,
+        batch: BatchRequestBuilder<'a>,
+    ) -> Result<BatchResponse<'a, R>, RpcClientError>
+    where
+        R: DeserializeOwned + std::fmt::Debug + 'a,
+    {
+        self.inner.batch_request(batch).await
+    }
+}
+
 impl HttpSource {
     /// A source at `url` (`http://host:port`), with a per-request timeout.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, SourceError> {
-        let client = HttpClientBuilder::default()
+        let inner = HttpClientBuilder::default()
             .request_timeout(timeout)
             .max_response_size(MAX_RESPONSE_BYTES)
             .build(url)
             .map_err(|e| SourceError::Unreachable(format!("bad URL {url}: {e}")))?;
         Ok(HttpSource {
             url: url.to_owned(),
-            client,
-            received: Arc::new(AtomicU64::new(0)),
+            client: CountingClient {
+                inner,
+                received: Arc::new(AtomicU64::new(0)),
+            },
         })
     }
+}
 
-    async fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        method: &str,
-        params: jsonrpsee::core::params::ArrayParams,
-    ) -> Result<T, SourceError> {
-        let raw: Box<RawValue> =
-            self.client
-                .request(method, params)
-                .await
-                .map_err(|e| match e {
-                    RpcClientError::Call(c) => SourceError::Rpc {
-                        code: c.code(),
-                        message: c.message().to_owned(),
-                    },
-                    RpcClientError::ParseError(p) => {
-                        SourceError::Malformed(format!("{method}: not JSON-RPC: {p}"))
-                    }
-                    other => SourceError::Unreachable(format!("{method}: {other}")),
-                })?;
-        self.received
-            .fetch_add(raw.get().len() as u64 + ENVELOPE_BYTES, Ordering::Relaxed);
-        serde_json::from_str(raw.get())
-            .map_err(|e| SourceError::Malformed(format!("{method}: unexpected shape: {e}")))
+/// A failed call, as a [`SourceError`].
+fn call_err(method: &str, e: RpcClientError) -> SourceError {
+    match e {
+        RpcClientError::Call(c) => SourceError::Rpc {
+            code: c.code(),
+            message: c.message().to_owned(),
+        },
+        RpcClientError::ParseError(p) => {
+            SourceError::Malformed(format!("{method}: unexpected answer: {p}"))
+        }
+        other => SourceError::Unreachable(format!("{method}: {other}")),
     }
 }
-
-/// `chain_tip` as sent (docs/rpc.md).
-#[derive(Deserialize)]
-struct TipWire {
-    height: u64,
-    hash: String,
-    header: String,
-    work: String,
-}
-
-/// `dir_get` as sent; the JSON views beside the bytes are ignored.
-#[derive(Deserialize)]
-struct DirGetWire {
-    height: u64,
-    block_hash: String,
-    record: Option<RecordWire>,
-    proof: String,
-}
-
-/// `dir_commitment` as sent.
-#[derive(Deserialize)]
-struct CommitWire {
-    height: u64,
-    block_hash: String,
-    mined_at: Option<u64>,
-    proof: String,
-}
-
-#[derive(Deserialize)]
-struct RecordWire {
-    bytes: String,
-}
-
-/// `dir_params`, the one field used.
-#[derive(Deserialize)]
-struct ParamsWire {
-    genesis_hash: String,
-}
-
-fn malformed(what: &str, e: impl std::fmt::Display) -> SourceError {
-    SourceError::Malformed(format!("{what}: {e}"))
-}
-
-fn hash_hex(what: &str, s: &str) -> Result<Hash, SourceError> {
-    Hash::from_hex(s).map_err(|e| malformed(what, e))
-}
-
-/// Decode hex of canonical bytes, refusing more than `max` bytes before
-/// decoding.
-fn decode_hex_capped<T: bincode::Decode<()>>(
-    what: &str,
-    s: &str,
-    max: usize,
-) -> Result<T, SourceError> {
-    if s.len() > 2 * max {
-        return Err(malformed(what, format!("longer than {max} bytes")));
-    }
-    let bytes = hex::decode(s).map_err(|e| malformed(what, e))?;
-    decode(&bytes).map_err(|e| malformed(what, e))
-}
-
-/// Decode one header from hex.
-pub fn header_from_hex(s: &str) -> Result<Header, SourceError> {
-    decode_hex_capped("header", s, HEADER_LEN)
-}
-
-/// Largest record or proof accepted (bytes): a 4 KB value, 16 owners and a
-/// proof of 256 siblings fit well inside.
-const MAX_OBJECT_BYTES: usize = 16 * 1024;
 
 impl Source for HttpSource {
     fn label(&self) -> &str {
@@ -281,72 +249,85 @@ impl Source for HttpSource {
     }
 
     async fn genesis(&self) -> Result<Hash, SourceError> {
-        let p: ParamsWire = self.call("dir_params", rpc_params![]).await?;
-        hash_hex("genesis hash", &p.genesis_hash)
+        let p = self
+            .client
+            .dir_params()
+            .await
+            .map_err(|e| call_err("dir_params", e))?;
+        Ok(p.decode_genesis()?)
     }
 
     async fn tip(&self) -> Result<TipClaim, SourceError> {
-        let t: TipWire = self.call("chain_tip", rpc_params![]).await?;
-        let work = hex::decode(&t.work)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| malformed("tip work", "not 32 bytes of hex"))?;
+        let t = self
+            .client
+            .chain_tip()
+            .await
+            .map_err(|e| call_err("chain_tip", e))?;
+        let header = t.decode_header()?;
         Ok(TipClaim {
             height: t.height,
-            hash: hash_hex("tip hash", &t.hash)?,
-            work: U256::from_be_bytes(work),
-            header: header_from_hex(&t.header)?,
+            hash: header.hash(),
+            work: t.decode_work()?,
+            header,
         })
     }
 
     async fn headers(&self, from: u64, count: u32) -> Result<Vec<Header>, SourceError> {
         let count = count.min(MAX_HEADERS_PER_CALL);
-        let hs: Vec<String> = self.call("chain_headers", rpc_params![from, count]).await?;
+        let hs = self
+            .client
+            .chain_headers(from, count)
+            .await
+            .map_err(|e| call_err("chain_headers", e))?;
         if hs.len() > count as usize {
-            return Err(malformed(
-                "chain_headers",
-                format!("{} headers for {count} asked", hs.len()),
-            ));
+            return Err(SourceError::Malformed(format!(
+                "chain_headers: {} headers for {count} asked",
+                hs.len()
+            )));
         }
-        hs.iter().map(|h| header_from_hex(h)).collect()
+        Ok(hs
+            .iter()
+            .map(|h| header_from_hex(h))
+            .collect::<Result<_, _>>()?)
     }
 
     async fn dir_get(&self, name: &Name, at: u64) -> Result<DirAnswer, SourceError> {
-        let d: DirGetWire = self
-            .call("dir_get", rpc_params![name.to_string(), at])
-            .await?;
-        let record = match &d.record {
-            None => None,
-            Some(r) => Some(decode_hex_capped("record", &r.bytes, MAX_OBJECT_BYTES)?),
-        };
+        let d = self
+            .client
+            .dir_get(name.to_string(), Some(at))
+            .await
+            .map_err(|e| call_err("dir_get", e))?;
         Ok(DirAnswer {
             height: d.height,
-            block_hash: hash_hex("block hash", &d.block_hash)?,
-            record,
-            proof: decode_hex_capped("proof", &d.proof, MAX_OBJECT_BYTES)?,
+            block_hash: d.decode_block_hash()?,
+            record: d.decode_record()?,
+            proof: d.decode_proof()?,
         })
     }
 
     async fn commitment(&self, commitment: &Hash, at: u64) -> Result<CommitAnswer, SourceError> {
-        let d: CommitWire = self
-            .call("dir_commitment", rpc_params![commitment.to_hex(), at])
-            .await?;
+        let d = self
+            .client
+            .dir_commitment(commitment.to_hex(), Some(at))
+            .await
+            .map_err(|e| call_err("dir_commitment", e))?;
         Ok(CommitAnswer {
             height: d.height,
-            block_hash: hash_hex("block hash", &d.block_hash)?,
+            block_hash: d.decode_block_hash()?,
             mined_at: d.mined_at,
-            proof: decode_hex_capped("proof", &d.proof, MAX_OBJECT_BYTES)?,
+            proof: d.decode_proof()?,
         })
     }
 
     async fn submit(&self, op: &Op) -> Result<(), SourceError> {
-        let _: serde_json::Value = self
-            .call("dir_submit", rpc_params![hex::encode(encode(op))])
-            .await?;
+        self.client
+            .dir_submit(hex::encode(encode(op)))
+            .await
+            .map_err(|e| call_err("dir_submit", e))?;
         Ok(())
     }
 
     fn bytes_received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+        self.client.received.load(Ordering::Relaxed)
     }
 }

@@ -6,13 +6,15 @@
 //! * [`miner`]: mining threads;
 //! * [`node`]: chain and mempool behind one lock;
 //! * [`p2p`]: libp2p gossip, headers-first sync, discovery, peer scoring;
-//! * [`rpc`]: JSON-RPC server (and the typed client the CLI uses);
-//! * [`client`]: what the CLI does on the user's side (claim, update, get).
+//! * [`rpc`]: the JSON-RPC server, implementing the contract of the
+//!   `xirtam-node-api` crate.
+//!
+//! The binary (`src/bin/xirtam-node`) adds the CLI: running a node, keys,
+//! and the user side of claiming, updating and looking up names.
 //!
 //! The consensus rules themselves live in `xirtam-proofs`.
 
 pub mod chain;
-pub mod client;
 pub mod mempool;
 pub mod miner;
 pub mod node;

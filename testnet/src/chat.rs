@@ -83,7 +83,7 @@ impl Testnet {
             m.abort();
         }
         self.miner = Some(tokio::spawn(async move {
-            use xirtam_node::rpc::NodeApiClient;
+            use xirtam_node_api::NodeApiClient;
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;

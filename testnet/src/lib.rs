@@ -14,15 +14,14 @@ use std::time::{Duration, Instant};
 
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use serde::{Deserialize, Serialize};
-use xirtam_node::p2p::NetInfo;
-use xirtam_node::rpc::{NodeApiClient, TipView};
+use xirtam_node_api::{NetInfo, NodeApiClient, TipView};
 
 pub mod bench_chat;
 pub mod chat;
 pub mod demo;
 
 pub use xirtam_chat;
-pub use xirtam_node;
+pub use xirtam_node_api as node_api;
 pub use xirtam_proofs as proofs;
 
 /// Harness errors.

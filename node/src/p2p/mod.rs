@@ -22,7 +22,6 @@ mod sync;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId, identity};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use service::{Behaviour, BehaviourEvent, build_swarm, start};
@@ -103,61 +102,7 @@ pub enum P2pError {
     Dial(String),
 }
 
-/// Counters since start (for `net_info` and tests).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NetStats {
-    /// Gossiped blocks accepted (and so forwarded).
-    pub blocks_accepted: u64,
-    /// Gossiped blocks rejected as invalid (not forwarded).
-    pub blocks_rejected: u64,
-    /// Gossiped ops accepted.
-    pub ops_accepted: u64,
-    /// Gossiped ops rejected as invalid.
-    pub ops_rejected: u64,
-    /// Gossip messages that did not decode.
-    pub garbage: u64,
-    /// Blocks connected through sync.
-    pub synced_blocks: u64,
-    /// Peers banned.
-    pub bans: u64,
-    /// Gossip messages dropped unvalidated because the validation queue
-    /// (overall or the sender's share) was full.
-    #[serde(default)]
-    pub gossip_dropped: u64,
-    /// Sync requests refused because the peer exceeded its rate.
-    #[serde(default)]
-    pub requests_limited: u64,
-}
-
-/// One connected peer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PeerView {
-    /// Peer id.
-    pub peer_id: String,
-    /// Address of the connection.
-    pub addr: String,
-    /// Score (0 is neutral; banned at -100).
-    pub score: i32,
-    /// Height it last reported.
-    pub height: Option<u64>,
-}
-
-/// Network status.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NetInfo {
-    /// This node's peer id.
-    pub peer_id: String,
-    /// Addresses it listens on, each ending in `/p2p/<peer id>`.
-    pub listen: Vec<String>,
-    /// Connected peers.
-    pub peers: Vec<PeerView>,
-    /// Currently banned peer ids.
-    pub banned: Vec<String>,
-    /// Peer being synced from, if any.
-    pub syncing_from: Option<String>,
-    /// Counters.
-    pub stats: NetStats,
-}
+pub use xirtam_node_api::{NetInfo, NetStats, PeerView};
 
 pub(crate) enum Command {
     Info(oneshot::Sender<NetInfo>),

@@ -1,57 +1,32 @@
-//! JSON-RPC 2.0 over HTTP (jsonrpsee). Methods and error codes are
-//! documented in `docs/rpc.md`. Everything a client verifies travels as hex
-//! of canonical bytes, with a JSON view beside it for humans.
-
-mod types;
+//! The JSON-RPC 2.0 server (jsonrpsee, HTTP). The contract itself - the
+//! method trait, wire types, error codes and limits - lives in the
+//! `xirtam-node-api` crate, shared with every client; this module
+//! implements it over the node. Documented in `docs/rpc.md`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use jsonrpsee::core::RpcResult;
-use jsonrpsee::proc_macros::rpc;
 use jsonrpsee::server::{Server, ServerConfig, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use xirtam_proofs::block::Block;
 use xirtam_proofs::op::Op;
 use xirtam_proofs::{Hash, Name, decode_hex, encode};
 
-pub use types::*;
+pub use xirtam_node_api::*;
 
-use crate::chain::{BlockStatus, ChainError};
+use crate::chain::{BlockMeta, BlockStatus, ChainError};
 use crate::mempool::{Admitted, MempoolError};
 use crate::node::Node;
-use crate::p2p::{NetInfo, P2pError, P2pHandle};
+use crate::p2p::{P2pError, P2pHandle};
 use crate::store::KvStore;
 use libp2p::{Multiaddr, PeerId};
 use xirtam_proofs::params::REGTEST;
 
-/// Most headers one `chain_headers` call returns.
-pub const MAX_HEADERS_PER_CALL: u32 = 2000;
-/// Largest request body (a maximal block in hex, with room for JSON).
-pub const MAX_REQUEST_BYTES: u32 = 6 * 1024 * 1024;
-
-/// Stable error codes (see docs/rpc.md).
-pub mod code {
-    /// Malformed parameters: bad hex, undecodable bytes, bad name syntax.
-    pub const INVALID_PARAMS: i32 = -32602;
-    /// Internal failure (storage).
-    pub const INTERNAL: i32 = -32603;
-    /// Unknown block, height or hash.
-    pub const NOT_FOUND: i32 = -32001;
-    /// The op breaks a rule (`data.rule` names it).
-    pub const INVALID_OP: i32 = -32010;
-    /// The op is valid but the mempool refused it (duplicate, nonce, full).
-    pub const MEMPOOL_REJECTED: i32 = -32011;
-    /// The block breaks a rule.
-    pub const INVALID_BLOCK: i32 = -32020;
-    /// Networking is off, or the network task stopped.
-    pub const NETWORK_UNAVAILABLE: i32 = -32030;
-    /// A `dev_*` method on a network other than regtest.
-    pub const DEV_ONLY: i32 = -32040;
+/// The `chain_tip` view of a block.
+pub fn tip_view(m: &BlockMeta) -> TipView {
+    TipView::new(&m.header, m.work())
 }
-
-/// Most blocks one `dev_mine` call mines.
-pub const MAX_DEV_MINE: u32 = 100_000;
 
 fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(code, msg, None::<()>)
@@ -90,72 +65,6 @@ fn parse_name(key: &str) -> RpcResult<Name> {
     Name::new(key).map_err(|e| err(code::INVALID_PARAMS, format!("invalid name {key:?}: {e}")))
 }
 
-/// The node's RPC API.
-#[rpc(server, client)]
-pub trait NodeApi {
-    /// The best chain's tip.
-    #[method(name = "chain_tip", blocking)]
-    fn chain_tip(&self) -> RpcResult<TipView>;
-
-    /// Up to `count` (capped) main-chain headers from height `from`, as hex.
-    #[method(name = "chain_headers", blocking)]
-    fn chain_headers(&self, from: u64, count: u32) -> RpcResult<Vec<String>>;
-
-    /// A block by main-chain height or by hash (hex).
-    #[method(name = "chain_block", blocking)]
-    fn chain_block(&self, height_or_hash: HeightOrHash) -> RpcResult<BlockView>;
-
-    /// Submit a block (hex of its canonical encoding).
-    #[method(name = "chain_submit_block", blocking)]
-    fn chain_submit_block(&self, block: String) -> RpcResult<SubmitBlockView>;
-
-    /// The record of `key` (or its proven absence) at `at_height` (default:
-    /// the tip), with the state proof against that block's header.
-    #[method(name = "dir_get", blocking)]
-    fn dir_get(&self, key: String, at_height: Option<u64>) -> RpcResult<DirGetView>;
-
-    /// Whether a claim commitment (hex) is in the state at `at_height`
-    /// (default: the tip) and the height it was mined at, with the state
-    /// proof against that block's header.
-    #[method(name = "dir_commitment", blocking)]
-    fn dir_commitment(
-        &self,
-        commitment: String,
-        at_height: Option<u64>,
-    ) -> RpcResult<DirCommitmentView>;
-
-    /// Submit an op (hex of its canonical encoding) to the mempool.
-    #[method(name = "dir_submit", blocking)]
-    fn dir_submit(&self, op: String) -> RpcResult<SubmitOpView>;
-
-    /// Network parameters a client needs (stamp target and window,
-    /// confirmation depth, limits, genesis).
-    #[method(name = "dir_params")]
-    fn dir_params(&self) -> RpcResult<ParamsView>;
-
-    /// Node status.
-    #[method(name = "node_info", blocking)]
-    fn node_info(&self) -> RpcResult<NodeInfoView>;
-
-    /// Peer-to-peer status: peer id, listen addresses, peers, bans,
-    /// counters.
-    #[method(name = "net_info")]
-    async fn net_info(&self) -> RpcResult<NetInfo>;
-
-    /// Dial a peer by multiaddr (`/ip4/…/tcp/…/p2p/<peer id>`).
-    #[method(name = "net_connect")]
-    async fn net_connect(&self, addr: String) -> RpcResult<bool>;
-
-    /// Disconnect and ban a peer.
-    #[method(name = "net_ban")]
-    async fn net_ban(&self, peer_id: String) -> RpcResult<bool>;
-
-    /// Regtest only: mine `count` blocks now on this node (with mempool
-    /// ops) and announce them. Returns the new tip height.
-    #[method(name = "dev_mine", blocking)]
-    fn dev_mine(&self, count: u32) -> RpcResult<u64>;
-}
-
 /// The RPC server's state.
 #[derive(Debug)]
 pub struct RpcImpl<S: KvStore> {
@@ -186,7 +95,7 @@ fn p2p_err(e: P2pError) -> ErrorObjectOwned {
 impl<S: KvStore> NodeApiServer for RpcImpl<S> {
     fn chain_tip(&self) -> RpcResult<TipView> {
         let core = self.node.lock();
-        Ok(TipView::from_meta(core.chain.tip()))
+        Ok(tip_view(core.chain.tip()))
     }
 
     fn chain_headers(&self, from: u64, count: u32) -> RpcResult<Vec<String>> {
@@ -378,31 +287,6 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
     }
 }
 
-/// A stable machine-readable name for the rule an op broke.
-pub fn op_rule(e: &xirtam_proofs::OpError) -> &'static str {
-    use xirtam_proofs::OpError as E;
-    match e {
-        E::NameTooLong { .. } => "name_too_long",
-        E::ValueTooLong { .. } => "value_too_long",
-        E::TooManyOwners { .. } => "too_many_owners",
-        E::ZeroNonce => "zero_nonce",
-        E::Signature(_) => "signature",
-        E::StampPow => "stamp_pow",
-        E::StampBlockUnknown(_) => "stamp_block_unknown",
-        E::StaleStamp { .. } => "stale_stamp",
-        E::NonceNotNext { .. } => "nonce_not_next",
-        E::ClaimNonce(_) => "claim_nonce",
-        E::NotOwner(_) => "not_owner",
-        E::Unclaimed(_) => "unclaimed",
-        E::CommitmentUnknown(_) => "commitment_unknown",
-        E::ClaimTooEarly { .. } => "claim_too_early",
-        E::CommitmentExpired { .. } => "commitment_expired",
-        E::NameTaken { .. } => "name_taken",
-        E::AlreadyCommitted(_) => "already_committed",
-        _ => "other",
-    }
-}
-
 /// Start the RPC server on `addr` (port 0 picks a free port). Returns the
 /// bound address and the handle that stops it.
 pub async fn serve<S: KvStore>(
@@ -413,7 +297,7 @@ pub async fn serve<S: KvStore>(
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let config = ServerConfig::builder()
         .max_request_body_size(MAX_REQUEST_BYTES)
-        .max_response_body_size(16 * 1024 * 1024)
+        .max_response_body_size(MAX_RESPONSE_BYTES)
         .max_connections(256)
         .http_only()
         .build();

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use xirtam_node::client;
 use xirtam_node::rpc::{NodeApiClient, code};
+use xirtam_node_api::client;
 use xirtam_proofs::{Op, encode};
 
 use crate::common::{
@@ -17,7 +17,7 @@ async fn holder(rpc: &jsonrpsee::http_client::HttpClient, n: &str) -> Option<(St
     client::get(rpc, &name(n), None)
         .await
         .expect("verified lookup")
-        .record
+        .value
         .map(|r| (r.owners.keys()[0].to_hex(), r.value.as_bytes().to_vec()))
 }
 
@@ -143,7 +143,7 @@ async fn a_lost_claim_is_reported_not_confirmed() {
     let c = client::wait_confirmed(&rpc, &w, 1, Duration::from_secs(10))
         .await
         .expect("confirmed at first");
-    assert!(c.record.is_some());
+    assert!(c.value.is_some());
     // ...until the earlier commitment is revealed.
     t.node
         .submit_op(claim_op("@alice", &early, b"first!", early_commit, recent))

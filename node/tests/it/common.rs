@@ -40,7 +40,7 @@ impl TestNode {
     }
 
     pub(crate) fn client(&self) -> HttpClient {
-        xirtam_node::client::connect(&self.url).expect("client")
+        xirtam_node_api::client::connect(&self.url).expect("client")
     }
 
     pub(crate) async fn mine(&self, n: usize) -> Vec<Block> {

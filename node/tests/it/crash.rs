@@ -91,7 +91,7 @@ async fn kill_9_loses_nothing_acknowledged() {
     for round in 0..ROUNDS {
         let mut child = spawn(&datadir);
         let url = rpc_url(&datadir, &mut child).await;
-        let rpc = xirtam_node::client::connect(&url).expect("client");
+        let rpc = xirtam_node_api::client::connect(&url).expect("client");
 
         // Nothing acknowledged before a kill is lost.
         let tip = rpc.chain_tip().await.expect("tip");
@@ -188,7 +188,8 @@ async fn acknowledged_ops_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let datadir = dir.path().to_path_buf();
     let mut child = spawn_with(&datadir, false);
-    let rpc = xirtam_node::client::connect(&rpc_url(&datadir, &mut child).await).expect("client");
+    let rpc =
+        xirtam_node_api::client::connect(&rpc_url(&datadir, &mut child).await).expect("client");
     let recent = NET.genesis_hash;
     let ops: Vec<Op> = (0..5)
         .map(|i| commit_op(&format!("@keep{i}"), &key(4), recent))
@@ -203,7 +204,8 @@ async fn acknowledged_ops_survive_kill_9() {
     child.wait().expect("reap");
 
     let mut child = spawn_with(&datadir, false);
-    let rpc = xirtam_node::client::connect(&rpc_url(&datadir, &mut child).await).expect("client");
+    let rpc =
+        xirtam_node_api::client::connect(&rpc_url(&datadir, &mut child).await).expect("client");
     assert_eq!(
         rpc.node_info().await.expect("info").mempool_ops,
         5,

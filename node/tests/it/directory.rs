@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use xirtam_node::client::{self, WriteRequest};
 use xirtam_node::rpc::{NodeApiClient, code};
+use xirtam_node_api::client::{self, WriteRequest};
 use xirtam_proofs::header::Header;
 use xirtam_proofs::state::{StateProof, verify_state};
 use xirtam_proofs::{Record, decode_hex, encode};
@@ -42,7 +42,7 @@ async fn claim_update_reject_and_prove() {
     while client::get(&rpc, &name("@alice"), Some(v1_height))
         .await
         .expect("dir_get")
-        .record
+        .value
         .is_none()
     {
         v1_height += 1;
@@ -50,7 +50,7 @@ async fn claim_update_reject_and_prove() {
     }
     assert!(v1_height >= commit_height + crate::common::NET.claim_maturity);
     assert_eq!(
-        c.record.as_ref().map(|r| r.value.as_bytes().to_vec()),
+        c.value.as_ref().map(|r| r.value.as_bytes().to_vec()),
         Some(b"v1".to_vec())
     );
     assert_eq!(
@@ -77,7 +77,7 @@ async fn claim_update_reject_and_prove() {
     let c = client::wait_confirmed(&rpc, &upd, 2, Duration::from_secs(30))
         .await
         .expect("confirmed");
-    assert_eq!(c.record.as_ref().map(|r| r.nonce), Some(2));
+    assert_eq!(c.value.as_ref().map(|r| r.nonce), Some(2));
 
     // A second claim of @alice by another key is rejected by the node.
     let mallory = key(2);
@@ -151,4 +151,54 @@ async fn claim_update_reject_and_prove() {
         .await
         .expect("dir_get");
     check(&before, false);
+}
+
+/// The shared answer check (`xirtam-node-api`'s `wire`, used by the CLI)
+/// refuses an answer that contradicts itself: another name, a header that
+/// is not the block named, a record or proof that does not hold, oversized
+/// hex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_answer_does_not_verify() {
+    let t = TestNode::start().await;
+    let rpc = t.client();
+    t.mine(2).await;
+    crate::common::claim_pending(&t.node, "@alice", &key(1), b"v1").await;
+    t.mine(1).await;
+    let good = rpc.dir_get("@alice".into(), None).await.expect("dir_get");
+    let alice_name = name("@alice");
+    assert!(good.verify(&alice_name).expect("verifies").value.is_some());
+
+    // Asked for @bob, answered for @alice.
+    assert_eq!(
+        good.verify(&name("@bob")).expect_err("other name").what,
+        "key"
+    );
+    // The header of another block.
+    let mut v = good.clone();
+    v.header = rpc.chain_headers(0, 1).await.expect("headers")[0].clone();
+    assert_eq!(
+        v.verify(&alice_name).expect_err("wrong header").what,
+        "header"
+    );
+    // Absence claimed with a presence proof.
+    let mut v = good.clone();
+    v.record = None;
+    assert_eq!(
+        v.verify(&alice_name).expect_err("hidden record").what,
+        "proof"
+    );
+    // Another value with the same proof.
+    let absent = rpc.dir_get("@nobody".into(), None).await.expect("dir_get");
+    let mut v = absent.clone();
+    v.record = good.record.clone();
+    v.key = "@nobody".into();
+    assert_eq!(
+        v.verify(&name("@nobody")).expect_err("forged").what,
+        "proof"
+    );
+    // Oversized hex is refused before decoding.
+    let mut v = good.clone();
+    v.proof = "00".repeat(xirtam_node::rpc::wire::MAX_OBJECT_BYTES + 1);
+    let e = v.verify(&alice_name).expect_err("too long");
+    assert!(e.what == "proof" && e.reason.contains("longer than"), "{e}");
 }

@@ -15,10 +15,10 @@ use crate::common::{TestNode, claim_pending, key, memory_node, mine, prepare_cla
 
 /// The value of `@alice` that the node serves (checked proof).
 async fn alice(rpc: &jsonrpsee::http_client::HttpClient) -> Option<Vec<u8>> {
-    let c = xirtam_node::client::get(rpc, &crate::common::name("@alice"), None)
+    let c = xirtam_node_api::client::get(rpc, &crate::common::name("@alice"), None)
         .await
         .expect("dir_get verifies");
-    c.record.map(|r| r.value.as_bytes().to_vec())
+    c.value.map(|r| r.value.as_bytes().to_vec())
 }
 
 async fn submit_all(rpc: &jsonrpsee::http_client::HttpClient, blocks: &[Block]) -> Vec<String> {

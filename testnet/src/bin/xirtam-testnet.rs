@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use xirtam_node::rpc::NodeApiClient;
+use xirtam_node_api::NodeApiClient;
 use xirtam_testnet::{Config, State, Testnet, Topology};
 
 /// Local Xirtam testnet.

@@ -603,19 +603,43 @@ async fn cli_whois_and_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("~nowhere"));
 }
 
+/// The crates a manifest depends on (first word of each dependency line).
+fn dependencies(manifest: &str) -> Vec<&str> {
+    manifest
+        .lines()
+        .filter_map(|l| l.split(['.', ' ', '=']).next())
+        .filter(|w| w.starts_with("xirtam-") || *w == "rocksdb" || *w == "libp2p")
+        .collect()
+}
+
 #[test]
 fn chat_crates_do_not_depend_on_the_node() {
     // Lookups reach the chat crate only as light-client `Verified` values
     // (whose constructor is private to the light client).
-    let manifest = include_str!("../../../chat/Cargo.toml");
+    let chat = dependencies(include_str!("../../../chat/Cargo.toml"));
     assert!(
-        !manifest.contains("xirtam-node"),
-        "chat must not depend on the node"
+        !chat.iter().any(|d| d.starts_with("xirtam-node")),
+        "chat must not depend on the node: {chat:?}"
     );
-    let lc = include_str!("../../../lightclient/Cargo.toml");
+    // The light client speaks the node's RPC contract, not the node.
+    let lc = dependencies(include_str!("../../../lightclient/Cargo.toml"));
     assert!(
-        !lc.contains("xirtam-node"),
-        "the light client must not depend on the node"
+        !lc.contains(&"xirtam-node"),
+        "the light client must not depend on the node: {lc:?}"
+    );
+    // ...and the contract crate carries neither the node, nor its storage,
+    // nor its networking.
+    let api = dependencies(include_str!("../../../node/api/Cargo.toml"));
+    assert_eq!(api, ["xirtam-proofs"], "node-api depends on {api:?}");
+    // The testnet library drives nodes through that contract too; only its
+    // rogue-peer tests link the node (for its peer-to-peer protocol).
+    let testnet = include_str!("../../Cargo.toml");
+    let (lib, _dev) = testnet
+        .split_once("[dev-dependencies]")
+        .expect("testnet has dev-dependencies");
+    assert!(
+        !dependencies(lib).contains(&"xirtam-node"),
+        "the testnet library must not link the node"
     );
     let _ = VerifiedUser::from_lookup; // the only way to a user record
     let _: Option<ClientConfig> = None;

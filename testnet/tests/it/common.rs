@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use xirtam_node::client;
-use xirtam_node::rpc::NodeApiClient;
+use xirtam_node_api::NodeApiClient;
 use xirtam_proofs::op::{Claim, Commit, Draft, Op, Owners, Value, claim_commitment};
 use xirtam_proofs::params::Params;
 use xirtam_proofs::{Hash, Name, Record, SecretKey, encode};
@@ -92,10 +91,13 @@ pub(crate) async fn submit(net: &Testnet, i: usize, op: &Op) {
 /// checked against the header's state root).
 pub(crate) async fn record(net: &Testnet, i: usize, name: &str) -> Option<Record> {
     let name = Name::new(name).expect("valid name");
-    client::get(net.rpc(i), &name, None)
+    net.rpc(i)
+        .dir_get(name.to_string(), None)
         .await
+        .expect("dir_get answers")
+        .verify(&name)
         .expect("dir_get verifies")
-        .record
+        .value
 }
 
 /// Wait until node `i` proves `name` holds `value`.

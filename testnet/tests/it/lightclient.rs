@@ -11,7 +11,7 @@ use jsonrpsee::server::{RpcModule, Server, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use serde_json::Value;
 use xirtam_lightclient::{Config as LcConfig, Error, HttpSource, LightClient, SourceStatus};
-use xirtam_node::rpc::NodeApiClient;
+use xirtam_node_api::NodeApiClient;
 use xirtam_proofs::params::REGTEST;
 use xirtam_proofs::{Hash, Name};
 use xirtam_testnet::{Config, Testnet, Topology, wait_for};

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use xirtam_node::rpc::NodeApiClient;
+use xirtam_node_api::NodeApiClient;
 use xirtam_proofs::params::REGTEST;
 use xirtam_testnet::{Config, Testnet, Topology, wait_for};
 
@@ -23,18 +23,35 @@ async fn five_nodes_three_miners_converge_and_an_op_spreads() {
     .expect("testnet starts");
     let all = net.all();
     let tip = net.wait_same_tip(&all, 3).await.expect("converge");
-    let alice = key(1);
-    // The claim as the CLI makes it: commitment, wait, reveal.
-    let req = xirtam_node::client::WriteRequest {
-        name: xirtam_proofs::Name::new("@alice").expect("valid"),
-        value: b"hello from node 0".to_vec(),
-        owners: vec![],
-        claim: true,
-    };
-    let w = xirtam_node::client::write(net.rpc(0), &alice, &req, Duration::from_secs(90))
+    // The claim as a user makes it: `xirtam-node name claim` (commitment,
+    // wait, reveal, wait for the record) against node 0.
+    let keyfile = net.root().join("alice.key");
+    std::fs::write(&keyfile, hex::encode([1u8; 32])).expect("write key");
+    let out = tokio::process::Command::new(xirtam_testnet::find_node_bin().expect("node binary"))
+        .args([
+            "name",
+            "claim",
+            "@alice",
+            "--value",
+            "hello from node 0",
+            "--timeout",
+            "90",
+        ])
+        .arg("--key")
+        .arg(&keyfile)
+        .args(["--rpc", &net.node(0).rpc_url])
+        .output()
         .await
-        .expect("claim submitted");
-    assert_eq!(w.claim.map(|c| c.commit_height > tip.height), Some(true));
+        .expect("run xirtam-node name claim");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "name claim failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("proof verified"), "{stdout}");
+    let claimed_at = record(&net, 0, "@alice").await.expect("claimed").claimed_at;
+    assert!(claimed_at > tip.height, "commitment mined after the start");
     wait_record(
         &net,
         4,

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, gossipsub, identity};
 use xirtam_node::p2p::{BehaviourEvent, build_swarm, protocol};
-use xirtam_node::rpc::{HeightOrHash, NodeApiClient};
+use xirtam_node_api::{HeightOrHash, NodeApiClient};
 use xirtam_proofs::block::Block;
 use xirtam_proofs::params::REGTEST;
 use xirtam_proofs::pow::meets_target;

@@ -1,7 +1,8 @@
-//! The user side of the CLI: build an op, solve its stamp, submit it (a
-//! claim in two phases: commitment, then reveal), wait for confirmations
-//! and check that the confirmed record is the one asked for; fetch a record
-//! and check its proof.
+//! The user side of the node's CLI (`xirtam-node name ...`), as a library:
+//! build an op, solve its stamp, submit it (a claim in two phases:
+//! commitment, then reveal), wait for confirmations and check that the
+//! confirmed record is the one asked for; fetch a record and check its
+//! proof.
 //!
 //! The node is trusted here only to be live: the proof returned by
 //! `dir_get` is checked against the header the node returned. Trustless
@@ -10,72 +11,119 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use jsonrpsee::core::client::Error as RpcError;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
-use xirtam_proofs::header::Header;
-use xirtam_proofs::op::{
-    Claim, Commit, Draft, Op, Owners, Record, Value, Write, claim_commitment, commit_key,
-};
+use xirtam_proofs::op::{Claim, Commit, Draft, Op, Owners, Record, Value, Write, claim_commitment};
 use xirtam_proofs::params::Params;
-use xirtam_proofs::state::{StateProof, commit_entry_hash, verify_state, verify_state_hashed};
-use xirtam_proofs::{Hash, Name, SecretKey, decode_hex, encode};
+use xirtam_proofs::{Hash, Name, OpError, SecretKey, encode};
 
-use crate::rpc::{DirGetView, NodeApiClient};
+use crate::wire::{Proven, WireError, header_from_hex};
+use crate::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, NodeApiClient};
+
+/// What went wrong on the user's side of a write or a lookup.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The RPC URL is unusable.
+    #[error("cannot use RPC URL {url}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A call failed (unreachable node, or an error answer).
+    #[error("{call}: {source}")]
+    Rpc {
+        /// The method.
+        call: &'static str,
+        /// What the client library said.
+        source: RpcError,
+    },
+    /// The node's answer does not decode or its proof does not hold.
+    #[error("the node's answer does not hold: {0}")]
+    Wire(#[from] WireError),
+    /// The node runs a network this build does not know.
+    #[error("the node runs unknown network {0:?}")]
+    UnknownNetwork(String),
+    /// The write cannot be made as asked (already claimed, not an owner,
+    /// value too long, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// Another write won: the confirmed record is not the one asked for.
+    #[error("your write did not take effect: {0}")]
+    Lost(String),
+    /// Waiting ran out of time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The op built here breaks a rule (a bug, or parameters out of date).
+    #[error("built an invalid op: {0}")]
+    InvalidOp(#[from] OpError),
+    /// The OS gave no randomness for the salt.
+    #[error("no OS randomness: {0}")]
+    Random(String),
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+fn rpc(call: &'static str) -> impl FnOnce(RpcError) -> ClientError {
+    move |source| ClientError::Rpc { call, source }
+}
+
+/// What a long write or wait reports while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Progress {
+    /// A claim's commitment was submitted; the reveal follows once it is
+    /// `maturity` blocks deep.
+    Committed {
+        /// The name.
+        name: Name,
+        /// The commitment.
+        commitment: Hash,
+        /// Blocks it must be buried under.
+        maturity: u64,
+    },
+    /// The write is in a block and buried under `have` of the `want`
+    /// confirmations asked for.
+    Confirmations {
+        /// Confirmations so far.
+        have: u64,
+        /// Confirmations asked for.
+        want: u64,
+    },
+}
 
 /// An HTTP JSON-RPC client for `url`.
 pub fn connect(url: &str) -> Result<HttpClient> {
     HttpClientBuilder::default()
         .request_timeout(Duration::from_secs(30))
-        .max_request_size(crate::rpc::MAX_REQUEST_BYTES)
+        .max_request_size(MAX_REQUEST_BYTES)
+        .max_response_size(MAX_RESPONSE_BYTES)
         .build(url)
-        .with_context(|| format!("cannot use RPC URL {url}"))
+        .map_err(|e| ClientError::Url {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
-/// A record checked against the header the node gave.
-#[derive(Debug, Clone)]
-pub struct Checked {
-    /// The record, or `None` when absence was proven.
-    pub record: Option<Record>,
-    /// The header it was proven against.
-    pub header: Header,
-    /// The node's tip height then.
-    pub tip_height: u64,
-}
-
-/// Parse and check a `dir_get` answer: the record bytes decode, the header
-/// is the one named, and the proof verifies against its `state_root`.
-pub fn check_dir_get(name: &Name, v: &DirGetView) -> Result<Checked> {
-    let header: Header = decode_hex(&v.header).context("node sent a malformed header")?;
-    if header.hash().to_hex() != v.block_hash || header.height != v.height {
-        bail!("node sent a header that is not the block it named");
-    }
-    let record: Option<Record> = match &v.record {
-        None => None,
-        Some(r) => Some(decode_hex(&r.bytes).context("node sent a malformed record")?),
-    };
-    let proof: StateProof = decode_hex(&v.proof).context("node sent a malformed proof")?;
-    verify_state(&header.state_root, name, record.as_ref(), &proof)
-        .map_err(|e| anyhow!("the node's proof for {name} does not verify: {e}"))?;
-    Ok(Checked {
-        record,
-        header,
-        tip_height: v.tip_height,
-    })
-}
+/// A record (or its proven absence) checked against the header the node
+/// gave.
+pub type Checked = Proven<Option<Record>>;
 
 /// Fetch and check the record of `name` at `at` (default: tip).
 pub async fn get(client: &HttpClient, name: &Name, at: Option<u64>) -> Result<Checked> {
     let v = client
         .dir_get(name.to_string(), at)
         .await
-        .with_context(|| format!("dir_get {name}"))?;
-    check_dir_get(name, &v)
+        .map_err(rpc("dir_get"))?;
+    Ok(v.verify(name)?)
 }
 
 /// The network the node runs.
 pub async fn network(client: &HttpClient) -> Result<&'static Params> {
-    let p = client.dir_params().await.context("dir_params")?;
-    Params::by_name(&p.network).ok_or_else(|| anyhow!("node runs unknown network {:?}", p.network))
+    let p = client.dir_params().await.map_err(rpc("dir_params"))?;
+    Params::by_name(&p.network).ok_or(ClientError::UnknownNetwork(p.network))
 }
 
 /// What [`write`] should do.
@@ -94,15 +142,16 @@ pub struct WriteRequest {
 
 /// The hash of the main-chain block to anchor a new op at.
 async fn anchor(client: &HttpClient, params: &Params) -> Result<Hash> {
-    let tip = client.chain_tip().await.context("chain_tip")?;
+    let tip = client.chain_tip().await.map_err(rpc("chain_tip"))?;
     let at = params.anchor_height(tip.height);
-    let headers = client.chain_headers(at, 1).await.context("chain_headers")?;
-    let h: Header = decode_hex(
-        headers
-            .first()
-            .ok_or_else(|| anyhow!("node has no header at height {at}"))?,
-    )
-    .context("node sent a malformed header")?;
+    let headers = client
+        .chain_headers(at, 1)
+        .await
+        .map_err(rpc("chain_headers"))?;
+    let h = header_from_hex(headers.first().ok_or_else(|| WireError {
+        what: "chain_headers",
+        reason: format!("no header at height {at}, below the tip"),
+    })?)?;
     Ok(h.hash())
 }
 
@@ -111,7 +160,7 @@ async fn submit(client: &HttpClient, op: &Op) -> Result<()> {
     client
         .dir_submit(hex::encode(encode(op)))
         .await
-        .context("the node refused the op")?;
+        .map_err(rpc("dir_submit"))?;
     Ok(())
 }
 
@@ -131,20 +180,9 @@ async fn commitment_height(client: &HttpClient, commitment: &Hash) -> Result<(Op
     let v = client
         .dir_commitment(commitment.to_hex(), None)
         .await
-        .context("dir_commitment")?;
-    let header: Header = decode_hex(&v.header).context("node sent a malformed header")?;
-    if header.hash().to_hex() != v.block_hash || header.height != v.height {
-        bail!("node sent a header that is not the block it named");
-    }
-    let proof: StateProof = decode_hex(&v.proof).context("node sent a malformed proof")?;
-    verify_state_hashed(
-        &header.state_root,
-        &commit_key(commitment),
-        v.mined_at.map(commit_entry_hash).as_ref(),
-        &proof,
-    )
-    .map_err(|e| anyhow!("the node's proof for the commitment does not verify: {e}"))?;
-    Ok((v.mined_at, v.tip_height))
+        .map_err(rpc("dir_commitment"))?;
+    let p = v.verify(commitment)?;
+    Ok((p.value, p.tip_height))
 }
 
 /// Build, stamp and submit a write; returns it. An update is one op. A
@@ -157,10 +195,21 @@ pub async fn write(
     req: &WriteRequest,
     timeout: Duration,
 ) -> Result<Write> {
+    write_with(client, key, req, timeout, &mut |_| {}).await
+}
+
+/// [`write`], reporting progress to `progress`.
+pub async fn write_with(
+    client: &HttpClient,
+    key: &SecretKey,
+    req: &WriteRequest,
+    timeout: Duration,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Write> {
     let params = network(client).await?;
     let current = get(client, &req.name, None).await?;
-    match (&current.record, req.claim) {
-        (Some(r), true) => bail!(
+    match (&current.value, req.claim) {
+        (Some(r), true) => Err(ClientError::Refused(format!(
             "{} is already claimed (owners {}); use `name update` if you own it",
             req.name,
             r.owners
@@ -169,32 +218,39 @@ pub async fn write(
                 .map(|k| k.to_hex())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ),
-        (None, false) => bail!("{} is not claimed yet; use `name claim`", req.name),
-        (Some(r), false) if !r.owners.contains(&key.public()) => {
-            bail!("your key {} is not an owner of {}", key.public(), req.name)
-        }
-        _ => {}
-    }
-    let owners = match (&current.record, req.owners.is_empty()) {
-        (_, false) => {
-            Owners::new(req.owners.clone()).ok_or_else(|| anyhow!("between 1 and 16 owners"))?
-        }
+        ))),
+        (None, false) => Err(ClientError::Refused(format!(
+            "{} is not claimed yet; use `name claim`",
+            req.name
+        ))),
+        (Some(r), false) if !r.owners.contains(&key.public()) => Err(ClientError::Refused(
+            format!("your key {} is not an owner of {}", key.public(), req.name),
+        )),
+        _ => Ok(()),
+    }?;
+    let owners = match (&current.value, req.owners.is_empty()) {
+        (_, false) => Owners::new(req.owners.clone()).ok_or_else(|| {
+            ClientError::Refused(format!(
+                "between 1 and {} owners, not {}",
+                params.max_owners,
+                req.owners.len()
+            ))
+        })?,
         (Some(r), true) => r.owners.clone(),
         (None, true) => Owners::single(key.public()),
     };
     let value = Value::new(req.value.clone()).ok_or_else(|| {
-        anyhow!(
+        ClientError::Refused(format!(
             "value is {} bytes; at most {}",
             req.value.len(),
             params.max_value_len
-        )
+        ))
     })?;
-    let (nonce, claim) = match &current.record {
+    let (nonce, claim) = match &current.value {
         Some(r) => (r.nonce + 1, None),
         None => (
             1,
-            Some(commit_and_wait(client, params, key, &req.name, timeout).await?),
+            Some(commit_and_wait(client, params, key, &req.name, timeout, progress).await?),
         ),
     };
     let mut w = Draft {
@@ -208,7 +264,7 @@ pub async fn write(
     .sign(params, key);
     solve(|start, tries| w.solve_stamp(params, start, tries));
     let op = Op::Write(w.clone());
-    op.check_stateless(params).context("built an invalid op")?;
+    op.check_stateless(params)?;
     submit(client, &op).await?;
     Ok(w)
 }
@@ -221,18 +277,20 @@ async fn commit_and_wait(
     key: &SecretKey,
     name: &Name,
     timeout: Duration,
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Claim> {
     let mut salt = [0u8; 32];
-    getrandom::fill(&mut salt).map_err(|e| anyhow!("no OS randomness: {e}"))?;
+    getrandom::fill(&mut salt).map_err(|e| ClientError::Random(e.to_string()))?;
     let commitment = claim_commitment(params, name, &key.public(), &salt);
     let mut c = Commit::new(commitment, anchor(client, params).await?);
     solve(|start, tries| c.solve_stamp(params, start, tries));
     submit(client, &Op::Commit(c)).await?;
     tracing::info!(target: "client", %name, %commitment, "commitment submitted");
-    eprintln!(
-        "committed to claiming {name} (commitment {commitment}); the name stays hidden until it is {} blocks deep",
-        params.claim_maturity
-    );
+    progress(Progress::Committed {
+        name: name.clone(),
+        commitment,
+        maturity: params.claim_maturity,
+    });
     let deadline = Instant::now() + timeout;
     loop {
         let (mined_at, tip) = commitment_height(client, &commitment).await?;
@@ -246,10 +304,10 @@ async fn commit_and_wait(
             }
         }
         if Instant::now() > deadline {
-            bail!(
+            return Err(ClientError::Timeout(format!(
                 "the commitment for {name} was not mined and {} blocks deep after {timeout:?}; is the node mining?",
                 params.claim_maturity
-            );
+            )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -291,44 +349,41 @@ fn lost_to(r: &Record, w: &Write) -> Option<String> {
 }
 
 /// Wait until the record `w` writes is buried under `confirmations`
-/// blocks (1 = in the tip), showing progress on stderr when it is a
-/// terminal. Fails with a clear message as soon as the confirmed record
-/// shows that another write won (other owners or value), and gives up
-/// after `timeout`.
+/// blocks (1 = in the tip). Fails with [`ClientError::Lost`] as soon as the
+/// confirmed record shows that another write won (other owners or value),
+/// and gives up after `timeout`.
 pub async fn wait_confirmed(
     client: &HttpClient,
     w: &Write,
     confirmations: u64,
     timeout: Duration,
 ) -> Result<Checked> {
-    let bar = indicatif::ProgressBar::new(confirmations);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:20}] {pos}/{len} confirmations",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(format!("waiting for {} (nonce {})", w.key, w.nonce));
+    wait_confirmed_with(client, w, confirmations, timeout, &mut |_| {}).await
+}
+
+/// [`wait_confirmed`], reporting progress to `progress`.
+pub async fn wait_confirmed_with(
+    client: &HttpClient,
+    w: &Write,
+    confirmations: u64,
+    timeout: Duration,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Checked> {
     let deadline = Instant::now() + timeout;
     loop {
         let now = get(client, &w.key, None).await?;
-        if let Some(why) = now.record.as_ref().and_then(|r| lost_to(r, w)) {
+        if let Some(why) = now.value.as_ref().and_then(|r| lost_to(r, w)) {
             // Confirmed against us? Only then is it final enough to
             // report; a reorg could still change a 1-deep record.
             let at = now
                 .tip_height
                 .saturating_sub(confirmations.saturating_sub(1));
             let deep = get(client, &w.key, Some(at)).await?;
-            if deep
-                .record
-                .as_ref()
-                .is_some_and(|d| lost_to(d, w).is_some())
-            {
-                bar.abandon();
-                bail!("your write did not take effect: {why}");
+            if deep.value.as_ref().is_some_and(|d| lost_to(d, w).is_some()) {
+                return Err(ClientError::Lost(why));
             }
         }
-        let included = now.record.as_ref().is_some_and(|r| written_by(r, w));
+        let included = now.value.as_ref().is_some_and(|r| written_by(r, w));
         if included {
             // Find how deep: the record must already hold at tip - (k - 1).
             let mut confs = 0;
@@ -337,25 +392,28 @@ pub async fn wait_confirmed(
                     continue;
                 };
                 let at = get(client, &w.key, Some(h)).await?;
-                if at.record.as_ref().is_some_and(|r| written_by(r, w)) {
+                if at.value.as_ref().is_some_and(|r| written_by(r, w)) {
                     confs = k;
                     if k == confirmations {
-                        bar.finish_with_message(format!("{} confirmed", w.key));
+                        progress(Progress::Confirmations {
+                            have: k,
+                            want: confirmations,
+                        });
                         return Ok(at);
                     }
                     break;
                 }
             }
-            bar.set_position(confs);
+            progress(Progress::Confirmations {
+                have: confs,
+                want: confirmations,
+            });
         }
         if Instant::now() > deadline {
-            bar.abandon();
-            bail!(
+            return Err(ClientError::Timeout(format!(
                 "{} (nonce {}) not confirmed after {:?}; is the node mining? The op may still be pending",
-                w.key,
-                w.nonce,
-                timeout
-            );
+                w.key, w.nonce, timeout
+            )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use xirtam_node::client;
 use xirtam_node::mempool::Mempool;
 use xirtam_node::node::Node;
 use xirtam_node::proofs::params::Params;
 use xirtam_node::proofs::{Name, PublicKey, SecretKey};
 use xirtam_node::store::RocksStore;
+use xirtam_node_api::client::{self, Progress};
 
 /// Xirtam directory full node.
 #[derive(Debug, Parser)]
@@ -415,7 +415,7 @@ async fn name_cmd(n: NameCmd) -> Result<()> {
                     "block_hash": c.header.hash().to_hex(),
                     "tip_height": c.tip_height,
                     "proof_verified": true,
-                    "record": c.record.as_ref().map(xirtam_node::rpc::RecordView::new),
+                    "record": c.value.as_ref().map(xirtam_node_api::RecordView::new),
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -447,13 +447,43 @@ async fn write_cmd(a: WriteArgs, claim: bool) -> Result<()> {
         claim,
     };
     let timeout = Duration::from_secs(a.timeout);
-    let w = client::write(&rpc, &key, &req, timeout).await?;
-    let hash = xirtam_proofs::Op::Write(w.clone()).hash();
+    let w = client::write_with(&rpc, &key, &req, timeout, &mut |p| {
+        if let Progress::Committed {
+            name,
+            commitment,
+            maturity,
+        } = p
+        {
+            eprintln!(
+                "committed to claiming {name} (commitment {commitment}); the name stays hidden until it is {maturity} blocks deep"
+            );
+        }
+    })
+    .await?;
+    let hash = xirtam_node::proofs::Op::Write(w.clone()).hash();
     println!("submitted {} nonce {} (op {hash})", w.key, w.nonce);
     if a.confirmations > 0 {
-        let c = client::wait_confirmed(&rpc, &w, a.confirmations, timeout).await?;
+        let bar = indicatif::ProgressBar::new(a.confirmations);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:20}] {pos}/{len} confirmations",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("waiting for {} (nonce {})", w.key, w.nonce));
+        let waited = client::wait_confirmed_with(&rpc, &w, a.confirmations, timeout, &mut |p| {
+            if let Progress::Confirmations { have, .. } = p {
+                bar.set_position(have);
+            }
+        })
+        .await;
+        match &waited {
+            Ok(_) => bar.finish_with_message(format!("{} confirmed", w.key)),
+            Err(_) => bar.abandon(),
+        }
+        let c = waited?;
         print_record(&name, &c);
-        if let Some(r) = &c.record {
+        if let Some(r) = &c.value {
             let params = client::network(&rpc).await?;
             let settled = r.settled_at(params);
             if settled > c.tip_height {
@@ -467,7 +497,7 @@ async fn write_cmd(a: WriteArgs, claim: bool) -> Result<()> {
 }
 
 fn print_record(name: &Name, c: &client::Checked) {
-    match &c.record {
+    match &c.value {
         None => println!(
             "{name} is unclaimed (absence proven at height {}, block {})",
             c.header.height,

@@ -1,12 +1,13 @@
-//! JSON shapes of RPC results.
+//! JSON shapes of RPC results. Everything a client verifies travels as hex
+//! of canonical bytes ([`crate::wire`] decodes it with limits); the JSON
+//! fields beside it are for humans.
 
 use serde::{Deserialize, Serialize};
 use xirtam_proofs::block::Block;
+use xirtam_proofs::header::Header;
 use xirtam_proofs::op::Record;
 use xirtam_proofs::params::Params;
-use xirtam_proofs::{Op, encode};
-
-use crate::chain::BlockMeta;
+use xirtam_proofs::{Op, U256, encode};
 
 /// A main-chain height or a block hash (hex).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,14 +35,14 @@ pub struct TipView {
 }
 
 impl TipView {
-    /// From a block's metadata.
-    pub fn from_meta(m: &BlockMeta) -> Self {
+    /// From a tip header and its cumulative work.
+    pub fn new(header: &Header, work: U256) -> Self {
         TipView {
-            height: m.header.height,
-            hash: m.header.hash().to_hex(),
-            header: hex::encode(m.header.to_bytes()),
-            time: m.header.time,
-            work: hex::encode(m.work().to_be_bytes()),
+            height: header.height,
+            hash: header.hash().to_hex(),
+            header: hex::encode(header.to_bytes()),
+            time: header.time,
+            work: hex::encode(work.to_be_bytes()),
         }
     }
 }
@@ -277,4 +278,60 @@ pub struct NodeInfoView {
     pub orphans: usize,
     /// Mining threads (0: not mining).
     pub mining_threads: usize,
+}
+
+/// Counters since start (for `net_info` and tests).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetStats {
+    /// Gossiped blocks accepted (and so forwarded).
+    pub blocks_accepted: u64,
+    /// Gossiped blocks rejected as invalid (not forwarded).
+    pub blocks_rejected: u64,
+    /// Gossiped ops accepted.
+    pub ops_accepted: u64,
+    /// Gossiped ops rejected as invalid.
+    pub ops_rejected: u64,
+    /// Gossip messages that did not decode.
+    pub garbage: u64,
+    /// Blocks connected through sync.
+    pub synced_blocks: u64,
+    /// Peers banned.
+    pub bans: u64,
+    /// Gossip messages dropped unvalidated because the validation queue
+    /// (overall or the sender's share) was full.
+    #[serde(default)]
+    pub gossip_dropped: u64,
+    /// Sync requests refused because the peer exceeded its rate.
+    #[serde(default)]
+    pub requests_limited: u64,
+}
+
+/// One connected peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerView {
+    /// Peer id.
+    pub peer_id: String,
+    /// Address of the connection.
+    pub addr: String,
+    /// Score (0 is neutral; banned at -100).
+    pub score: i32,
+    /// Height it last reported.
+    pub height: Option<u64>,
+}
+
+/// `net_info`: network status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetInfo {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// Addresses it listens on, each ending in `/p2p/<peer id>`.
+    pub listen: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<PeerView>,
+    /// Currently banned peer ids.
+    pub banned: Vec<String>,
+    /// Peer being synced from, if any.
+    pub syncing_from: Option<String>,
+    /// Counters.
+    pub stats: NetStats,
 }
