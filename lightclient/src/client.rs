@@ -589,6 +589,17 @@ impl<S: Source> LightClient<S> {
             let res = branch.extend(params, &hs, unix_now());
             let valid = branch.state().tip_height.saturating_sub(next - 1);
             *counted += valid;
+            // The network's compiled checkpoint: a branch through another
+            // block at its height is not the network's chain, however
+            // much work it claims.
+            if let Some(cp) = params.assume_valid
+                && branch.hash_at(cp.height).is_some_and(|h| h != cp.hash)
+            {
+                return Err(Fail::Fault(format!(
+                    "its chain does not pass through the network's checkpoint at height {}",
+                    cp.height
+                )));
+            }
             if let Err(e) = res {
                 // Keep what verified if it is already better than ours.
                 self.commit_if_heavier(&mut branch)?;
@@ -622,8 +633,13 @@ impl<S: Source> LightClient<S> {
         Ok(())
     }
 
+    /// Adopt `branch` when it carries more work than our chain and at
+    /// least the network's minimum chain work (a cheap chain forked from
+    /// early history must not become a fresh client's view).
     fn commit_if_heavier(&mut self, branch: &mut Branch) -> Result<(), Fail> {
-        if branch.work() > self.chain.tip().total_work() {
+        if branch.work() > self.chain.tip().total_work()
+            && branch.work() >= self.config.params.min_chain_work
+        {
             self.chain
                 .commit(branch)
                 .map_err(|e| Fail::Transient(format!("cannot store headers: {e}")))?;

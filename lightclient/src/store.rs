@@ -151,6 +151,13 @@ impl Branch {
     pub(crate) fn work(&self) -> U256 {
         self.state.total_work()
     }
+
+    /// Hash of the branch's header at `height`, when the branch holds it
+    /// (above the fork point).
+    pub(crate) fn hash_at(&self, height: u64) -> Option<Hash> {
+        let i = height.checked_sub(self.fork + 1)?;
+        self.hashes.get(usize::try_from(i).ok()?).copied()
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {

@@ -14,7 +14,7 @@ use xirtam_proofs::header::{Header, header_template};
 use xirtam_proofs::op::Op;
 use xirtam_proofs::params::Params;
 
-use crate::chain::{BlockStatus, Chain, ChainError, Submitted};
+use crate::chain::{BlockStatus, Chain, ChainError, Origin, Submitted};
 use crate::mempool::{Admitted, Mempool, MempoolError};
 use crate::store::KvStore;
 
@@ -158,11 +158,17 @@ impl<S: KvStore> Node<S> {
     /// Validate and store a block (blocking). Ops that a reorg returned to
     /// the mempool are announced to peers again (theirs were dropped too).
     pub fn submit_block(&self, block: Block) -> Result<Submitted, ChainError> {
+        self.submit_block_from(block, Origin::Unsolicited)
+    }
+
+    /// [`Node::submit_block`] for a block of the given origin (sync passes
+    /// [`Origin::Synced`]).
+    pub fn submit_block_from(&self, block: Block, origin: Origin) -> Result<Submitted, ChainError> {
         let mut returned = Vec::new();
         let out = {
             let mut core = self.core.lock();
             let Core { chain, mempool } = &mut *core;
-            let out = chain.submit_block(block, unix_now())?;
+            let out = chain.submit(block, origin, unix_now())?;
             if !out.change.connected.is_empty() {
                 returned = mempool.on_tip_change(chain, &out.change);
                 *self.tip_summary.lock() = TipSummary::of(chain);

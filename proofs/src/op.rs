@@ -657,6 +657,21 @@ impl Op {
         unsigned_failure.map_or(Ok(()), Err)
     }
 
+    /// Every stateless rule but the signatures, for many ops: what a node
+    /// checks for the ancestors of an assumed-valid block
+    /// ([`crate::params::Params::assume_valid`]). The error names the first
+    /// failing op.
+    pub fn check_unsigned_all(params: &Params, ops: &[Op]) -> Result<(), (usize, String, OpError)> {
+        for (i, op) in ops.iter().enumerate() {
+            let r = match op {
+                Op::Commit(c) => check_commit(params, c),
+                Op::Write(w) => w.check_unsigned(params).map(drop),
+            };
+            r.map_err(|e| (i, op.subject(), e))?;
+        }
+        Ok(())
+    }
+
     /// The stamp rule: the stamp's block (at `stamp_height` on the chain
     /// that will include the op at `height`) must be below `height` and at
     /// most `stamp_window` blocks older. For a write this is also its

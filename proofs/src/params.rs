@@ -60,6 +60,32 @@ pub struct Params {
     pub max_ops_per_block: usize,
     /// Largest encoded block (bytes).
     pub max_block_bytes: usize,
+    /// Least cumulative work of a chain this software treats as the
+    /// network's. A node fetches no block bodies of a header chain below it
+    /// (and holds, never stores, blocks of a lighter branch); a light client
+    /// adopts no branch below it. It makes a cheap chain - one that forks
+    /// from early history where blocks cost little - useless for an eclipse
+    /// attack on a fresh node or client. Raised at each release to the work
+    /// of the network's chain some weeks earlier; zero on networks without
+    /// such history.
+    pub min_chain_work: U256,
+    /// A block known to be on the network's chain. A node skips the op
+    /// signature checks of its ancestors (and of itself) once a checked
+    /// header chain shows it passes through them; every other rule runs
+    /// and the state roots must match. A light client refuses every branch
+    /// that does not pass through it. Set at each release with
+    /// `min_chain_work`.
+    pub assume_valid: Option<Checkpoint>,
+}
+
+/// A block of the network's chain compiled into the software
+/// ([`Params::assume_valid`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Its height.
+    pub height: u64,
+    /// Its hash.
+    pub hash: Hash,
 }
 
 /// `2^(256 - zero_bits) - 1`: the target met by about one hash in
@@ -99,6 +125,9 @@ pub const LOCAL: Params = Params {
     max_owners: 8,
     max_ops_per_block: 4096,
     max_block_bytes: 2 * 1024 * 1024,
+    // A fresh chain every time it is started: no history to protect.
+    min_chain_work: U256([0; 4]),
+    assume_valid: None,
 };
 
 /// The public `testnet`.
@@ -123,6 +152,10 @@ pub const TESTNET: Params = Params {
     max_owners: 8,
     max_ops_per_block: 4096,
     max_block_bytes: 2 * 1024 * 1024,
+    // The network starts on 2027-01-01: no history yet. Both are set from
+    // the running chain at each release.
+    min_chain_work: U256([0; 4]),
+    assume_valid: None,
 };
 
 /// `regtest`: for tests and local development. Proof of work is trivial and
@@ -152,6 +185,9 @@ pub const REGTEST: Params = Params {
     max_owners: 8,
     max_ops_per_block: 4096,
     max_block_bytes: 2 * 1024 * 1024,
+    // A fresh chain every time it is started: no history to protect.
+    min_chain_work: U256([0; 4]),
+    assume_valid: None,
 };
 
 // Mined by `cargo run --release -p xirtam-proofs --example mine_genesis`.

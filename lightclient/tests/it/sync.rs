@@ -210,3 +210,88 @@ async fn a_checkpoint_skips_the_history() {
     let e = lc.sync().await.expect_err("not our chain");
     assert!(e.to_string().contains("checkpoint"), "{e}");
 }
+
+/// Regtest with the network's minimum chain work and checkpoint replaced.
+fn params_with(
+    min_chain_work: xirtam_proofs::U256,
+    assume_valid: Option<xirtam_proofs::params::Checkpoint>,
+) -> Config {
+    Config::new(Box::leak(Box::new(xirtam_proofs::params::Params {
+        min_chain_work,
+        assume_valid,
+        ..REGTEST
+    })))
+}
+
+#[tokio::test]
+async fn a_chain_below_the_minimum_work_is_not_adopted() {
+    let mut c = MockChain::recent();
+    c.blocks(50);
+    let heavier = c.clone();
+    let short = shared(c);
+    let mut long = heavier;
+    long.blocks(50);
+    let long = shared(long);
+    // The network's minimum is above what the short chain holds.
+    let min = work_of(&short) + xirtam_proofs::U256::from(1u64);
+    let mut lc = LightClient::new(
+        params_with(min, None),
+        vec![MockSource::new("short", &short, Mode::Honest)],
+    )
+    .expect("client");
+    let _ = lc.sync().await;
+    assert_eq!(
+        lc.tip().height,
+        0,
+        "a chain below the minimum is not adopted"
+    );
+    // A chain that meets it is.
+    let mut lc = LightClient::new(
+        params_with(min, None),
+        vec![MockSource::new("long", &long, Mode::Honest)],
+    )
+    .expect("client");
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.tip().height, 100);
+}
+
+#[tokio::test]
+async fn a_heavier_branch_that_misses_the_checkpoint_is_refused() {
+    let mut main = MockChain::recent();
+    main.blocks(300);
+    let mut fork = main.fork_at(100);
+    fork.blocks(250); // height 350: more work than main
+    let at_200 = main.headers[200];
+    let (main, fork) = (shared(main), shared(fork));
+    let cp = xirtam_proofs::params::Checkpoint {
+        height: 200,
+        hash: at_200.hash(),
+    };
+    let mut lc = LightClient::new(
+        params_with(xirtam_proofs::U256::zero(), Some(cp)),
+        vec![
+            MockSource::new("fork", &fork, Mode::Honest),
+            MockSource::new("main", &main, Mode::Honest),
+        ],
+    )
+    .expect("client");
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.tip().height, 300, "the chain through the checkpoint");
+    let s = lc.sources();
+    assert!(
+        matches!(&s[0].status, SourceStatus::Faulty(w) if w.contains("checkpoint")),
+        "{:?}",
+        s[0].status
+    );
+    // Without the checkpoint the heavier fork wins (what it guards).
+    let mut lc = LightClient::new(
+        config(),
+        vec![
+            MockSource::new("fork", &fork, Mode::Honest),
+            MockSource::new("main", &main, Mode::Honest),
+        ],
+    )
+    .expect("client");
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.tip().height, 350);
+}

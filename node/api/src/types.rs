@@ -238,6 +238,22 @@ pub struct ParamsView {
     pub max_value_len: usize,
     /// Most owners.
     pub max_owners: usize,
+    /// Least cumulative work of a chain treated as the network's, hex
+    /// (big-endian, 32 bytes).
+    #[serde(default)]
+    pub min_chain_work: String,
+    /// The network's assumed-valid block, if it has one.
+    #[serde(default)]
+    pub assume_valid: Option<CheckpointView>,
+}
+
+/// A compiled checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointView {
+    /// Height.
+    pub height: u64,
+    /// Block hash.
+    pub hash: String,
 }
 
 impl ParamsView {
@@ -255,6 +271,11 @@ impl ParamsView {
             max_name_len: p.max_name_len,
             max_value_len: p.max_value_len,
             max_owners: p.max_owners,
+            min_chain_work: hex::encode(p.min_chain_work.to_be_bytes()),
+            assume_valid: p.assume_valid.map(|c| CheckpointView {
+                height: c.height,
+                hash: c.hash.to_hex(),
+            }),
         }
     }
 }

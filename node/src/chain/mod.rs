@@ -9,9 +9,12 @@
 //!
 //! **Branch admission** (as Bitcoin Core's): a block is fully validated and
 //! stored only if its branch could be the best chain: its cumulative work
-//! is at least the tip's, or its hash was marked wanted by a headers-first
-//! sync that verified a header chain with more work than the tip
-//! ([`Chain::want`]). Anything else (a cheap fork from deep history, say)
+//! is at least the tip's and the network's minimum chain work
+//! ([`Params::min_chain_work`]), or headers-first sync fetched it for a
+//! header chain it checked to outweigh the tip and meet that minimum
+//! ([`Origin::Synced`], [`Chain::outweighs`]); below the network's
+//! assumed-valid block such a block's op signatures are not checked
+//! ([`Params::assume_valid`]). Anything else (a cheap fork from deep history, say)
 //! is held after the header checks alone ([`BlockStatus::Held`]): not
 //! validated in full, not stored, not remembered, not relayed. Invalid blocks that passed
 //! admission are remembered (bounded). Blocks whose parent is unknown, and
@@ -49,8 +52,9 @@ pub const MAX_ORPHAN_BYTES: usize = 32 * 1024 * 1024;
 /// forgotten one is simply validated again if it comes back).
 pub const MAX_INVALID: usize = 10_000;
 
-/// Most block hashes marked wanted by headers-first sync.
-pub const MAX_WANTED: usize = 200_000;
+/// Most block hashes marked wanted (blocks of held branches that reached
+/// the tip's work).
+pub const MAX_WANTED: usize = 10_000;
 
 /// State-tree nodes kept in memory per generation (two generations, ~100
 /// bytes per node: ~100 MB at most).
@@ -87,6 +91,24 @@ pub enum BlockStatus {
     /// the tip: held in memory (not validated in full, not stored) until a
     /// descendant brings the branch to the tip's work.
     Held,
+}
+
+/// How a block reached the chain, which decides its admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// Gossip, RPC or a miner: admitted on its own branch's work.
+    #[default]
+    Unsolicited,
+    /// Fetched by headers-first sync for a header chain that was checked
+    /// to outweigh the tip and to meet the network's minimum chain work
+    /// ([`Chain::outweighs`]): admitted even while its own branch is
+    /// lighter. `assumed_valid`: the header chain passes through the
+    /// network's assumed-valid block at or above this one, so its op
+    /// signatures are not checked (every other rule is).
+    Synced {
+        /// Is it an ancestor (or itself) of the assumed-valid block?
+        assumed_valid: bool,
+    },
 }
 
 /// Blocks that left and joined the main chain, oldest first.
@@ -455,11 +477,24 @@ impl<S: KvStore> Chain<S> {
         Ok(Some(state))
     }
 
-    /// Mark blocks as wanted: a headers-first sync verified a header chain
-    /// through them with more work than the tip, so their bodies pass
-    /// branch admission even while their own branch is still lighter.
-    /// Bounded: the oldest marks are dropped first.
-    pub fn want(&mut self, hashes: impl IntoIterator<Item = Hash>) {
+    /// Would a chain with cumulative work `work` replace the tip, and does
+    /// it meet the network's minimum chain work? (What a header chain must
+    /// show before a syncing node fetches its bodies.)
+    pub fn outweighs(&self, work: U256) -> bool {
+        work > self.tip().work() && work >= self.params.min_chain_work
+    }
+
+    /// Branch admission: may a block whose branch carries `work` be
+    /// validated and stored? At least the tip's work (a tie is a side
+    /// branch), and at least the network's minimum.
+    fn admits(&self, work: U256) -> bool {
+        work >= self.tip().work() && work >= self.params.min_chain_work
+    }
+
+    /// Mark blocks as wanted: their branch reached the tip's work, so their
+    /// bodies pass branch admission even while their own branch is still
+    /// lighter. Bounded: the oldest marks are dropped first.
+    fn want(&mut self, hashes: impl IntoIterator<Item = Hash>) {
         for h in hashes {
             if self.index.contains_key(&h) || !self.wanted.insert(h) {
                 continue;
@@ -561,9 +596,19 @@ impl<S: KvStore> Chain<S> {
     /// orphan it adopts) brings more work. `now` is the validator's clock
     /// (Unix seconds) for the future-drift rule.
     pub fn submit_block(&mut self, block: Block, now: u64) -> Result<Submitted, ChainError> {
+        self.submit(block, Origin::Unsolicited, now)
+    }
+
+    /// [`Chain::submit_block`] for a block of the given origin.
+    pub fn submit(
+        &mut self,
+        block: Block,
+        origin: Origin,
+        now: u64,
+    ) -> Result<Submitted, ChainError> {
         let hash = block.header.hash();
         let mut change = TipChange::default();
-        let status = self.submit_one(block, hash, now, &mut change)?;
+        let status = self.submit_one(block, hash, origin, now, &mut change)?;
         match status {
             BlockStatus::Tip | BlockStatus::SideBranch => {
                 self.adopt_orphans(hash, now, &mut change);
@@ -589,6 +634,7 @@ impl<S: KvStore> Chain<S> {
         &mut self,
         block: Block,
         hash: Hash,
+        origin: Origin,
         now: u64,
         change: &mut TipChange,
     ) -> Result<BlockStatus, ChainError> {
@@ -631,7 +677,10 @@ impl<S: KvStore> Chain<S> {
             .work()
             .map_err(|_| ChainError::Header(HeaderError::Pow(hash)))?;
         let branch_work = parent.work().saturating_add(work);
-        if branch_work < self.tip().work() && !self.wanted.contains(&hash) {
+        if !self.admits(branch_work)
+            && origin == Origin::Unsolicited
+            && !self.wanted.contains(&hash)
+        {
             // The header rules and the body's match with its header still
             // run, so that junk is a fault and not merely "low work".
             parent.state.clone().push(self.params, &block.header, now)?;
@@ -640,7 +689,18 @@ impl<S: KvStore> Chain<S> {
             self.held.insert(hash, block);
             return Ok(BlockStatus::Held);
         }
-        let validated = match self.validate(parent, &block, now) {
+        // Signatures are skipped only below the network's assumed-valid
+        // block, and only when sync saw a header chain through it.
+        let check_signatures = match origin {
+            Origin::Synced {
+                assumed_valid: true,
+            } => self
+                .params
+                .assume_valid
+                .is_none_or(|cp| block.header.height > cp.height),
+            _ => true,
+        };
+        let validated = match self.validate(parent, &block, now, check_signatures) {
             Ok(v) => v,
             Err(e) => {
                 // Remember only blocks that carry real work: remembering
@@ -700,7 +760,7 @@ impl<S: KvStore> Chain<S> {
         while let Some(p) = queue.pop() {
             for child in self.held.take_children(&p) {
                 let h = child.header.hash();
-                match self.submit_one(child, h, now, change) {
+                match self.submit_one(child, h, Origin::Unsolicited, now, change) {
                     Ok(BlockStatus::Tip | BlockStatus::SideBranch) => queue.push(h),
                     Ok(_) => {}
                     Err(e) => {
@@ -730,7 +790,7 @@ impl<S: KvStore> Chain<S> {
         let Some(base) = self.index.get(&cur) else {
             return;
         };
-        if base.work().saturating_add(work) < self.tip().work() {
+        if !self.admits(base.work().saturating_add(work)) {
             return;
         }
         tracing::info!(target: "chain", blocks = branch.len(), from = %cur, "a held branch reached the tip's work");
@@ -759,6 +819,7 @@ impl<S: KvStore> Chain<S> {
         parent: &BlockMeta,
         block: &Block,
         now: u64,
+        check_signatures: bool,
     ) -> Result<Validated, ChainError> {
         let params = self.params;
         let header = &block.header;
@@ -768,7 +829,7 @@ impl<S: KvStore> Chain<S> {
         // Signatures and stamp proofs of work on worker threads while this
         // thread does the stamp ages and the state transition.
         std::thread::scope(|s| {
-            let sigs = spawn_op_checks(s, params, &block.ops);
+            let sigs = spawn_op_checks(s, params, &block.ops, check_signatures);
             let state_result = self.validate_state(parent, block, state);
             let mut sig_result = Ok(());
             for h in sigs {
@@ -1043,9 +1104,13 @@ fn spawn_op_checks<'s, 'e: 's>(
     s: &'s std::thread::Scope<'s, 'e>,
     params: &'e Params,
     ops: &'e [Op],
+    check_signatures: bool,
 ) -> Vec<OpCheck<'s>> {
     if ops.is_empty() {
         return Vec::new();
+    }
+    if !check_signatures {
+        return vec![s.spawn(move || check_unsigned(params, ops))];
     }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -1065,6 +1130,11 @@ fn check_ops(params: &Params, ops: &[Op], offset: usize) -> Result<(), ChainErro
             error,
         })
     })
+}
+
+fn check_unsigned(params: &Params, ops: &[Op]) -> Result<(), ChainError> {
+    Op::check_unsigned_all(params, ops)
+        .map_err(|(index, name, error)| ChainError::Block(BlockError::Op { index, name, error }))
 }
 
 /// A stored block, read straight from `store` (blocks are immutable once

@@ -27,7 +27,7 @@ use super::sync::Session;
 use super::{
     BAN_SCORE, Command, NetInfo, NetStats, P2pConfig, P2pError, P2pHandle, PeerView, penalty,
 };
-use crate::chain::{BlockStatus, ChainError};
+use crate::chain::{BlockStatus, ChainError, Origin};
 use crate::mempool::MempoolError;
 use crate::node::{ANNOUNCE_QUEUE, Announce, Node};
 use crate::store::KvStore;
@@ -304,9 +304,11 @@ enum Done {
 
 /// A checked batch of sync headers.
 struct Checked {
-    /// Does the checked header chain carry more work than our tip (so its
-    /// bodies are wanted and should be fetched now)?
+    /// Does the checked header chain carry more work than our tip and the
+    /// network's minimum (so its bodies should be fetched now)?
     enough: bool,
+    /// Does this batch hold the network's assumed-valid block?
+    checkpoint: bool,
     /// Bodies we lack, in chain order: to fetch now when `enough`, else to
     /// hold until it is.
     hashes: Vec<Hash>,
@@ -919,10 +921,11 @@ impl<S: KvStore> Service<S> {
                         s.queue.push_front(*h);
                     }
                 }
+                let assumed_valid = self.session.as_ref().is_some_and(|s| s.through_checkpoint);
                 let node = self.node.clone();
                 let done = self.done_tx.clone();
                 tokio::task::spawn_blocking(move || {
-                    let result = connect_blocks(&node, blocks);
+                    let result = connect_blocks(&node, blocks, assumed_valid);
                     let _ = done.send(Done::Connected { peer, result });
                 });
             }
@@ -1132,6 +1135,7 @@ impl<S: KvStore> Service<S> {
                             return;
                         };
                         s.checked = Some(*c.state);
+                        s.through_checkpoint |= c.checkpoint;
                         if c.enough {
                             s.queue.extend(c.hashes);
                         } else {
@@ -1246,9 +1250,10 @@ fn answer<S: KvStore>(node: &Node<S>, req: SyncRequest) -> SyncResponse {
 }
 
 /// Check headers from a peer, continuing `from` (the state after the
-/// previous batch) when they build on it. `held` are earlier checked
-/// hashes whose bodies were not fetched yet. Once the header chain carries
-/// more work than our tip, every body we lack is marked wanted and
+/// previous batch of the session: the batch must build on it, so that a
+/// session's headers are one chain). `held` are earlier checked hashes
+/// whose bodies were not fetched yet. Once the header chain carries more
+/// work than our tip and the network's minimum, every body we lack is
 /// returned for fetching. `Err((0, _))` means "not the peer's fault" (e.g.
 /// a timestamp ahead of our clock).
 fn check_headers<S: KvStore>(
@@ -1257,7 +1262,20 @@ fn check_headers<S: KvStore>(
     mut held: Vec<Hash>,
     headers: &[xirtam_proofs::Header],
 ) -> Result<Checked, (i32, String)> {
-    let mut core = node.lock();
+    if let (Some(f), Some(first)) = (&from, headers.first())
+        && first.prev != f.tip_hash
+    {
+        return Err((
+            penalty::BAD_RESPONSE,
+            "headers do not continue the previous batch".into(),
+        ));
+    }
+    let core = node.lock();
+    let checkpoint = core.chain.params().assume_valid.is_some_and(|cp| {
+        headers
+            .iter()
+            .any(|h| h.height == cp.height && h.hash() == cp.hash)
+    });
     match core
         .chain
         .check_headers(from.as_ref(), headers, crate::node::unix_now())
@@ -1269,12 +1287,9 @@ fn check_headers<S: KvStore>(
                     .map(|h| h.hash())
                     .filter(|h| core.chain.meta(h).is_none()),
             );
-            let enough = state.total_work() > core.chain.tip().work();
-            if enough {
-                core.chain.want(held.iter().copied());
-            }
             Ok(Checked {
-                enough,
+                enough: core.chain.outweighs(state.total_work()),
+                checkpoint,
                 hashes: held,
                 state: Box::new(state),
             })
@@ -1292,10 +1307,16 @@ fn check_headers<S: KvStore>(
 }
 
 /// Connect synced blocks in order; returns how many were connected.
-fn connect_blocks<S: KvStore>(node: &Node<S>, blocks: Vec<Block>) -> Result<u64, (i32, String)> {
+/// `assumed_valid`: the session's header chain passes through the
+/// network's assumed-valid block.
+fn connect_blocks<S: KvStore>(
+    node: &Node<S>,
+    blocks: Vec<Block>,
+    assumed_valid: bool,
+) -> Result<u64, (i32, String)> {
     let mut n = 0;
     for b in blocks {
-        match node.submit_block(b) {
+        match node.submit_block_from(b, Origin::Synced { assumed_valid }) {
             // Credit only for blocks that joined the chain: a block held on
             // a lighter branch earns a syncing peer nothing.
             Ok(s) if !matches!(s.status, BlockStatus::Orphan | BlockStatus::Held) => n += 1,

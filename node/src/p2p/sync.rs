@@ -5,11 +5,15 @@
 //! 2. Check them all (linkage, PoW, difficulty, timestamps) against the
 //!    parent we hold (or the state after the previous batch), before
 //!    fetching any body.
-//! 3. Only once the checked header chain carries more work than our tip are
-//!    its bodies fetched: the chain marks them wanted (branch admission)
-//!    and we fetch them in batches of [`BODY_BATCH`], connecting each batch
-//!    through the chain (every rule). Until then, more headers (at most
-//!    [`MAX_UNFETCHED`] ahead of the bodies).
+//! 3. Only once the checked header chain carries more work than our tip and
+//!    the network's minimum chain work are its bodies fetched, in batches
+//!    of [`BODY_BATCH`], and connected through the chain as synced blocks
+//!    (admitted although their own branch may still be lighter; every rule
+//!    runs, but below the network's assumed-valid block, when the header
+//!    chain passes through it, op signatures are not checked). Until then,
+//!    more headers (at most [`MAX_UNFETCHED`] ahead of the bodies). Each
+//!    batch must continue the previous one: a session's headers are one
+//!    chain.
 //! 4. If the header batch was full, continue after its last header;
 //!    otherwise the session ends and the peer's status is asked again.
 //!
@@ -29,8 +33,10 @@ use xirtam_proofs::{ChainState, Hash, U256};
 /// Block bodies asked per request.
 pub(super) const BODY_BATCH: usize = 64;
 
-/// Most checked headers held before their chain outweighs ours.
-pub(super) const MAX_UNFETCHED: usize = 200_000;
+/// Most checked headers held before their chain outweighs ours and the
+/// network's minimum chain work (32 bytes each: at most 32 MB, for the one
+/// session at a time).
+pub(super) const MAX_UNFETCHED: usize = 1_000_000;
 
 /// One sync session.
 #[derive(Debug)]
@@ -61,6 +67,10 @@ pub(super) struct Session {
     /// Checked headers whose bodies we lack, held until the header chain
     /// carries more work than our tip.
     pub unfetched: Vec<Hash>,
+    /// Did a checked batch hold the network's assumed-valid block? (The
+    /// session's headers are one chain, so every block fetched at or below
+    /// its height is its ancestor.)
+    pub through_checkpoint: bool,
 }
 
 impl Session {
@@ -80,6 +90,7 @@ impl Session {
             target_work,
             checked: None,
             unfetched: Vec::new(),
+            through_checkpoint: false,
         }
     }
 

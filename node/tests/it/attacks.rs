@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use xirtam_node::chain::{BlockStatus, Chain, ChainError, MAX_ORPHAN_BYTES, MAX_ORPHANS};
+use xirtam_node::chain::{BlockStatus, Chain, ChainError, MAX_ORPHAN_BYTES, MAX_ORPHANS, Origin};
 use xirtam_node::store::{Batch, Column, KvStore, MemoryStore};
 use xirtam_proofs::block::{Block, ops_root};
 use xirtam_proofs::header::{ChainState, header_template, mine};
@@ -113,12 +113,24 @@ fn equal_work_and_wanted_branches_are_admitted() {
         c.submit_block(f2.clone(), FAR).expect("held").status,
         BlockStatus::Held
     );
-    // Blocks a sync marked wanted are validated at once.
-    c.want([f3.header.hash()]);
+    // A block that sync fetched (for a header chain it checked to
+    // outweigh the tip) is validated at once.
     assert_eq!(
-        c.submit_block(f3, FAR).expect("wanted").status,
+        c.submit(
+            f2,
+            Origin::Synced {
+                assumed_valid: false
+            },
+            FAR
+        )
+        .expect("synced")
+        .status,
         BlockStatus::SideBranch,
-        "f3 completes the held f2 (equal work) and connects both"
+    );
+    assert_eq!(
+        c.submit_block(f3, FAR).expect("equal work").status,
+        BlockStatus::SideBranch,
+        "f3 brings the branch to the tip's work"
     );
     for b in [f4, f5] {
         assert_eq!(

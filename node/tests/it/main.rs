@@ -7,4 +7,5 @@ mod claims;
 mod common;
 mod crash;
 mod directory;
+mod min_work;
 mod reorg;

@@ -538,6 +538,11 @@ fn print_params(p: &Params) {
         "claims             reveal {}..={} blocks after the commitment",
         p.claim_maturity, p.claim_expiry
     );
+    println!("min chain work     {:#x}", p.min_chain_work);
+    match p.assume_valid {
+        Some(c) => println!("assumed valid      block {} at height {}", c.hash, c.height),
+        None => println!("assumed valid      none"),
+    }
     println!(
         "limits             name {} B, value {} B, {} owners, {} ops/block, {} B/block",
         p.max_name_len, p.max_value_len, p.max_owners, p.max_ops_per_block, p.max_block_bytes
