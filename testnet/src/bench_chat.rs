@@ -52,9 +52,7 @@ pub struct ChatBenchResult {
 }
 
 fn rss_of(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    crate::memory_kib(pid, "VmRSS")
 }
 
 fn client(url: &str, timeout: Duration) -> Result<HttpClient> {

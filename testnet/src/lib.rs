@@ -116,6 +116,9 @@ pub struct Config {
     pub log: String,
     /// How long to wait for each start-up condition.
     pub timeout: Duration,
+    /// Extra `xirtam-node run` arguments for every node (e.g.
+    /// `["--max-peers", "9"]`).
+    pub node_args: Vec<String>,
 }
 
 impl Default for Config {
@@ -130,6 +133,7 @@ impl Default for Config {
             node_bin: None,
             log: "info".into(),
             timeout: Duration::from_secs(60),
+            node_args: Vec::new(),
         }
     }
 }
@@ -203,6 +207,17 @@ pub struct Testnet {
     nodes: Vec<NodeProc>,
     servers: Vec<chat::ServerProc>,
     miner: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A memory figure of process `pid` from `/proc/<pid>/status`, in KiB:
+/// `field` is `VmRSS` (resident now) or `VmHWM` (peak resident). `None` off
+/// Linux or when the process is gone.
+pub fn memory_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Find `xirtam-node`: `XIRTAM_NODE_BIN`, else next to the running
@@ -442,6 +457,7 @@ impl Testnet {
             args.push("--bootstrap".into());
             args.push(b.clone());
         }
+        args.extend(self.config.node_args.iter().cloned());
         let node = self.launch(index, datadir, args).await?;
         self.nodes.push(node);
         Ok(index)

@@ -325,6 +325,20 @@ pub struct NetStats {
     /// Sync requests refused because the peer exceeded its rate.
     #[serde(default)]
     pub requests_limited: u64,
+    /// Inbound peers disconnected to make room (or turned away) when the
+    /// inbound slots were full.
+    #[serde(default)]
+    pub evicted: u64,
+    /// Gossiped blocks whose parent we lacked, held until it arrives.
+    #[serde(default)]
+    pub orphans_held: u64,
+    /// Gossiped orphan blocks dropped unheld: the sender was over its
+    /// allowance (16 a minute).
+    #[serde(default)]
+    pub orphans_dropped: u64,
+    /// Held orphans that never connected (their senders are penalised).
+    #[serde(default)]
+    pub orphans_never_connected: u64,
 }
 
 /// One connected peer.

@@ -508,6 +508,11 @@ impl<S: KvStore> Chain<S> {
         }
     }
 
+    /// Is `hash` a stored block, or one held in memory?
+    pub fn knows(&self, hash: &Hash) -> bool {
+        self.index.contains_key(hash) || self.held.get(hash).is_some()
+    }
+
     /// Number of blocks held in memory (orphans and light branches).
     pub fn orphan_count(&self) -> usize {
         self.held.len()

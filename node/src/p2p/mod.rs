@@ -47,6 +47,9 @@ pub mod penalty {
     pub const FRUITLESS_SYNC: i32 = 25;
     /// A sync request above the per-peer rate.
     pub const FLOOD: i32 = 5;
+    /// A gossiped orphan block that did not connect within a minute (its
+    /// parent never arrived: junk, or a chain the sender does not have).
+    pub const ORPHAN_NEVER_CONNECTED: i32 = 10;
 }
 
 /// Network settings.

@@ -1,6 +1,6 @@
 //! The swarm task: one event loop owning the libp2p [`Swarm`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,12 @@ const VALIDATION_SLOTS: usize = 4;
 const GOSSIP_QUEUE: usize = 512;
 /// ... of which one peer may occupy at most this many.
 const GOSSIP_QUEUE_PER_PEER: usize = 64;
+/// Bytes of gossip messages waiting or in validation at once (a block may
+/// be 2 MiB: counting messages alone would let 512 of them hold 1 GiB) ...
+const GOSSIP_QUEUE_BYTES: usize = 24 * 1024 * 1024;
+/// ... of which one peer may occupy at most this many (two maximal
+/// blocks and change).
+const GOSSIP_QUEUE_BYTES_PER_PEER: usize = 6 * 1024 * 1024;
 /// Headers and blocks requests a peer may make per second, sustained
 /// (an honest session makes one at a time, ~100/s at full speed on
 /// loopback) ...
@@ -51,8 +57,26 @@ const REQUEST_BURST: f64 = 400.0;
 const REQUESTS_IN_FLIGHT: usize = 4;
 /// Connection slots kept for peers we dial ourselves.
 const OUTBOUND_RESERVED: u32 = 8;
+/// Orphan blocks (parent unknown) one peer may have held per
+/// [`ORPHAN_WINDOW`]; further ones it gossips are dropped unheld, so no
+/// peer can fill the shared pool of held blocks alone.
+const ORPHANS_PER_PEER: usize = 16;
+/// The window over which a peer's orphans are counted.
+const ORPHAN_WINDOW: Duration = Duration::from_secs(60);
+/// Held orphans awaiting judgement at once (16 per peer keeps it far
+/// lower in practice).
+const MAX_ORPHANS_JUDGED: usize = 4096;
+/// Score a peer regains per tick (a misdemeanour fades in minutes; only a
+/// steady stream of them leads to a ban).
+const SCORE_DECAY_PER_TICK: i32 = 1;
 /// Commands waiting for the task.
 const COMMAND_QUEUE: usize = 64;
+
+/// Connection slots for peers that dial us: all but the reserved
+/// outbound ones (at least one).
+fn inbound_slots(max_peers: u32) -> u32 {
+    max_peers.saturating_sub(OUTBOUND_RESERVED).max(1)
+}
 
 /// The libp2p behaviour of a Xirtam node (public so tests can build a peer
 /// with the same stack).
@@ -133,11 +157,12 @@ pub fn build_swarm(
             // Inbound connections may fill all but the reserved outbound
             // slots, so strangers connecting to us can never crowd out
             // the peers we chose (an eclipse needs our dials too).
+            // One inbound connection more than the inbound slots is let
+            // through, so that a newcomer can replace a misbehaving peer
+            // (`make_inbound_room`).
             let limits = connection_limits::ConnectionLimits::default()
-                .with_max_established(Some(max_peers))
-                .with_max_established_incoming(Some(
-                    max_peers.saturating_sub(OUTBOUND_RESERVED).max(1),
-                ))
+                .with_max_established(Some(max_peers + 1))
+                .with_max_established_incoming(Some(inbound_slots(max_peers) + 1))
                 .with_max_established_per_peer(Some(2))
                 .with_max_pending_incoming(Some(32))
                 .with_max_pending_outgoing(Some(32));
@@ -253,6 +278,9 @@ pub async fn start<S: KvStore>(
         request_buckets: HashMap::new(),
         requests_in_flight: HashMap::new(),
         status_pending: HashSet::new(),
+        orphans: HashMap::new(),
+        orphans_to_judge: VecDeque::new(),
+        inbound: HashMap::new(),
     };
     service.dial_bootstrap();
     let task = tokio::spawn(service.run(cmd_rx, announce_rx, done_rx));
@@ -279,9 +307,10 @@ enum Done {
     Gossip {
         id: gossipsub::MessageId,
         source: PeerId,
+        size: usize,
         is_block: bool,
         verdict: Verdict,
-        orphan: bool,
+        orphan: Orphan,
     },
     Respond {
         peer: PeerId,
@@ -300,6 +329,26 @@ enum Done {
         peer: PeerId,
         result: Result<u64, (i32, String)>,
     },
+    /// Senders of orphans that never connected.
+    NeverConnected(Vec<PeerId>),
+}
+
+/// Gossip messages of one sender waiting or in validation.
+#[derive(Debug, Clone, Copy, Default)]
+struct Queued {
+    messages: usize,
+    bytes: usize,
+}
+
+/// Whether a gossiped block was an orphan (its parent unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Orphan {
+    /// Its parent is known (or it did not decode).
+    No,
+    /// Held until its parent arrives.
+    Held(Hash),
+    /// Dropped unheld: its sender was over its orphan allowance.
+    Dropped,
 }
 
 /// A checked batch of sync headers.
@@ -354,13 +403,20 @@ struct Service<S: KvStore> {
     /// Height the current sync session aims at (for progress bars).
     progress_tx: tokio::sync::watch::Sender<Option<u64>>,
     /// Gossip messages queued or in validation, per sender.
-    gossip_queued: HashMap<PeerId, usize>,
+    gossip_queued: HashMap<PeerId, Queued>,
     /// Token buckets for inbound sync requests: (tokens, last refill).
     request_buckets: HashMap<PeerId, (f64, Instant)>,
     /// Inbound headers and blocks requests being answered, per peer.
     requests_in_flight: HashMap<PeerId, usize>,
     /// Peers with a status request outstanding (one at a time each).
     status_pending: HashSet<PeerId>,
+    /// When each peer's recent orphans arrived (within ORPHAN_WINDOW).
+    orphans: HashMap<PeerId, VecDeque<Instant>>,
+    /// Orphans held, oldest first, with their sender: judged once
+    /// ORPHAN_WINDOW old.
+    orphans_to_judge: VecDeque<(Instant, Hash, PeerId)>,
+    /// Connected peers that dialed us, and since when.
+    inbound: HashMap<PeerId, Instant>,
 }
 
 fn is_stateless_failure(e: &OpError) -> bool {
@@ -481,6 +537,11 @@ impl<S: KvStore> Service<S> {
     // ---- scoring ----
 
     fn penalise(&mut self, peer: PeerId, points: i32, reason: &str) {
+        if self.banned.contains_key(&peer) {
+            // Work it started before the ban may still report: one ban is
+            // enough.
+            return;
+        }
         let score = self.scores.entry(peer).or_insert(0);
         *score -= points;
         let score = *score;
@@ -518,6 +579,15 @@ impl<S: KvStore> Service<S> {
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
             tracing::info!(target: "p2p", peer = %p, "ban expired");
         }
+        self.judge_orphans();
+        // Misdemeanours fade: scores of peers not banned drift back to 0.
+        self.scores.retain(|p, score| {
+            if self.banned.contains_key(p) {
+                return true;
+            }
+            *score = (*score + SCORE_DECAY_PER_TICK).min(0);
+            *score < 0
+        });
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for p in peers {
             self.request(p, SyncRequest::Status, Pending::Status);
@@ -525,6 +595,39 @@ impl<S: KvStore> Service<S> {
         if self.peers.is_empty() && !self.bootstrap.is_empty() {
             self.dial_bootstrap();
         }
+    }
+
+    /// Inbound slots are all taken (the connection limit lets one more in
+    /// than [`inbound_slots`]): make room for `newcomer` by evicting the
+    /// inbound peer with the lowest score when that score is below zero
+    /// (newer first among equals; never the peer we sync from), or else
+    /// turn the newcomer away. Returns whether the newcomer stays.
+    fn make_inbound_room(&mut self, newcomer: PeerId) -> bool {
+        if self.inbound.len() as u32 <= inbound_slots(self.max_peers) {
+            return true;
+        }
+        let syncing = self.session.as_ref().map(|s| s.peer);
+        let worst = self
+            .inbound
+            .iter()
+            .filter(|(p, _)| **p != newcomer && Some(**p) != syncing)
+            .map(|(p, since)| {
+                (
+                    self.scores.get(p).copied().unwrap_or(0),
+                    std::cmp::Reverse(*since),
+                    *p,
+                )
+            })
+            .min();
+        let evict = match worst {
+            Some((score, _, p)) if score < 0 => p,
+            _ => newcomer,
+        };
+        tracing::info!(target: "p2p", peer = %evict, "inbound slots full; disconnecting");
+        self.stats.evicted += 1;
+        self.inbound.remove(&evict);
+        let _ = self.swarm.disconnect_peer_id(evict);
+        evict != newcomer
     }
 
     fn request(&mut self, peer: PeerId, req: SyncRequest, what: Pending) {
@@ -546,6 +649,12 @@ impl<S: KvStore> Service<S> {
             } => {
                 let addr = endpoint.get_remote_address().clone();
                 tracing::info!(target: "p2p", peer = %peer_id, %addr, "connected");
+                if !self.peers.contains_key(&peer_id) && !endpoint.is_dialer() {
+                    self.inbound.insert(peer_id, Instant::now());
+                    if !self.make_inbound_room(peer_id) {
+                        return;
+                    }
+                }
                 self.peers
                     .entry(peer_id)
                     .or_insert(PeerState { addr, status: None });
@@ -558,6 +667,7 @@ impl<S: KvStore> Service<S> {
             } => {
                 tracing::info!(target: "p2p", peer = %peer_id, "disconnected");
                 self.peers.remove(&peer_id);
+                self.inbound.remove(&peer_id);
                 self.fruitless.retain(|(p, _)| *p != peer_id);
                 // Gossip and request counters stay until the work they
                 // count finishes (they drop to zero and are removed then),
@@ -643,14 +753,25 @@ impl<S: KvStore> Service<S> {
         };
         // Bounded work: a full queue, or a sender over its share, means the
         // message is dropped unvalidated (and so not forwarded).
-        let total: usize = self.gossip_queued.values().sum();
-        let mine = self.gossip_queued.get(&source).copied().unwrap_or(0);
-        if total >= GOSSIP_QUEUE || mine >= GOSSIP_QUEUE_PER_PEER {
+        let (total, total_bytes) = self
+            .gossip_queued
+            .values()
+            .fold((0, 0), |(n, b), q| (n + q.messages, b + q.bytes));
+        let mine = self.gossip_queued.get(&source).copied().unwrap_or_default();
+        let size = message.data.len();
+        if total >= GOSSIP_QUEUE
+            || mine.messages >= GOSSIP_QUEUE_PER_PEER
+            || total_bytes + size > GOSSIP_QUEUE_BYTES
+            || mine.bytes + size > GOSSIP_QUEUE_BYTES_PER_PEER
+        {
             self.stats.gossip_dropped += 1;
             self.report(&id, &source, gossipsub::MessageAcceptance::Ignore);
             return;
         }
-        *self.gossip_queued.entry(source).or_default() += 1;
+        let q = self.gossip_queued.entry(source).or_default();
+        q.messages += 1;
+        q.bytes += size;
+        let may_hold_orphan = self.orphan_allowance(source);
         let node = self.node.clone();
         let done = self.done_tx.clone();
         let slots = self.slots.clone();
@@ -662,19 +783,20 @@ impl<S: KvStore> Service<S> {
             };
             let work = tokio::task::spawn_blocking(move || {
                 if is_block {
-                    judge_block(&node, &data)
+                    judge_block(&node, &data, may_hold_orphan)
                 } else {
-                    (judge_op(&node, &data), false)
+                    (judge_op(&node, &data), Orphan::No)
                 }
             })
             .await;
             let (verdict, orphan) = work.unwrap_or_else(|e| {
                 tracing::error!(target: "p2p", error = %e, "validation task failed");
-                (Verdict::Ignore, false)
+                (Verdict::Ignore, Orphan::No)
             });
             let _ = done.send(Done::Gossip {
                 id,
                 source,
+                size,
                 is_block,
                 verdict,
                 orphan,
@@ -686,13 +808,15 @@ impl<S: KvStore> Service<S> {
         &mut self,
         id: gossipsub::MessageId,
         source: PeerId,
+        size: usize,
         is_block: bool,
         verdict: Verdict,
-        orphan: bool,
+        orphan: Orphan,
     ) {
-        if let Some(n) = self.gossip_queued.get_mut(&source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(q) = self.gossip_queued.get_mut(&source) {
+            q.messages = q.messages.saturating_sub(1);
+            q.bytes = q.bytes.saturating_sub(size);
+            if q.messages == 0 {
                 self.gossip_queued.remove(&source);
             }
         }
@@ -717,10 +841,73 @@ impl<S: KvStore> Service<S> {
                 self.penalise(source, points, &reason);
             }
         }
-        if orphan && self.peers.contains_key(&source) {
+        match orphan {
+            Orphan::No => {}
+            Orphan::Held(hash) => {
+                self.stats.orphans_held += 1;
+                self.orphans
+                    .entry(source)
+                    .or_default()
+                    .push_back(Instant::now());
+                // Judged a minute from now: an honest orphan's parent
+                // arrives by then (sync catches up); junk never connects.
+                if self.orphans_to_judge.len() < MAX_ORPHANS_JUDGED {
+                    self.orphans_to_judge
+                        .push_back((Instant::now(), hash, source));
+                }
+            }
+            // Over its allowance: not held, and not blamed (a peer far
+            // ahead of us gossips many orphans honestly).
+            Orphan::Dropped => self.stats.orphans_dropped += 1,
+        }
+        if orphan != Orphan::No && self.peers.contains_key(&source) {
             // We lack its parent: the peer knows a chain we do not.
             self.request(source, SyncRequest::Status, Pending::Status);
         }
+    }
+
+    /// Orphans held ORPHAN_WINDOW ago that are still not stored never
+    /// connected: their senders are blamed (on the blocking pool, since it
+    /// reads the chain).
+    fn judge_orphans(&mut self) {
+        let mut due = Vec::new();
+        while let Some((at, hash, peer)) = self.orphans_to_judge.front().copied()
+            && at.elapsed() > ORPHAN_WINDOW
+        {
+            self.orphans_to_judge.pop_front();
+            due.push((hash, peer));
+        }
+        if due.is_empty() {
+            return;
+        }
+        let node = self.node.clone();
+        let done = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let core = node.lock();
+            let blamed = due
+                .into_iter()
+                .filter(|(h, _)| core.chain.meta(h).is_none())
+                .map(|(_, p)| p)
+                .collect();
+            drop(core);
+            let _ = done.send(Done::NeverConnected(blamed));
+        });
+    }
+
+    /// May `peer` have another orphan held? (Fewer than ORPHANS_PER_PEER
+    /// in the last ORPHAN_WINDOW.)
+    fn orphan_allowance(&mut self, peer: PeerId) -> bool {
+        let Some(times) = self.orphans.get_mut(&peer) else {
+            return true;
+        };
+        while times.front().is_some_and(|t| t.elapsed() > ORPHAN_WINDOW) {
+            times.pop_front();
+        }
+        if times.is_empty() {
+            self.orphans.remove(&peer);
+            return true;
+        }
+        times.len() < ORPHANS_PER_PEER
     }
 
     // ---- sync protocol: serving ----
@@ -1099,10 +1286,11 @@ impl<S: KvStore> Service<S> {
             Done::Gossip {
                 id,
                 source,
+                size,
                 is_block,
                 verdict,
                 orphan,
-            } => self.on_gossip_done(id, source, is_block, verdict, orphan),
+            } => self.on_gossip_done(id, source, size, is_block, verdict, orphan),
             Done::Respond {
                 peer,
                 channel,
@@ -1150,6 +1338,16 @@ impl<S: KvStore> Service<S> {
                     Err((points, reason)) => self.sync_failed(peer, points, &reason),
                 }
             }
+            Done::NeverConnected(peers) => {
+                for p in peers {
+                    self.stats.orphans_never_connected += 1;
+                    self.penalise(
+                        p,
+                        penalty::ORPHAN_NEVER_CONNECTED,
+                        "gossiped an orphan that never connected",
+                    );
+                }
+            }
             Done::Connected { peer, result } => {
                 if !self.syncing_from(peer) {
                     return;
@@ -1171,31 +1369,42 @@ impl<S: KvStore> Service<S> {
 
 // ---- blocking work (chain lock held) ----
 
-fn judge_block<S: KvStore>(node: &Node<S>, data: &[u8]) -> (Verdict, bool) {
+/// Judge a gossiped block. `may_hold_orphan`: is its sender within its
+/// orphan allowance? (If not, a block whose parent we lack is dropped
+/// without being held.)
+fn judge_block<S: KvStore>(
+    node: &Node<S>,
+    data: &[u8],
+    may_hold_orphan: bool,
+) -> (Verdict, Orphan) {
     let block: Block = match decode(data) {
         Ok(b) => b,
         Err(e) => {
             return (
                 Verdict::Reject(penalty::GARBAGE, format!("undecodable block: {e}")),
-                false,
+                Orphan::No,
             );
         }
     };
+    if !may_hold_orphan && !node.lock().chain.knows(&block.header.prev) {
+        return (Verdict::Ignore, Orphan::Dropped);
+    }
+    let hash = block.header.hash();
     match node.submit_block(block) {
         Ok(s) => match s.status {
-            BlockStatus::Tip | BlockStatus::SideBranch => (Verdict::Accept, false),
-            BlockStatus::AlreadyKnown => (Verdict::Ignore, false),
-            BlockStatus::Orphan => (Verdict::Ignore, true),
+            BlockStatus::Tip | BlockStatus::SideBranch => (Verdict::Accept, Orphan::No),
+            BlockStatus::AlreadyKnown => (Verdict::Ignore, Orphan::No),
+            BlockStatus::Orphan => (Verdict::Ignore, Orphan::Held(hash)),
             // A lighter branch: held, not relayed.
-            BlockStatus::Held => (Verdict::Ignore, false),
+            BlockStatus::Held => (Verdict::Ignore, Orphan::No),
         },
         Err(e) if e.is_peer_fault() => (
             Verdict::Reject(penalty::INVALID_BLOCK, format!("invalid block: {e}")),
-            false,
+            Orphan::No,
         ),
         Err(e) => {
             tracing::debug!(target: "p2p", error = %e, "gossiped block not accepted now");
-            (Verdict::Ignore, false)
+            (Verdict::Ignore, Orphan::No)
         }
     }
 }
