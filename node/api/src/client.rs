@@ -138,6 +138,12 @@ pub struct WriteRequest {
     pub owners: Vec<xirtam_proofs::PublicKey>,
     /// Must the name be unclaimed (claim) or claimed (update)?
     pub claim: bool,
+    /// A claim's salt. Given, the claim resumes one started earlier with
+    /// this salt: its commitment is submitted only if it is not mined yet.
+    /// `None`: a fresh random salt. (A caller that may be interrupted
+    /// between the two phases stores the salt before calling, so that the
+    /// commitment it paid for is not lost.)
+    pub salt: Option<[u8; 32]>,
 }
 
 /// The hash of the main-chain block to anchor a new op at.
@@ -250,7 +256,10 @@ pub async fn write_with(
         Some(r) => (r.nonce + 1, None),
         None => (
             1,
-            Some(commit_and_wait(client, params, key, &req.name, timeout, progress).await?),
+            Some(
+                commit_and_wait(client, params, key, &req.name, req.salt, timeout, progress)
+                    .await?,
+            ),
         ),
     };
     let mut w = Draft {
@@ -269,23 +278,43 @@ pub async fn write_with(
     Ok(w)
 }
 
-/// The first phase of a claim: submit a commitment to (name, key, a random
-/// salt), wait until it is mined and mature; returns the reveal.
+/// The first phase of a claim: submit a commitment to (name, key, salt)
+/// unless it is mined already (a resumed claim), wait until it is mined and
+/// mature; returns the reveal.
 async fn commit_and_wait(
     client: &HttpClient,
     params: &Params,
     key: &SecretKey,
     name: &Name,
+    salt: Option<[u8; 32]>,
     timeout: Duration,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Claim> {
-    let mut salt = [0u8; 32];
-    getrandom::fill(&mut salt).map_err(|e| ClientError::Random(e.to_string()))?;
+    let resumed = salt.is_some();
+    let salt = match salt {
+        Some(s) => s,
+        None => {
+            let mut s = [0u8; 32];
+            getrandom::fill(&mut s).map_err(|e| ClientError::Random(e.to_string()))?;
+            s
+        }
+    };
     let commitment = claim_commitment(params, name, &key.public(), &salt);
-    let mut c = Commit::new(commitment, anchor(client, params).await?);
-    solve(|start, tries| c.solve_stamp(params, start, tries));
-    submit(client, &Op::Commit(c)).await?;
-    tracing::info!(target: "client", %name, %commitment, "commitment submitted");
+    let (mined_at, _) = commitment_height(client, &commitment).await?;
+    if mined_at.is_none() {
+        let mut c = Commit::new(commitment, anchor(client, params).await?);
+        solve(|start, tries| c.solve_stamp(params, start, tries));
+        match submit(client, &Op::Commit(c)).await {
+            Ok(()) => {}
+            // Resumed: the same commitment is still pending.
+            Err(ClientError::Rpc {
+                source: RpcError::Call(e),
+                ..
+            }) if resumed && e.code() == crate::code::MEMPOOL_REJECTED => {}
+            Err(e) => return Err(e),
+        }
+        tracing::info!(target: "client", %name, %commitment, "commitment submitted");
+    }
     progress(Progress::Committed {
         name: name.clone(),
         commitment,
@@ -295,6 +324,12 @@ async fn commit_and_wait(
     loop {
         let (mined_at, tip) = commitment_height(client, &commitment).await?;
         if let Some(h) = mined_at {
+            if tip + 1 > h + params.claim_expiry {
+                return Err(ClientError::Refused(format!(
+                    "the commitment for {name} (mined at height {h}) expired at height {}; start the claim again",
+                    h + params.claim_expiry
+                )));
+            }
             // The reveal goes into block tip + 1 at the earliest.
             if tip + 1 >= h + params.claim_maturity {
                 return Ok(Claim {

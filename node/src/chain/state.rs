@@ -86,7 +86,10 @@ impl NodeCache {
 
     fn put(g: &mut Generations, cap: usize, hash: Hash, node: Node) {
         if g.0.len() >= cap {
-            g.1 = std::mem::take(&mut g.0);
+            // The young generation is allocated at full size once, rather
+            // than rehashed through every doubling as it fills.
+            let young = Map::with_capacity_and_hasher(cap, Default::default());
+            g.1 = std::mem::replace(&mut g.0, young);
         }
         g.0.insert(hash, node);
     }

@@ -34,11 +34,22 @@ impl RocksStore {
         let cfs = Column::ALL.iter().map(|c| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            if matches!(c, Column::StateNodes | Column::Records) {
-                // Point lookups by hash: a bloom filter saves disk reads.
-                let mut bo = rocksdb::BlockBasedOptions::default();
-                bo.set_bloom_filter(10.0, false);
-                o.set_block_based_table_factory(&bo);
+            match c {
+                Column::StateNodes => {
+                    // Tree nodes are hashes: incompressible, and read at
+                    // random by hash. No compression (every block read
+                    // would be decompressed for nothing), a bloom filter
+                    // and a block cache of their own.
+                    o.set_compression_type(rocksdb::DBCompressionType::None);
+                    o.optimize_for_point_lookup(64);
+                }
+                Column::Records => {
+                    // Point lookups by hash: a bloom filter saves disk reads.
+                    let mut bo = rocksdb::BlockBasedOptions::default();
+                    bo.set_bloom_filter(10.0, false);
+                    o.set_block_based_table_factory(&bo);
+                }
+                _ => {}
             }
             ColumnFamilyDescriptor::new(c.name(), o)
         });

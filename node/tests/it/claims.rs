@@ -193,3 +193,46 @@ async fn nonce_jumps_and_expired_writes_are_refused() {
         .await
         .expect("a fresh anchor is accepted");
 }
+
+/// A claim interrupted between its two phases resumes with the same salt
+/// (what `xirtam-node name claim` stores before submitting): the pending
+/// commitment is not submitted twice, and once mined it is the one the
+/// reveal uses, so the earlier commitment height (which decides who wins)
+/// is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_claim_resumes_with_its_commitment() {
+    use xirtam_node_api::client::{ClientError, WriteRequest};
+    let t = TestNode::start().await;
+    let rpc = t.client();
+    t.mine(2).await;
+    let req = WriteRequest {
+        name: name("@alice"),
+        value: b"resumed".to_vec(),
+        owners: vec![],
+        claim: true,
+        salt: Some([9; 32]),
+    };
+    let alice = key(1);
+    // Nothing is mined: two runs submit the commitment (once) and give up.
+    for _ in 0..2 {
+        let e = client::write(&rpc, &alice, &req, Duration::from_millis(300))
+            .await
+            .expect_err("nothing mined");
+        assert!(matches!(e, ClientError::Timeout(_)), "{e}");
+    }
+    let commit_height = t.mine(1).await[0].header.height;
+    let w = crate::common::while_mining(
+        &t.node,
+        client::write(&rpc, &alice, &req, Duration::from_secs(30)),
+    )
+    .await
+    .expect("resumed");
+    assert_eq!(w.claim.map(|c| c.commit_height), Some(commit_height));
+    let c = crate::common::while_mining(
+        &t.node,
+        client::wait_confirmed(&rpc, &w, 1, Duration::from_secs(30)),
+    )
+    .await
+    .expect("confirmed");
+    assert_eq!(c.value.map(|r| r.claimed_at), Some(commit_height));
+}

@@ -25,6 +25,7 @@ async fn claim_update_reject_and_prove() {
         value: b"v1".to_vec(),
         owners: vec![],
         claim: true,
+        salt: None,
     };
     // A claim takes two ops and blocks in between: mine meanwhile.
     let wait = Duration::from_secs(30);

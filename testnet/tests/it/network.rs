@@ -231,3 +231,56 @@ async fn late_joiner_syncs_10k_blocks() {
         tip.height as f64 / secs
     );
 }
+
+/// `xirtam-node name claim` interrupted between its phases (here: it gives
+/// up before the commitment is mined) keeps the claim's salt in
+/// `<key>.claims`; run again, it resumes with the commitment it already
+/// submitted, and forgets the salt once the claim is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_cli_claim_resumes() {
+    let mut net = Testnet::start(Config {
+        nodes: 1,
+        ..Config::default()
+    })
+    .await
+    .expect("testnet starts");
+    net.mine(0, 2).await.expect("mine");
+    let keyfile = net.root().join("carol.key");
+    std::fs::write(&keyfile, hex::encode([3u8; 32])).expect("write key");
+    let url = net.node(0).rpc_url.clone();
+    let claim = |timeout: &str| {
+        let mut cmd =
+            tokio::process::Command::new(xirtam_testnet::find_node_bin().expect("node binary"));
+        cmd.args([
+            "name",
+            "claim",
+            "@carol",
+            "--value",
+            "hi",
+            "--timeout",
+            timeout,
+        ])
+        .arg("--key")
+        .arg(&keyfile)
+        .args(["--rpc", &url]);
+        cmd
+    };
+    // Nothing is mined: the claim submits its commitment and gives up.
+    let out = claim("1").output().await.expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("can resume"), "{err}");
+    let pending = keyfile.with_extension("key.claims");
+    let saved = std::fs::read_to_string(&pending).expect("salt kept");
+    assert!(saved.starts_with("regtest @carol "), "{saved}");
+    let commit_height = net.mine(0, 1).await.expect("mine the commitment");
+    // Run again while blocks come: it resumes and finishes.
+    net.auto_mine(0, Duration::from_millis(200));
+    let out = claim("60").output().await.expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resuming the claim of @carol"), "{err}");
+    assert!(!pending.exists(), "salt forgotten once confirmed");
+    let r = record(&net, 0, "@carol").await.expect("claimed");
+    assert_eq!(r.claimed_at, commit_height, "the first run's commitment");
+}

@@ -120,9 +120,11 @@ struct WriteArgs {
     /// Blocks to wait for (1 = included in the tip; 0 = don't wait).
     #[arg(long, default_value_t = 1)]
     confirmations: u64,
-    /// Give up waiting after this many seconds.
-    #[arg(long, default_value_t = 300)]
-    timeout: u64,
+    /// Give up waiting after this many seconds (default: enough for the
+    /// network's block interval, at least 300). An interrupted claim
+    /// resumes where it stopped when run again with the same key.
+    #[arg(long)]
+    timeout: Option<u64>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -440,14 +442,30 @@ async fn write_cmd(a: WriteArgs, claim: bool) -> Result<()> {
         .map(|h| PublicKey::from_hex(h).with_context(|| format!("bad owner key {h}")))
         .collect::<Result<Vec<_>>>()?;
     let rpc = client::connect(&a.conn.rpc)?;
+    let params = client::network(&rpc).await?;
+    // Ten times the expected time of the blocks to wait for (a claim waits
+    // for its commitment to mature, then for the confirmations).
+    let blocks = params.claim_maturity + a.confirmations + 2;
+    let timeout = Duration::from_secs(
+        a.timeout
+            .unwrap_or_else(|| (blocks * params.block_interval * 10).max(300)),
+    );
+    // A claim's salt is stored before its commitment is submitted, so an
+    // interrupted claim resumes with the commitment it already paid for.
+    let pending = PendingClaims::new(&a.key, params);
+    let salt = if claim {
+        Some(pending.salt_for(&name)?)
+    } else {
+        None
+    };
     let req = client::WriteRequest {
         name: name.clone(),
         value,
         owners,
         claim,
+        salt,
     };
-    let timeout = Duration::from_secs(a.timeout);
-    let w = client::write_with(&rpc, &key, &req, timeout, &mut |p| {
+    let written = client::write_with(&rpc, &key, &req, timeout, &mut |p| {
         if let Progress::Committed {
             name,
             commitment,
@@ -459,7 +477,17 @@ async fn write_cmd(a: WriteArgs, claim: bool) -> Result<()> {
             );
         }
     })
-    .await?;
+    .await;
+    if claim {
+        match &written {
+            // Transient: keep the salt, so that running again resumes.
+            Err(client::ClientError::Timeout(_) | client::ClientError::Rpc { .. }) => {
+                eprintln!("the claim can resume: run the same command again");
+            }
+            _ => pending.forget(&name)?,
+        }
+    }
+    let w = written?;
     let hash = xirtam_node::proofs::Op::Write(w.clone()).hash();
     println!("submitted {} nonce {} (op {hash})", w.key, w.nonce);
     if a.confirmations > 0 {
@@ -484,7 +512,6 @@ async fn write_cmd(a: WriteArgs, claim: bool) -> Result<()> {
         let c = waited?;
         print_record(&name, &c);
         if let Some(r) = &c.value {
-            let params = client::network(&rpc).await?;
             let settled = r.settled_at(params);
             if settled > c.tip_height {
                 println!(
@@ -494,6 +521,98 @@ async fn write_cmd(a: WriteArgs, claim: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Salts of claims in progress, per key file: `<key file>.claims` holds one
+/// line per claim, `<network> <name> <salt hex>` (mode 0600, replaced
+/// atomically and synced before a commitment is submitted).
+struct PendingClaims {
+    path: PathBuf,
+    network: &'static str,
+}
+
+impl PendingClaims {
+    fn new(key: &Path, params: &'static Params) -> Self {
+        let mut path = key.as_os_str().to_owned();
+        path.push(".claims");
+        PendingClaims {
+            path: PathBuf::from(path),
+            network: params.name,
+        }
+    }
+
+    fn read(&self) -> Result<Vec<(String, String, [u8; 32])>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("read {}", self.path.display())),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let mut it = l.split_whitespace();
+                let (Some(net), Some(name), Some(salt), None) =
+                    (it.next(), it.next(), it.next(), it.next())
+                else {
+                    bail!("{}: malformed line {l:?}", self.path.display());
+                };
+                let mut s = [0u8; 32];
+                hex::decode_to_slice(salt, &mut s)
+                    .with_context(|| format!("{}: bad salt in {l:?}", self.path.display()))?;
+                Ok((net.to_owned(), name.to_owned(), s))
+            })
+            .collect()
+    }
+
+    fn write(&self, entries: &[(String, String, [u8; 32])]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.path.with_extension("claims.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        for (net, name, salt) in entries {
+            writeln!(f, "{net} {name} {}", hex::encode(salt))?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("write {}", self.path.display()))
+    }
+
+    /// The salt of a claim of `name` in progress, or a new one, stored.
+    fn salt_for(&self, name: &Name) -> Result<[u8; 32]> {
+        let mut all = self.read()?;
+        if let Some((_, _, s)) = all
+            .iter()
+            .find(|(n, m, _)| n == self.network && m == name.as_str())
+        {
+            eprintln!("resuming the claim of {name} started earlier");
+            return Ok(*s);
+        }
+        let mut salt = [0u8; 32];
+        getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+        all.push((self.network.to_owned(), name.as_str().to_owned(), salt));
+        self.write(&all)?;
+        Ok(salt)
+    }
+
+    /// Forget the claim of `name` (finished, lost or expired).
+    fn forget(&self, name: &Name) -> Result<()> {
+        let mut all = self.read()?;
+        let before = all.len();
+        all.retain(|(n, m, _)| !(n == self.network && m == name.as_str()));
+        if all.len() == before {
+            return Ok(());
+        }
+        if all.is_empty() {
+            return std::fs::remove_file(&self.path)
+                .with_context(|| format!("remove {}", self.path.display()));
+        }
+        self.write(&all)
+    }
 }
 
 fn print_record(name: &Name, c: &client::Checked) {
