@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use bincode::{Decode, Encode};
 use rs_merkle::{MerkleProof, MerkleTree};
 
-use crate::encoding::{decode_len, encode};
+use crate::encoding::{decode_len, encoded_len};
 use crate::hash::{Hash, hash_parts, hash_tagged, tag};
 use crate::header::Header;
 use crate::op::{Op, OpError};
@@ -234,7 +234,7 @@ impl Block {
                 max: params.max_ops_per_block,
             });
         }
-        let len = encode(self).len();
+        let len = encoded_len(self);
         if len > params.max_block_bytes {
             return Err(BlockError::TooLarge {
                 len,

@@ -65,6 +65,16 @@ pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
         .expect("encoding into a Vec has no I/O and the limit applies to decoding only")
 }
 
+/// The length of `value`'s canonical encoding, without allocating it.
+pub fn encoded_len<T: Encode>(value: &T) -> usize {
+    let mut enc =
+        bincode::enc::EncoderImpl::new(bincode::enc::write::SizeWriter::default(), CONFIG);
+    value
+        .encode(&mut enc)
+        .expect("counting bytes has no I/O and the limit applies to decoding only");
+    enc.into_writer().bytes_written
+}
+
 /// Encode into a fixed buffer; returns the number of bytes written. Used on
 /// hot paths (header hashing) to avoid an allocation.
 pub fn encode_into<T: Encode>(value: &T, buf: &mut [u8]) -> Result<usize, EncodeError> {
@@ -168,6 +178,14 @@ mod tests {
             decode::<u64>(&b),
             Err(DecodeError::TrailingBytes { extra: 1, .. })
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encoded_len_is_the_encoding_s_length(v: Vec<Vec<u8>>, x: u64, o: Option<u32>) {
+            let value = (v, x, o);
+            proptest::prop_assert_eq!(encoded_len(&value), encode(&value).len());
+        }
     }
 
     #[test]

@@ -281,10 +281,6 @@ impl ChainState {
                 median,
             });
         }
-        let max = now.saturating_add(params.max_future_drift);
-        if h.time > max {
-            return Err(HeaderError::TimeTooNew { time: h.time, max });
-        }
         let expected_bits = self.next_bits(params);
         if h.bits != expected_bits {
             return Err(HeaderError::Difficulty {
@@ -303,6 +299,14 @@ impl ChainState {
         let hash = h.hash();
         if !meets_target(&hash, &target.to_be_bytes()) {
             return Err(HeaderError::Pow(hash));
+        }
+        // Last: the only rule that may pass later. A header that breaks
+        // any other rule is invalid for good (and its sender at fault),
+        // whatever its timestamp; only one that cost real work can make a
+        // node wait.
+        let max = now.saturating_add(params.max_future_drift);
+        if h.time > max {
+            return Err(HeaderError::TimeTooNew { time: h.time, max });
         }
         Ok((hash, work_from_target(target)))
     }

@@ -122,7 +122,7 @@ impl MockChain {
 
     fn dir_get(&self, name: &Name, at: u64) -> Result<DirAnswer, SourceError> {
         let h = self.headers.get(at as usize).ok_or(SourceError::Rpc {
-            code: -32001,
+            code: xirtam_node_api::code::NOT_FOUND,
             message: "height above the tip".into(),
         })?;
         let (value, proof) = prove(&self.store, h.state_root, &name.key_hash()).expect("prove");

@@ -306,11 +306,12 @@ async fn commit_and_wait(
         solve(|start, tries| c.solve_stamp(params, start, tries));
         match submit(client, &Op::Commit(c)).await {
             Ok(()) => {}
-            // Resumed: the same commitment is still pending.
+            // Resumed: the same commitment is still pending (only this
+            // claimant can make an op for it).
             Err(ClientError::Rpc {
                 source: RpcError::Call(e),
                 ..
-            }) if resumed && e.code() == crate::code::MEMPOOL_REJECTED => {}
+            }) if resumed && already_pending(&e) => {}
             Err(e) => return Err(e),
         }
         tracing::info!(target: "client", %name, %commitment, "commitment submitted");
@@ -346,6 +347,19 @@ async fn commit_and_wait(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Does a `dir_submit` error say that an op for the same subject is
+/// pending (not that the pool is full)?
+fn already_pending(e: &jsonrpsee::types::ErrorObjectOwned) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Data {
+        reason: String,
+    }
+    e.code() == crate::code::MEMPOOL_REJECTED
+        && e.data()
+            .and_then(|d| serde_json::from_str::<Data>(d.get()).ok())
+            .is_some_and(|d| d.reason == "duplicate" || d.reason == "conflict")
 }
 
 /// Is `r` what `w` writes?

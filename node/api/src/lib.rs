@@ -27,7 +27,8 @@ pub const MAX_RESPONSE_BYTES: u32 = 16 * 1024 * 1024;
 /// Most blocks one `dev_mine` call mines.
 pub const MAX_DEV_MINE: u32 = 100_000;
 
-/// Stable error codes (see docs/rpc.md).
+/// Stable error codes (see docs/rpc.md). Application codes stay clear of
+/// the ones jsonrpsee itself uses (-32000 to -32011).
 pub mod code {
     /// The method does not exist (JSON-RPC).
     pub const METHOD_NOT_FOUND: i32 = -32601;
@@ -36,11 +37,12 @@ pub mod code {
     /// Internal failure (storage).
     pub const INTERNAL: i32 = -32603;
     /// Unknown block, height or hash.
-    pub const NOT_FOUND: i32 = -32001;
+    pub const NOT_FOUND: i32 = -32050;
     /// The op breaks a rule (`data.rule` names it).
-    pub const INVALID_OP: i32 = -32010;
-    /// The op is valid but the mempool refused it (duplicate, nonce, full).
-    pub const MEMPOOL_REJECTED: i32 = -32011;
+    pub const INVALID_OP: i32 = -32060;
+    /// The op is valid but the mempool refused it (`data.reason`:
+    /// `duplicate`, `conflict` or `full`).
+    pub const MEMPOOL_REJECTED: i32 = -32061;
     /// The block breaks a rule.
     pub const INVALID_BLOCK: i32 = -32020;
     /// Networking is off, or the network task stopped.

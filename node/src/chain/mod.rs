@@ -46,7 +46,7 @@ use crate::store::{Batch, Column, KvStore, SCHEMA_VERSION, StoreError};
 pub const MAX_ORPHANS: usize = 256;
 
 /// Most bytes of blocks kept while waiting for their parent.
-pub const MAX_ORPHAN_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_ORPHAN_BYTES: usize = 16 * 1024 * 1024;
 
 /// Most invalid blocks remembered (the oldest are forgotten first; a
 /// forgotten one is simply validated again if it comes back).
@@ -506,11 +506,6 @@ impl<S: KvStore> Chain<S> {
                 }
             }
         }
-    }
-
-    /// Is `hash` a stored block, or one held in memory?
-    pub fn knows(&self, hash: &Hash) -> bool {
-        self.index.contains_key(hash) || self.held.get(hash).is_some()
     }
 
     /// Number of blocks held in memory (orphans and light branches).

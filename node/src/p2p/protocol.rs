@@ -18,8 +18,9 @@ use xirtam_proofs::{Hash, decode, encode};
 /// Most locator hashes a peer may send.
 pub const MAX_LOCATOR: usize = 64;
 /// A sync request not answered within this is a failure (a strike when
-/// it was the sync peer): a peer that advertises work and then stalls
-/// costs at most this long before the next candidate is tried. A maximal
+/// it was the sync peer, which is then not synced from for a backoff): a
+/// peer that advertises work and then stalls costs about this long per
+/// strike before the next candidate is tried. A maximal
 /// blocks response (4 MiB) takes well under a second on any link that can
 /// sync at all.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -66,6 +66,8 @@ const ORPHAN_WINDOW: Duration = Duration::from_secs(60);
 /// Held orphans awaiting judgement at once (16 per peer keeps it far
 /// lower in practice).
 const MAX_ORPHANS_JUDGED: usize = 4096;
+/// A sync peer's pause after its first strike (doubling with each).
+const SYNC_BACKOFF: Duration = Duration::from_secs(30);
 /// Score a peer regains per tick (a misdemeanour fades in minutes; only a
 /// steady stream of them leads to a ban).
 const SCORE_DECAY_PER_TICK: i32 = 1;
@@ -281,6 +283,7 @@ pub async fn start<S: KvStore>(
         orphans: HashMap::new(),
         orphans_to_judge: VecDeque::new(),
         inbound: HashMap::new(),
+        sync_backoff: HashMap::new(),
     };
     service.dial_bootstrap();
     let task = tokio::spawn(service.run(cmd_rx, announce_rx, done_rx));
@@ -417,6 +420,8 @@ struct Service<S: KvStore> {
     orphans_to_judge: VecDeque<(Instant, Hash, PeerId)>,
     /// Connected peers that dialed us, and since when.
     inbound: HashMap<PeerId, Instant>,
+    /// Sync strikes per peer and until when it is not synced from.
+    sync_backoff: HashMap<PeerId, (u32, Instant)>,
 }
 
 fn is_stateless_failure(e: &OpError) -> bool {
@@ -580,6 +585,17 @@ impl<S: KvStore> Service<S> {
             tracing::info!(target: "p2p", peer = %p, "ban expired");
         }
         self.judge_orphans();
+        // Forget old per-peer records (they outlive disconnections, so that
+        // reconnecting does not reset them, but not forever).
+        for times in self.orphans.values_mut() {
+            while times.front().is_some_and(|t| t.elapsed() > ORPHAN_WINDOW) {
+                times.pop_front();
+            }
+        }
+        self.orphans.retain(|_, t| !t.is_empty());
+        let forget_after = SYNC_BACKOFF * 32;
+        self.sync_backoff
+            .retain(|_, (_, until)| until.elapsed() < forget_after);
         // Misdemeanours fade: scores of peers not banned drift back to 0.
         self.scores.retain(|p, score| {
             if self.banned.contains_key(p) {
@@ -771,7 +787,9 @@ impl<S: KvStore> Service<S> {
         let q = self.gossip_queued.entry(source).or_default();
         q.messages += 1;
         q.bytes += size;
-        let may_hold_orphan = self.orphan_allowance(source);
+        // Messages of this sender still queued count against its orphan
+        // allowance: they may all be orphans.
+        let may_hold_orphan = self.orphan_allowance(source, mine.messages);
         let node = self.node.clone();
         let done = self.done_tx.clone();
         let slots = self.slots.clone();
@@ -895,19 +913,19 @@ impl<S: KvStore> Service<S> {
     }
 
     /// May `peer` have another orphan held? (Fewer than ORPHANS_PER_PEER
-    /// in the last ORPHAN_WINDOW.)
-    fn orphan_allowance(&mut self, peer: PeerId) -> bool {
+    /// in the last ORPHAN_WINDOW, counting its `queued` messages.)
+    fn orphan_allowance(&mut self, peer: PeerId, queued: usize) -> bool {
         let Some(times) = self.orphans.get_mut(&peer) else {
-            return true;
+            return queued < ORPHANS_PER_PEER;
         };
         while times.front().is_some_and(|t| t.elapsed() > ORPHAN_WINDOW) {
             times.pop_front();
         }
         if times.is_empty() {
             self.orphans.remove(&peer);
-            return true;
+            return queued < ORPHANS_PER_PEER;
         }
-        times.len() < ORPHANS_PER_PEER
+        times.len() + queued < ORPHANS_PER_PEER
     }
 
     // ---- sync protocol: serving ----
@@ -1152,12 +1170,15 @@ impl<S: KvStore> Service<S> {
     /// means it was not the peer's fault (e.g. a timestamp ahead of our
     /// clock, a storage error): the session pauses until the next status.
     fn sync_failed(&mut self, peer: PeerId, points: i32, reason: &str) {
+        if points == 0 {
+            // Not provably its fault (a header ahead of our clock, say),
+            // but its chain is of no use now: a strike, so that sync moves
+            // on to the next candidate instead of asking it again.
+            self.strike(peer, reason);
+            return;
+        }
         if self.syncing_from(peer) {
             self.session = None;
-        }
-        if points == 0 {
-            tracing::info!(target: "p2p", %peer, reason, "sync paused");
-            return;
         }
         self.penalise(peer, points, reason);
         self.maybe_start_sync();
@@ -1174,6 +1195,12 @@ impl<S: KvStore> Service<S> {
         if let Some(st) = self.peers.get(&peer).and_then(|p| p.status) {
             self.fruitless.insert((peer, st.tip));
         }
+        // And a pause that does not depend on the tip it reports next
+        // (a new tip every status would otherwise clear the strike):
+        // 30 s, doubling with each strike up to 8 minutes.
+        let (n, until) = self.sync_backoff.entry(peer).or_insert((0, Instant::now()));
+        *n = (*n + 1).min(5);
+        *until = Instant::now() + SYNC_BACKOFF * (1 << (*n - 1));
         self.penalise(peer, penalty::FRUITLESS_SYNC, reason);
         self.maybe_start_sync();
     }
@@ -1190,6 +1217,11 @@ impl<S: KvStore> Service<S> {
             .iter()
             .filter_map(|(p, st)| st.status.map(|s| (*p, s)))
             .filter(|(p, s)| !self.fruitless.contains(&(*p, s.tip)))
+            .filter(|(p, _)| {
+                self.sync_backoff
+                    .get(p)
+                    .is_none_or(|(_, until)| *until <= Instant::now())
+            })
             .filter(|(_, s)| U256::from_be_bytes(s.work) > ours)
             .max_by(|a, b| {
                 U256::from_be_bytes(a.1.work)
@@ -1339,7 +1371,19 @@ impl<S: KvStore> Service<S> {
                 }
             }
             Done::NeverConnected(peers) => {
+                let ours = self.node.tip_summary().work;
                 for p in peers {
+                    // A peer that claims a heavier chain than ours may be
+                    // right, with our sync stalled (by someone else): not
+                    // blamed; sync holds it to its claim.
+                    let ahead = self
+                        .peers
+                        .get(&p)
+                        .and_then(|st| st.status)
+                        .is_some_and(|st| U256::from_be_bytes(st.work) > ours);
+                    if ahead {
+                        continue;
+                    }
                     self.stats.orphans_never_connected += 1;
                     self.penalise(
                         p,
@@ -1386,7 +1430,10 @@ fn judge_block<S: KvStore>(
             );
         }
     };
-    if !may_hold_orphan && !node.lock().chain.knows(&block.header.prev) {
+    // An orphan here is any block whose parent is not stored: one whose
+    // parent is unknown, and one that builds on a held orphan.
+    let parent_stored = node.lock().chain.meta(&block.header.prev).is_some();
+    if !may_hold_orphan && !parent_stored {
         return (Verdict::Ignore, Orphan::Dropped);
     }
     let hash = block.header.hash();
@@ -1395,6 +1442,7 @@ fn judge_block<S: KvStore>(
             BlockStatus::Tip | BlockStatus::SideBranch => (Verdict::Accept, Orphan::No),
             BlockStatus::AlreadyKnown => (Verdict::Ignore, Orphan::No),
             BlockStatus::Orphan => (Verdict::Ignore, Orphan::Held(hash)),
+            BlockStatus::Held if !parent_stored => (Verdict::Ignore, Orphan::Held(hash)),
             // A lighter branch: held, not relayed.
             BlockStatus::Held => (Verdict::Ignore, Orphan::No),
         },

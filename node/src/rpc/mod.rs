@@ -215,7 +215,18 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
                 serde_json::json!({ "rule": op_rule(&e) }),
             )),
             Err(e @ MempoolError::Internal(_)) => Err(err(code::INTERNAL, e.to_string())),
-            Err(e) => Err(err(code::MEMPOOL_REJECTED, e.to_string())),
+            Err(e) => {
+                let reason = match e {
+                    MempoolError::Duplicate => "duplicate",
+                    MempoolError::Full { .. } => "full",
+                    _ => "conflict",
+                };
+                Err(err_data(
+                    code::MEMPOOL_REJECTED,
+                    e.to_string(),
+                    serde_json::json!({ "reason": reason }),
+                ))
+            }
         }
     }
 

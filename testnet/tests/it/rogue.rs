@@ -134,10 +134,21 @@ async fn rogue_peer_is_banned_and_its_data_not_forwarded() {
     .expect("honest peer kept");
 }
 
+/// How a staller withholds the work it advertises.
+#[derive(Clone, Copy)]
+enum Stall {
+    /// Never answer a headers or blocks request (hold the streams open).
+    Withhold,
+    /// Answer every headers request with one valid header (real proof of
+    /// work) whose timestamp is ten days ahead: a header that may only be
+    /// accepted later, so not provably a fault.
+    FutureHeader,
+}
+
 /// A peer that advertises maximal work, answers status requests, and then
-/// never answers a headers or blocks request (it holds the streams open).
-/// Returns its listen address; it runs until the test ends.
-async fn staller() -> Multiaddr {
+/// stalls as `how` says. Returns its listen address; it runs until the
+/// test ends.
+async fn staller(how: Stall) -> Multiaddr {
     use libp2p::request_response;
     use xirtam_node::p2p::protocol::{Status, SyncRequest, SyncResponse};
     let keypair = identity::Keypair::generate_ed25519();
@@ -175,6 +186,23 @@ async fn staller() -> Multiaddr {
                             .sync
                             .send_response(channel, SyncResponse::Status(st));
                     }
+                    SyncRequest::Headers { .. } if matches!(how, Stall::FutureHeader) => {
+                        use xirtam_proofs::header::{ChainState, header_template, mine};
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .expect("clock")
+                            .as_secs();
+                        let mut h = header_template(
+                            &REGTEST,
+                            &ChainState::genesis(&REGTEST),
+                            now + 864_000,
+                        );
+                        assert!(mine(&mut h, 0, u64::MAX));
+                        let _ = swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, SyncResponse::Headers(vec![h]));
+                    }
                     // Withhold: keep the stream open, never answer.
                     _ => held.push(channel),
                 }
@@ -186,11 +214,24 @@ async fn staller() -> Multiaddr {
 
 /// A fresh node that meets a peer claiming maximal work, which then stalls
 /// every request, still syncs an honest 50-block chain within 30 s: the
-/// staller gets a strike (penalty, no new session until it reports another
-/// tip) and sync moves to the honest peer. (It used to pick the staller
-/// again after each timeout, forever.)
+/// staller gets a strike (penalty, no new session with it for a while,
+/// whatever tip it reports) and sync moves to the honest peer. (It used to
+/// pick the staller again after each timeout, forever.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_claims_work_and_stalls_cannot_stop_sync() {
+    sync_despite(Stall::Withhold).await;
+}
+
+/// The same with a staller that answers with a valid header from ten days
+/// ahead: a strike too, not a pause. (It used to pause sync without blame,
+/// and the same peer was chosen again every 3 s, forever; the time rule
+/// also ran before proof of work, so the header cost nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_headers_from_the_future_cannot_stop_sync() {
+    sync_despite(Stall::FutureHeader).await;
+}
+
+async fn sync_despite(how: Stall) {
     let mut net = Testnet::start(Config {
         nodes: 1,
         ..Config::default()
@@ -198,7 +239,7 @@ async fn a_peer_that_claims_work_and_stalls_cannot_stop_sync() {
     .await
     .expect("testnet starts");
     let tip = net.mine(0, 50).await.expect("mine");
-    let staller = staller().await;
+    let staller = staller(how).await;
     let fresh = net.add_node(false, &[]).await.expect("fresh node");
     let started = std::time::Instant::now();
     net.rpc(fresh)
@@ -309,15 +350,16 @@ async fn a_request_flood_does_not_stop_validation_or_rpc() {
 
 /// A junk orphan of nearly the largest size: a header with real work at its
 /// own target and a body that matches it (so it passes every check made
-/// before holding), on a parent nobody has. `ops` are reused: only the
-/// parent differs between orphans.
-fn orphan(ops: &[xirtam_proofs::Op], n: u64) -> Vec<u8> {
+/// before holding), on `prev`, a block nobody has or another junk orphan.
+/// `ops` are reused: only the parent differs between orphans. Returns its
+/// bytes and hash.
+fn orphan(ops: &[xirtam_proofs::Op], n: u64, prev: Hash) -> (Vec<u8>, Hash) {
     use xirtam_proofs::block::ops_root;
     use xirtam_proofs::header::{Header, mine};
     let mut header = Header {
         version: Header::VERSION,
         height: 1_000 + n,
-        prev: xirtam_proofs::hash::hash_parts("orphan-parent", &[&n.to_le_bytes()]),
+        prev,
         time: REGTEST.genesis_time + n,
         bits: REGTEST.genesis_bits,
         ops_root: Hash([0; 32]),
@@ -334,7 +376,7 @@ fn orphan(ops: &[xirtam_proofs::Op], n: u64) -> Vec<u8> {
     let block = Block { header, ..block };
     let bytes = encode(&block);
     assert!(bytes.len() <= REGTEST.max_block_bytes);
-    bytes
+    (bytes, header.hash())
 }
 
 /// Ops filling a block to almost 2 MiB: writes of distinct names with
@@ -360,10 +402,11 @@ fn filler_ops() -> Vec<xirtam_proofs::Op> {
         .collect()
 }
 
-/// Ten peers gossip 20 near-maximal orphan blocks each (about 400 MB): the
+/// Ten peers gossip chains of 20 near-maximal orphan blocks each (about
+/// 400 MB): the
 /// node's peak resident memory grows by less than 64 MB. Each peer gets at
 /// most 16 orphans a minute held (the rest are dropped unheld), the shared
-/// pool of held blocks stays within its bounds (256 blocks, 32 MiB), and a
+/// pool of held blocks stays within its bounds (256 blocks, 16 MiB), and a
 /// minute later every sender is banned for orphans that never connected.
 /// (Before the bounds, 256 orphans of 3 MB took a node from 20 to 828 MB,
 /// and gossiped orphans were never penalised.)
@@ -407,14 +450,20 @@ async fn an_orphan_flood_leaves_memory_bounded() {
         })
         .await
         .expect("the node subscribes us");
+        // Each peer's orphans form a chain: the first on a parent nobody
+        // has, each next one on the previous (a child of a held orphan
+        // counts as an orphan too).
+        let mut prev = xirtam_proofs::hash::hash_parts("orphan-parent", &[&p.to_le_bytes()]);
         for i in 0..EACH {
             // One at a time: publish, then drive our swarm until the node
             // has judged it (held, or dropped over the allowance).
             let base = seen(&net.net_info(0).await.expect("info").stats);
+            let (bytes, hash) = orphan(&ops, p * EACH + i, prev);
+            prev = hash;
             swarm
                 .behaviour_mut()
                 .gossipsub
-                .publish(topic.clone(), orphan(&ops, p * EACH + i))
+                .publish(topic.clone(), bytes)
                 .expect("publish");
             let judged = tokio::time::timeout(Duration::from_secs(30), async {
                 loop {
