@@ -260,7 +260,25 @@ impl<S: KvStore> Node<S> {
     /// `regtest` tooling). Returns the block.
     pub fn mine_block(&self) -> Result<Block, ChainError> {
         loop {
+            if let Some(b) = self.mine_block_within(std::time::Duration::from_secs(3600))? {
+                return Ok(b);
+            }
+        }
+    }
+
+    /// [`Node::mine_block`], giving up (`None`) when no block can be mined
+    /// within `wait`: the chain's recent timestamps are so far ahead of
+    /// this node's clock that a new one would break the drift rule.
+    pub fn mine_block_within(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<Block>, ChainError> {
+        let give_up = std::time::Instant::now() + wait;
+        loop {
             let Some(mut t) = self.template()? else {
+                if std::time::Instant::now() >= give_up {
+                    return Ok(None);
+                }
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 continue;
             };
@@ -273,7 +291,7 @@ impl<S: KvStore> Node<S> {
                 ops: t.ops,
             };
             self.submit_local_block(block.clone())?;
-            return Ok(block);
+            return Ok(Some(block));
         }
     }
 }

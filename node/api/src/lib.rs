@@ -49,6 +49,9 @@ pub mod code {
     pub const NETWORK_UNAVAILABLE: i32 = -32030;
     /// A `dev_*` method on a network other than regtest.
     pub const DEV_ONLY: i32 = -32040;
+    /// No block can be mined now: the chain's timestamps are ahead of this
+    /// node's clock by about the allowed drift.
+    pub const CLOCK_BEHIND: i32 = -32070;
 }
 
 /// The node's RPC API.

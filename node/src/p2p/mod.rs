@@ -47,6 +47,10 @@ pub mod penalty {
     pub const FRUITLESS_SYNC: i32 = 25;
     /// A sync request above the per-peer rate.
     pub const FLOOD: i32 = 5;
+    /// A headers batch that does not continue the session's previous one
+    /// (an honest peer may have reorganised meanwhile; the session starts
+    /// again).
+    pub const DISCONTINUOUS: i32 = 5;
     /// A gossiped orphan block that did not connect within a minute (its
     /// parent never arrived: junk, or a chain the sender does not have).
     pub const ORPHAN_NEVER_CONNECTED: i32 = 10;

@@ -1522,8 +1522,11 @@ fn check_headers<S: KvStore>(
     if let (Some(f), Some(first)) = (&from, headers.first())
         && first.prev != f.tip_hash
     {
+        // An honest peer whose chain reorganised between two batches
+        // answers this way too: a small penalty and a new session (from
+        // our full locator), which costs a peer that keeps doing it a ban.
         return Err((
-            penalty::BAD_RESPONSE,
+            penalty::DISCONTINUOUS,
             "headers do not continue the previous batch".into(),
         ));
     }

@@ -23,6 +23,9 @@ use crate::store::KvStore;
 use libp2p::{Multiaddr, PeerId};
 use xirtam_proofs::params::REGTEST;
 
+/// How long `dev_mine` waits for the clock to allow a block.
+const DEV_MINE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The `chain_tip` view of a block.
 pub fn tip_view(m: &BlockMeta) -> TipView {
     TipView::new(&m.header, m.work())
@@ -292,7 +295,21 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
         }
         let mut height = self.node.tip_summary().height;
         for _ in 0..count {
-            height = self.node.mine_block().map_err(chain_err)?.header.height;
+            height = self
+                .node
+                .mine_block_within(DEV_MINE_WAIT)
+                .map_err(chain_err)?
+                .ok_or_else(|| {
+                    err(
+                        code::CLOCK_BEHIND,
+                        format!(
+                            "cannot mine at height {}: the chain's timestamps are ahead of this node's clock",
+                            height + 1
+                        ),
+                    )
+                })?
+                .header
+                .height;
         }
         Ok(height)
     }

@@ -316,3 +316,35 @@ fn storage_corruption_is_not_blamed_on_the_block() {
         BlockStatus::Tip
     );
 }
+
+/// Blocks timestamped a day ahead (within regtest's drift) push the
+/// chain's median time past what this node's miner may use: `dev_mine`
+/// reports it within seconds instead of pinning an RPC thread for a day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mine_gives_up_when_the_chain_is_ahead_of_the_clock() {
+    use xirtam_node::rpc::{NodeApiClient, code};
+    let t = crate::common::TestNode::start().await;
+    let rpc = t.client();
+    let (mut state, root) = {
+        let core = t.node.lock();
+        (
+            core.chain.tip().state.clone(),
+            core.chain.tip().header.state_root,
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    for i in 0..12 {
+        let b = empty_block(&mut state, now + 86_000 + i, root);
+        t.node.submit_block(b).expect("within the drift");
+    }
+    let started = std::time::Instant::now();
+    let e = rpc.dev_mine(1).await.expect_err("cannot mine now");
+    assert!(
+        e.to_string().contains(&code::CLOCK_BEHIND.to_string()),
+        "{e}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
