@@ -394,6 +394,55 @@ pub fn get<S: NodeStore>(store: &S, root: Hash, key: &Hash) -> Result<Option<Has
     prove(store, root, key).map(|(v, _)| v)
 }
 
+/// The value hashes of many keys under `root`, in the order of `keys`, read
+/// in one descent: every node on the keys' paths is loaded once, where a
+/// [`get`] per key would load the shared upper levels once per key.
+/// Duplicate keys are allowed.
+pub fn get_many<S: NodeStore>(
+    store: &S,
+    root: Hash,
+    keys: &[Hash],
+) -> Result<Vec<Option<Hash>>, TreeError> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by_key(|&i| keys[i]);
+    let mut out = vec![None; keys.len()];
+    descend(store, root, 0, keys, &order, &mut out)?;
+    Ok(out)
+}
+
+/// [`get_many`] below `node` at `depth`, for the keys at `order` (sorted by
+/// key, all sharing their first `depth` bits).
+fn descend<S: NodeStore>(
+    store: &S,
+    node: Hash,
+    depth: usize,
+    keys: &[Hash],
+    order: &[usize],
+    out: &mut [Option<Hash>],
+) -> Result<(), TreeError> {
+    if order.is_empty() || node == EMPTY_ROOT {
+        return Ok(());
+    }
+    match load(store, &node)? {
+        Node::Leaf { key, value } => {
+            for &i in order {
+                if keys[i] == key {
+                    out[i] = Some(value);
+                }
+            }
+            Ok(())
+        }
+        Node::Inner { left, right } => {
+            if depth >= MAX_DEPTH {
+                return Err(TreeError::TooDeep);
+            }
+            let mid = order.partition_point(|&i| !keys[i].bit(depth));
+            descend(store, left, depth + 1, keys, &order[..mid], out)?;
+            descend(store, right, depth + 1, keys, &order[mid..], out)
+        }
+    }
+}
+
 /// The value hash for `key` under `root` (if present) and its proof.
 pub fn prove<S: NodeStore>(
     store: &S,

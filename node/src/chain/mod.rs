@@ -56,8 +56,8 @@ pub const MAX_INVALID: usize = 10_000;
 /// the tip's work).
 pub const MAX_WANTED: usize = 10_000;
 
-/// State-tree nodes kept in memory per generation (two generations, ~100
-/// bytes per node: ~100 MB at most).
+/// The node cache holds up to twice this many state-tree nodes (~104 bytes
+/// each: ~105 MB at most, mapped as it fills).
 pub const NODE_CACHE: usize = 500_000;
 
 /// What the node keeps per valid block.
@@ -859,6 +859,9 @@ impl<S: KvStore> Chain<S> {
         let height = header.height;
         let ancestors = self.recent_ancestors(header.prev, params.stamp_window);
         let view = StateView(&*self.store, Some(&self.cache));
+        // Every op reads the parent's state: read all their keys in one
+        // descent of the tree rather than one walk per key.
+        let reads = Reads::prefetch(self.params, &view, parent.header.state_root, &block.ops)?;
         let mut batch = Batch::new();
         let mut items = Vec::with_capacity(block.ops.len());
         for (index, op) in block.ops.iter().enumerate() {
@@ -873,7 +876,7 @@ impl<S: KvStore> Chain<S> {
                 .ok_or_else(|| op_err(OpError::StampBlockUnknown(op.stamp().block)))?;
             op.check_stamp_age(params, stamp_height, height)
                 .map_err(op_err)?;
-            let t = match self.transition(parent.header.state_root, op, height) {
+            let t = match self.transition(&reads, op, height) {
                 Err(ChainError::InvalidOp(e)) => return Err(op_err(e)),
                 other => other?,
             };
@@ -999,7 +1002,7 @@ impl<S: KvStore> Chain<S> {
         let next = self.height() + 1;
         let stamp_height = self.stamp_height(op)?;
         op.check_stamp_age(self.params, stamp_height, next)?;
-        self.transition(self.tip().header.state_root, op, next)
+        self.transition(&Reads::Walk(self.tip().header.state_root), op, next)
     }
 
     /// Height of `op`'s stamp block, which must be on the main chain.
@@ -1020,12 +1023,12 @@ impl<S: KvStore> Chain<S> {
     /// A commitment must be new to the state; it is stored with `height`.
     /// A write follows [`apply`], with the commitment a claim reveals looked
     /// up in the same state.
-    fn transition(&self, root: Hash, op: &Op, height: u64) -> Result<Transition, ChainError> {
+    fn transition(&self, reads: &Reads, op: &Op, height: u64) -> Result<Transition, ChainError> {
         let view = StateView(&*self.store, Some(&self.cache));
         match op {
             Op::Commit(c) => {
                 let key = op.state_key();
-                if xirtam_proofs::state::get(&view, root, &key)?.is_some() {
+                if reads.value(&view, &key)?.is_some() {
                     return Err(OpError::AlreadyCommitted(c.commitment).into());
                 }
                 Ok(Transition {
@@ -1036,10 +1039,13 @@ impl<S: KvStore> Chain<S> {
             }
             Op::Write(w) => {
                 let committed = match w.claim_entry(self.params) {
-                    Some((k, v)) => xirtam_proofs::state::get(&view, root, &k)? == Some(v),
+                    Some((k, v)) => reads.value(&view, &k)? == Some(v),
                     None => false,
                 };
-                let before = record_at(&*self.store, Some(&self.cache), root, &w.key)?;
+                let before = match reads.value(&view, &op.state_key())? {
+                    None => None,
+                    Some(h) => Some(load_record(&*self.store, &h)?),
+                };
                 let after = apply(self.params, before.as_ref(), w, height, committed)?;
                 Ok(Transition {
                     key: op.state_key(),
@@ -1081,6 +1087,49 @@ impl<S: KvStore> Chain<S> {
         let view = StateView(&*self.store, Some(&self.cache));
         let (new_root, _) = xirtam_proofs::state::update(&view, root, &items)?;
         Ok((ops, new_root))
+    }
+}
+
+/// Where [`Chain::transition`] reads state values, all under one root.
+enum Reads {
+    /// A walk of the tree under this root per key.
+    Walk(Hash),
+    /// The values of every key a block reads, read in one descent.
+    Prefetched(HashMap<Hash, Option<Hash>>),
+}
+
+impl Reads {
+    /// Read every key `ops` look up (their own keys, and the commitment
+    /// each claim reveals) under `root` in one descent.
+    fn prefetch<S: KvStore>(
+        params: &Params,
+        view: &StateView<'_, S>,
+        root: Hash,
+        ops: &[Op],
+    ) -> Result<Self, ChainError> {
+        let mut keys = Vec::with_capacity(ops.len() * 2);
+        for op in ops {
+            keys.push(op.state_key());
+            if let Some((k, _)) = op.as_write().and_then(|w| w.claim_entry(params)) {
+                keys.push(k);
+            }
+        }
+        let values = xirtam_proofs::state::get_many(view, root, &keys)?;
+        Ok(Reads::Prefetched(keys.into_iter().zip(values).collect()))
+    }
+
+    fn value<S: KvStore>(
+        &self,
+        view: &StateView<'_, S>,
+        key: &Hash,
+    ) -> Result<Option<Hash>, ChainError> {
+        match self {
+            Reads::Walk(root) => Ok(xirtam_proofs::state::get(view, *root, key)?),
+            Reads::Prefetched(values) => values
+                .get(key)
+                .copied()
+                .ok_or_else(|| ChainError::Internal(format!("state key {key} was not prefetched"))),
+        }
     }
 }
 

@@ -180,3 +180,37 @@ fn exclusion_kinds_are_both_exercised_and_checked() {
         Err(StateProofError::ExpectedExclusion)
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Reading many keys in one descent answers exactly what one walk per
+    /// key answers: present keys, absent ones (ending on an empty subtree or
+    /// on another key's leaf) and duplicates, in the order asked.
+    #[test]
+    fn get_many_matches_get_per_key(
+        present in prop::collection::btree_map(any::<[u8; 32]>(), any::<[u8; 32]>(), 0..200),
+        absent in prop::collection::vec(any::<[u8; 32]>(), 0..40),
+        picks in prop::collection::vec(any::<prop::sample::Index>(), 0..60),
+    ) {
+        let items: Vec<(Hash, Hash)> =
+            present.iter().map(|(k, v)| (Hash::from(*k), Hash::from(*v))).collect();
+        let mut store = state::MemoryNodeStore::new();
+        let (root, nodes) = state::update(&store, state::EMPTY_ROOT, &items).expect("in memory");
+        store.insert_batch(nodes);
+        let mut keys: Vec<Hash> = absent.into_iter().map(Hash::from).collect();
+        if !items.is_empty() {
+            // Present keys, some of them more than once, interleaved.
+            for p in &picks {
+                keys.push(items[p.index(items.len())].0);
+            }
+        }
+        keys.reverse();
+        let many = state::get_many(&store, root, &keys).expect("in memory");
+        prop_assert_eq!(many.len(), keys.len());
+        for (k, got) in keys.iter().zip(&many) {
+            prop_assert_eq!(*got, state::get(&store, root, k).expect("in memory"));
+            prop_assert_eq!(*got, present.get(&k.0).map(|v| Hash::from(*v)));
+        }
+    }
+}
