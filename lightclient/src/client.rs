@@ -1,22 +1,27 @@
 //! The light client: follows the most-work header chain across several
 //! untrusted sources and resolves names against it.
 //!
-//! * **Sync.** Ask every source for its tip; take the one claiming the most
-//!   work (ties: lowest tip hash, then configuration order); find where its
-//!   chain leaves ours; download its headers in batches and verify each one
-//!   (linkage, proof of work, ASERT difficulty, timestamps, history root).
-//!   The download becomes our chain as soon as it carries more work than
-//!   ours. A source whose headers fail, or whose claimed work the headers do
-//!   not add up to, is marked faulty and never asked again.
+//! * **Sync.** Ask every source for its tip; try each source claiming more
+//!   work than ours once, heaviest claim first (ties: lowest tip hash, then
+//!   configuration order); find where its chain leaves ours (probes carry
+//!   proof of work and must agree with the headers sent next); download its
+//!   headers in batches and verify each one (linkage, proof of work, ASERT
+//!   difficulty, timestamps, history root). A branch becomes our chain once
+//!   it outweighs ours and every claim still untried; otherwise the
+//!   heaviest verified branch is adopted after all were tried. A source
+//!   whose data fails verification is faulty (remembered in the data
+//!   directory for [`FAULT_EXPIRY`]); one that advertises a tip and then
+//!   withholds it gets strikes, and [`STRIKES_TO_FAULT`] make it faulty.
 //! * **Resolve.** Take the header `depth` blocks under the verified tip, ask a
 //!   source for `dir_get(name, that height)`, and verify the proof against
 //!   that header's `state_root`. A bad answer marks its source faulty and the
 //!   next source is asked; only a verified answer is returned.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use xirtam_proofs::header::{ChainState, HeaderError};
+use xirtam_proofs::header::{ChainState, Header, HeaderError};
 use xirtam_proofs::op::{
     Claim, Commit, Draft, Op, Owners, Record, Value, Write, claim_commitment, commit_key,
 };
@@ -24,6 +29,7 @@ use xirtam_proofs::params::Params;
 use xirtam_proofs::state::{StateProofError, commit_entry_hash, verify_state, verify_state_hashed};
 use xirtam_proofs::{Hash, Name, PublicKey, SecretKey, U256};
 
+use crate::faults;
 use crate::source::{MAX_HEADERS_PER_CALL, Source, SourceError, TipClaim};
 use crate::store::{Branch, HeaderChain, LoadReport, StoreError};
 use crate::verified::{Lookup, Verified};
@@ -36,8 +42,8 @@ pub struct Config {
     /// Where the header store lives (`None`: memory only).
     pub datadir: Option<PathBuf>,
     /// Start from this trusted state instead of genesis (see
-    /// [`LightClient::checkpoint`]).
-    pub checkpoint: Option<ChainState>,
+    /// [`LightClient::checkpoint`]); it must be for `params`' network.
+    pub checkpoint: Option<Checkpoint>,
     /// Blocks under the verified tip a lookup is proven at (default: the
     /// network's `confirmation_depth`).
     pub depth: u64,
@@ -48,6 +54,9 @@ pub struct Config {
     pub allow_stale: bool,
     /// A lookup syncs first when the last sync is older than this.
     pub refresh: Duration,
+    /// Longest wait for one answer from a source; the client enforces it
+    /// whatever the source's own timeout (default 10 s).
+    pub timeout: Duration,
     /// How long [`LightClient::publish`] waits for a claim's commitment to
     /// be mined and mature (default: `claim_maturity + 10` block intervals,
     /// at least 30 s).
@@ -64,6 +73,41 @@ pub struct PendingClaim {
     pub salt: [u8; 32],
     /// The commitment submitted.
     pub commitment: Hash,
+}
+
+/// A trusted starting point for a client: a verified [`ChainState`] and the
+/// genesis of the network it belongs to. Hex form: the canonical encoding of
+/// `(genesis hash, state)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Genesis hash of its network.
+    pub genesis: Hash,
+    /// The chain state at the checkpoint.
+    pub state: ChainState,
+}
+
+/// Largest checkpoint accepted (bytes, decoded).
+pub const MAX_CHECKPOINT_BYTES: usize = 16 * 1024;
+
+impl Checkpoint {
+    /// The hex form.
+    pub fn to_hex(&self) -> String {
+        hex::encode(xirtam_proofs::encode(&(self.genesis, self.state.clone())))
+    }
+
+    /// Parse the hex form (untrusted input: size-capped; which network it
+    /// is for is checked by [`LightClient::new`]).
+    pub fn from_hex(s: &str) -> Result<Self, Error> {
+        let bad = |why: String| Error::BadCheckpoint(why);
+        let s = s.trim();
+        if s.len() > 2 * MAX_CHECKPOINT_BYTES {
+            return Err(bad(format!("longer than {MAX_CHECKPOINT_BYTES} bytes")));
+        }
+        let bytes = hex::decode(s).map_err(|e| bad(format!("not hex: {e}")))?;
+        let (genesis, state): (Hash, ChainState) =
+            xirtam_proofs::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+        Ok(Checkpoint { genesis, state })
+    }
 }
 
 /// What a proof-checked query asks for.
@@ -106,6 +150,7 @@ impl Config {
             max_tip_age: Duration::from_secs((10 * params.block_interval).max(60)),
             allow_stale: false,
             refresh: Duration::from_secs(params.block_interval.max(1)),
+            timeout: Duration::from_secs(10),
             claim_timeout: Duration::from_secs(
                 ((params.claim_maturity + 10) * params.block_interval).max(30),
             ),
@@ -117,6 +162,24 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The configured checkpoint belongs to another network.
+    #[error(
+        "the checkpoint is for another network (genesis {found}), not {network} (genesis {expected}): check --network and --checkpoint"
+    )]
+    CheckpointNetwork {
+        /// The configured network's name.
+        network: &'static str,
+        /// Its genesis.
+        expected: Hash,
+        /// The checkpoint's.
+        found: Hash,
+    },
+    /// The checkpoint text does not parse.
+    #[error("not a checkpoint: {0}")]
+    BadCheckpoint(String),
+    /// A checkpoint cannot be exported from this chain.
+    #[error("no checkpoint: {0}")]
+    NoCheckpoint(String),
     /// No sources configured.
     #[error("no sources: give at least one node URL (two or more to tolerate a faulty one)")]
     NoSources,
@@ -258,15 +321,57 @@ struct Slot<S> {
     status: SourceStatus,
     claim: Option<TipClaim>,
     genesis_checked: bool,
+    /// Strikes since its last good sync.
+    strikes: u32,
 }
 
 /// How a step against one source failed.
 enum Fail {
     /// The source is wrong: mark it faulty.
     Fault(String),
+    /// The source advertised a tip, then withheld, refused or delayed what
+    /// is under it: counts towards [`STRIKES_TO_FAULT`].
+    Strike(String),
     /// The source did not answer usefully this time.
     Transient(String),
 }
+
+/// A failed header request after the source advertised `claimed`.
+fn withheld(claimed: u64, at: u64, e: SourceError) -> Fail {
+    if e.is_fault() {
+        Fail::Fault(e.to_string())
+    } else {
+        Fail::Strike(format!(
+            "claimed a tip at height {claimed} but did not send the headers at {at}: {e}"
+        ))
+    }
+}
+
+/// `f`, or [`SourceError::Unreachable`] when it takes longer than `timeout`
+/// (the client does not rely on a source implementation's own timeout).
+async fn within<T>(
+    timeout: Duration,
+    f: impl std::future::Future<Output = Result<T, SourceError>>,
+) -> Result<T, SourceError> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(r) => r,
+        Err(_) => Err(SourceError::Unreachable(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// Strikes that make a source faulty.
+pub const STRIKES_TO_FAULT: u32 = 3;
+
+/// How long a faulty source is remembered (in the data directory, across
+/// runs) before it is asked again.
+pub const FAULT_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// Most bytes a source may send per header it owes in a download (a header
+/// is about 323 bytes as hex JSON), plus a fixed allowance of 16 headers.
+pub const HEADER_BYTES_BUDGET: u64 = 400;
 
 impl From<SourceError> for Fail {
     fn from(e: SourceError) -> Self {
@@ -292,6 +397,8 @@ pub struct LightClient<S> {
     chain: HeaderChain,
     last_sync: Option<Instant>,
     load: LoadReport,
+    /// Faulty sources by label: until when (Unix seconds), and why.
+    faults: HashMap<String, (u64, String)>,
 }
 
 impl<S: Source> LightClient<S> {
@@ -301,10 +408,17 @@ impl<S: Source> LightClient<S> {
         if sources.is_empty() {
             return Err(Error::NoSources);
         }
-        let base = config
-            .checkpoint
-            .clone()
-            .unwrap_or_else(|| ChainState::genesis(config.params));
+        let base = match &config.checkpoint {
+            Some(cp) if cp.genesis != config.params.genesis_hash => {
+                return Err(Error::CheckpointNetwork {
+                    network: config.params.name,
+                    expected: config.params.genesis_hash,
+                    found: cp.genesis,
+                });
+            }
+            Some(cp) => cp.state.clone(),
+            None => ChainState::genesis(config.params),
+        };
         let (chain, load) = match &config.datadir {
             Some(dir) => HeaderChain::open(config.params, base, dir)?,
             None => (
@@ -312,13 +426,25 @@ impl<S: Source> LightClient<S> {
                 LoadReport::default(),
             ),
         };
+        let now = unix_now();
+        let faults = match &config.datadir {
+            Some(dir) => faults::load(dir, now),
+            None => HashMap::new(),
+        };
         let slots = sources
             .into_iter()
             .map(|source| Slot {
+                status: match faults.get(source.label()) {
+                    Some((until, why)) => SourceStatus::Faulty(format!(
+                        "{why} (remembered from an earlier run for {} more s)",
+                        until.saturating_sub(now)
+                    )),
+                    None => SourceStatus::Unknown,
+                },
                 source,
-                status: SourceStatus::Unknown,
                 claim: None,
                 genesis_checked: false,
+                strikes: 0,
             })
             .collect();
         Ok(LightClient {
@@ -327,6 +453,7 @@ impl<S: Source> LightClient<S> {
             chain,
             last_sync: None,
             load,
+            faults,
         })
     }
 
@@ -358,14 +485,41 @@ impl<S: Source> LightClient<S> {
     }
 
     /// A checkpoint others can start from: the verified state `depth` blocks
-    /// under the tip (or the tip when the chain is shorter). Share it only
-    /// over a channel you trust; it is as trusted as genesis.
-    pub fn checkpoint(&self) -> ChainState {
-        let tip = self.chain.tip().tip_height;
-        self.chain
-            .branch_from(tip.saturating_sub(self.config.depth))
-            .state()
-            .clone()
+    /// under the tip. Share it only over a channel you trust; it is as
+    /// trusted as genesis. Refused unless this client synced in this run,
+    /// the tip is fresh (not older than `max_tip_age`, whatever
+    /// `allow_stale` says: a stale tip may be an eclipse) and the chain
+    /// holds `depth` blocks above its base, so that only a settled state of
+    /// a live chain is passed on.
+    pub fn checkpoint(&self) -> Result<Checkpoint, Error> {
+        if self.last_sync.is_none() {
+            return Err(Error::NoCheckpoint("sync first".into()));
+        }
+        let tip = self.chain.tip();
+        let age = unix_now().saturating_sub(tip.tip_time());
+        if age > self.config.max_tip_age.as_secs() {
+            return Err(Error::StaleTip {
+                tip_height: tip.tip_height,
+                age_secs: age,
+                max_secs: self.config.max_tip_age.as_secs(),
+            });
+        }
+        let base = self.chain.base().tip_height;
+        let Some(at) = tip
+            .tip_height
+            .checked_sub(self.config.depth)
+            .filter(|&h| h > base)
+        else {
+            return Err(Error::NoCheckpoint(format!(
+                "the chain needs more than {} blocks above its base (height {base}) to give a settled one; it has {}",
+                self.config.depth,
+                tip.tip_height - base
+            )));
+        };
+        Ok(Checkpoint {
+            genesis: self.config.params.genesis_hash,
+            state: self.chain.branch_from(at).state().clone(),
+        })
     }
 
     /// The sources and what is known of them.
@@ -392,6 +546,13 @@ impl<S: Source> LightClient<S> {
     }
 
     /// [`Self::sync`], calling `progress(height, target)` after each batch.
+    ///
+    /// Every source whose claimed tip beats our chain is tried once,
+    /// heaviest claim first; a source that fails is not asked again in
+    /// this sync, so a liar cannot keep the sync to itself. A branch
+    /// becomes our chain as it verifies only once it outweighs both our
+    /// chain and every claim still untried; otherwise it is held, and the
+    /// heaviest verified branch is adopted after every candidate was tried.
     pub async fn sync_with(
         &mut self,
         progress: &mut (dyn FnMut(u64, u64) + Send),
@@ -399,22 +560,51 @@ impl<S: Source> LightClient<S> {
         let from_height = self.chain.tip().tip_height;
         let start_hash = self.chain.tip().tip_hash;
         let mut headers = 0u64;
-        // Each round either advances to more work or marks a source; bound
-        // the rounds anyway.
-        for _ in 0..(2 * self.slots.len() + 2) {
-            self.poll_tips().await;
-            let ours = self.chain.tip().total_work();
-            let Some(i) = self.best_candidate(ours) else {
-                break;
-            };
-            match self.sync_from(i, progress, &mut headers).await {
-                Ok(()) => {}
+        self.poll_tips().await;
+        let order = self.candidates(self.chain.tip().total_work());
+        let mut held: Option<Branch> = None;
+        for (k, &i) in order.iter().enumerate() {
+            let held_work = held.as_ref().map_or(U256::zero(), Branch::work);
+            let settled = self.chain.tip().total_work().max(held_work);
+            if self.slots[i]
+                .claim
+                .as_ref()
+                .is_none_or(|c| c.work <= settled)
+            {
+                // Its claim cannot beat what already verified.
+                continue;
+            }
+            let untried = order[k + 1..]
+                .iter()
+                .filter_map(|&j| self.slots[j].claim.as_ref().map(|c| c.work))
+                .max()
+                .unwrap_or_default();
+            let (result, rest) = self
+                .sync_from(i, untried.max(held_work), progress, &mut headers)
+                .await;
+            if rest.work() > self.chain.tip().total_work()
+                && rest.work() > held.as_ref().map_or(U256::zero(), Branch::work)
+            {
+                held = Some(rest);
+            }
+            match result {
+                Ok(()) => self.slots[i].strikes = 0,
                 Err(Fail::Fault(why)) => self.mark_faulty(i, why),
+                Err(Fail::Strike(why)) => self.strike(i, why),
                 Err(Fail::Transient(why)) => {
                     tracing::debug!(target: "lightclient::sync", source = self.slots[i].source.label(), "{why}");
                     self.slots[i].status = SourceStatus::Unreachable(why);
                 }
             }
+        }
+        // The heaviest branch that verified but was held back, if nothing
+        // heavier was adopted since (its fork point is still ours).
+        if let Some(mut b) = held
+            && self.chain.hash_at(b.fork()) == Some(b.fork_hash())
+            && b.work() > self.chain.tip().total_work()
+            && b.work() >= self.config.params.min_chain_work
+        {
+            self.chain.commit(&mut b)?;
         }
         self.check_any_usable()?;
         self.last_sync = Some(Instant::now());
@@ -429,7 +619,29 @@ impl<S: Source> LightClient<S> {
 
     fn mark_faulty(&mut self, i: usize, why: String) {
         tracing::warn!(target: "lightclient::sources", source = self.slots[i].source.label(), "faulty: {why}");
-        self.slots[i].status = SourceStatus::Faulty(why);
+        self.slots[i].status = SourceStatus::Faulty(why.clone());
+        let until = unix_now().saturating_add(FAULT_EXPIRY.as_secs());
+        self.faults
+            .insert(self.slots[i].source.label().to_owned(), (until, why));
+        if let Some(dir) = &self.config.datadir
+            && let Err(e) = faults::save(dir, &self.faults)
+        {
+            tracing::warn!(target: "lightclient::sources", "cannot remember faulty sources: {e}");
+        }
+    }
+
+    /// A source advertised a tip, then withheld or refused what is under
+    /// it (or sent a header ahead of our clock): after
+    /// [`STRIKES_TO_FAULT`] strikes without a good sync it is faulty.
+    fn strike(&mut self, i: usize, why: String) {
+        let s = &mut self.slots[i];
+        s.strikes += 1;
+        tracing::info!(target: "lightclient::sources", source = s.source.label(), strikes = s.strikes, "strike: {why}");
+        if s.strikes >= STRIKES_TO_FAULT {
+            self.mark_faulty(i, format!("{STRIKES_TO_FAULT} strikes; the last: {why}"));
+        } else {
+            s.status = SourceStatus::Unreachable(why);
+        }
     }
 
     /// Fail when no source answered or every one that did is faulty.
@@ -464,15 +676,17 @@ impl<S: Source> LightClient<S> {
         }
     }
 
-    /// Ask every non-faulty source for its tip (concurrently).
+    /// Ask every non-faulty source for its tip (concurrently, each within
+    /// the request timeout).
     async fn poll_tips(&mut self) {
         let genesis = self.config.params.genesis_hash;
+        let timeout = self.config.timeout;
         let answers = futures::future::join_all(self.slots.iter().map(|s| async move {
             if matches!(s.status, SourceStatus::Faulty(_)) {
                 return None;
             }
             if !s.genesis_checked {
-                match s.source.genesis().await {
+                match within(timeout, s.source.genesis()).await {
                     Ok(g) if g == genesis => {}
                     Ok(g) => {
                         return Some(Err(Fail::Fault(format!(
@@ -482,7 +696,7 @@ impl<S: Source> LightClient<S> {
                     Err(e) => return Some(Err(e.into())),
                 }
             }
-            Some(s.source.tip().await.map_err(Fail::from))
+            Some(within(timeout, s.source.tip()).await.map_err(Fail::from))
         }))
         .await;
         for (i, a) in answers.into_iter().enumerate() {
@@ -501,53 +715,72 @@ impl<S: Source> LightClient<S> {
                     s.claim = Some(c);
                 }
                 Err(Fail::Fault(why)) => self.mark_faulty(i, why),
-                Err(Fail::Transient(why)) => {
+                Err(Fail::Transient(why) | Fail::Strike(why)) => {
                     self.slots[i].status = SourceStatus::Unreachable(why);
+                    self.slots[i].claim = None;
                 }
             }
         }
     }
 
-    /// The answering source claiming the most work above `ours`; ties go to
-    /// the lowest tip hash, then the earliest configured.
-    fn best_candidate(&self, ours: U256) -> Option<usize> {
-        self.slots
+    /// The answering sources claiming more work than `ours`, heaviest
+    /// claim first; ties go to the lowest tip hash, then the earliest
+    /// configured.
+    fn candidates(&self, ours: U256) -> Vec<usize> {
+        let mut c: Vec<(usize, &TipClaim)> = self
+            .slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.status == SourceStatus::Ok)
             .filter_map(|(i, s)| s.claim.as_ref().map(|c| (i, c)))
             .filter(|(_, c)| c.work > ours)
-            .min_by(|(i, a), (j, b)| {
-                b.work
-                    .cmp(&a.work)
-                    .then_with(|| a.hash.cmp(&b.hash))
-                    .then_with(|| i.cmp(j))
-            })
-            .map(|(i, _)| i)
+            .collect();
+        c.sort_by(|(i, a), (j, b)| {
+            b.work
+                .cmp(&a.work)
+                .then_with(|| a.hash.cmp(&b.hash))
+                .then_with(|| i.cmp(j))
+        });
+        c.into_iter().map(|(i, _)| i).collect()
     }
 
-    /// Highest height where source `i`'s chain and ours agree, searching
-    /// back exponentially from `below`. The base must agree.
-    async fn find_fork(&self, i: usize, below: u64) -> Result<u64, Fail> {
+    /// One header of source `i` at `h`, for the fork search.
+    async fn probe(&self, i: usize, h: u64, claimed: u64) -> Result<Header, Fail> {
         let src = &self.slots[i].source;
+        let got = within(self.config.timeout, src.headers(h, 1))
+            .await
+            .map_err(|e| withheld(claimed, h, e))?;
+        let Some(theirs) = got.first() else {
+            return Err(Fail::Strike(format!(
+                "claimed a tip at height {claimed} but has no header at {h}"
+            )));
+        };
+        if theirs.height != h {
+            return Err(Fail::Fault(format!(
+                "sent the header of height {} when asked for {h}",
+                theirs.height
+            )));
+        }
+        Ok(*theirs)
+    }
+
+    /// Highest height where source `i`'s chain and ours agree: search back
+    /// exponentially from `below` for a header we share (a match is
+    /// checked against our own verified header), then bisect down to the
+    /// first height that differs. Returns the fork point and the headers
+    /// the source said differ; they carry proof of work and are checked
+    /// against the branch it then sends, so lying about the fork point to
+    /// make us download again what we hold is caught in the first batch.
+    async fn find_fork(&self, i: usize, below: u64) -> Result<(u64, Vec<(u64, Hash)>), Fail> {
         let base = self.chain.base().tip_height;
+        let mut probes = Vec::new();
+        let mut differs: Option<u64> = None;
         let mut h = below.min(self.chain.tip().tip_height).max(base);
         let mut step = 1u64;
-        loop {
-            let got = src.headers(h, 1).await?;
-            let Some(theirs) = got.first() else {
-                return Err(Fail::Fault(format!(
-                    "has no header at {h}, below the tip it claimed"
-                )));
-            };
-            if theirs.height != h {
-                return Err(Fail::Fault(format!(
-                    "sent the header of height {} when asked for {h}",
-                    theirs.height
-                )));
-            }
+        let mut agree = loop {
+            let theirs = self.probe(i, h, below).await?;
             if Some(theirs.hash()) == self.chain.hash_at(h) {
-                return Ok(h);
+                break h;
             }
             if h == base {
                 return Err(Fail::Fault(if base == 0 {
@@ -556,45 +789,135 @@ impl<S: Source> LightClient<S> {
                     format!("its chain does not contain our checkpoint at {base}")
                 }));
             }
+            if theirs.check_pow().is_err() {
+                return Err(Fail::Fault(format!(
+                    "its header at {h} lacks its proof of work"
+                )));
+            }
+            probes.push((h, theirs.hash()));
+            differs = Some(h);
             h = h.saturating_sub(step).max(base);
             step = step.saturating_mul(2);
+        };
+        while let Some(d) = differs
+            && d > agree + 1
+        {
+            let mid = agree + (d - agree) / 2;
+            let theirs = self.probe(i, mid, below).await?;
+            if Some(theirs.hash()) == self.chain.hash_at(mid) {
+                agree = mid;
+            } else {
+                if theirs.check_pow().is_err() {
+                    return Err(Fail::Fault(format!(
+                        "its header at {mid} lacks its proof of work"
+                    )));
+                }
+                probes.push((mid, theirs.hash()));
+                differs = Some(mid);
+            }
         }
+        Ok((agree, probes))
     }
 
-    /// Download and verify source `i`'s chain up to its claimed tip,
-    /// adopting it as soon as it carries more work than ours.
+    /// Download and verify source `i`'s chain up to its claimed tip. The
+    /// branch becomes our chain as it verifies once it outweighs our chain
+    /// and `bar` (the heaviest claim still untried, or a branch held);
+    /// whatever verified but was not adopted is returned.
     async fn sync_from(
         &mut self,
         i: usize,
+        bar: U256,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+        counted: &mut u64,
+    ) -> (Result<(), Fail>, Branch) {
+        let Some(claim) = self.slots[i].claim.clone() else {
+            return (Ok(()), self.chain.branch_from(self.chain.tip().tip_height));
+        };
+        let (fork, probes) = match self.find_fork(i, claim.height).await {
+            Ok(f) => f,
+            Err(e) => return (Err(e), self.chain.branch_from(self.chain.tip().tip_height)),
+        };
+        let mut branch: Branch = self.chain.branch_from(fork);
+        let result = self
+            .download(i, &claim, &probes, bar, &mut branch, progress, counted)
+            .await;
+        (result, branch)
+    }
+
+    /// The download loop of [`Self::sync_from`], within the source's
+    /// budgets: each request within the timeout, the whole download
+    /// within `2 + batches / 4` timeouts, and at most
+    /// [`HEADER_BYTES_BUDGET`] bytes received per header needed.
+    #[allow(clippy::too_many_arguments)]
+    async fn download(
+        &mut self,
+        i: usize,
+        claim: &TipClaim,
+        probes: &[(u64, Hash)],
+        bar: U256,
+        branch: &mut Branch,
         progress: &mut (dyn FnMut(u64, u64) + Send),
         counted: &mut u64,
     ) -> Result<(), Fail> {
-        let Some(claim) = self.slots[i].claim.clone() else {
-            return Ok(());
-        };
-        let fork = self.find_fork(i, claim.height).await?;
-        let mut branch: Branch = self.chain.branch_from(fork);
         let params = self.config.params;
+        let fork = branch.fork();
+        let needed = claim.height.saturating_sub(fork);
+        let batches = needed.div_ceil(u64::from(MAX_HEADERS_PER_CALL));
+        let deadline = Instant::now()
+            + self.config.timeout * 2
+            + self.config.timeout / 4 * u32::try_from(batches).unwrap_or(u32::MAX);
+        let bytes_at_start = self.slots[i].source.bytes_received();
+        let byte_budget = needed
+            .saturating_add(16)
+            .saturating_mul(HEADER_BYTES_BUDGET);
         let mut next = fork + 1;
         while next <= claim.height {
+            if Instant::now() > deadline {
+                return Err(Fail::Strike(format!(
+                    "too slow: {} of {needed} headers within its time budget",
+                    next - fork - 1
+                )));
+            }
             let want = (claim.height - next + 1).min(u64::from(MAX_HEADERS_PER_CALL)) as u32;
-            let hs = self.slots[i].source.headers(next, want).await?;
+            let hs = within(
+                self.config.timeout,
+                self.slots[i].source.headers(next, want),
+            )
+            .await
+            .map_err(|e| withheld(claim.height, next, e))?;
             if hs.is_empty() {
-                return Err(Fail::Fault(format!(
+                return Err(Fail::Strike(format!(
                     "claimed a tip at height {} but has no header at {next}",
                     claim.height
+                )));
+            }
+            let received = self.slots[i].source.bytes_received() - bytes_at_start;
+            if received > byte_budget {
+                return Err(Fail::Fault(format!(
+                    "sent {received} bytes for {needed} headers"
                 )));
             }
             let got = hs.len() as u64;
             let res = branch.extend(params, &hs, unix_now());
             let valid = branch.state().tip_height.saturating_sub(next - 1);
             *counted += valid;
+            // What it said in the fork search must be what it now sends.
+            if let Some((h, _)) = probes
+                .iter()
+                .find(|(h, hash)| branch.hash_at(*h).is_some_and(|x| x != *hash))
+            {
+                return Err(Fail::Fault(format!(
+                    "its headers contradict the header it sent for height {h} in the fork search"
+                )));
+            }
             // The network's compiled checkpoint: a branch through another
             // block at its height is not the network's chain, however
             // much work it claims.
             if let Some(cp) = params.assume_valid
                 && branch.hash_at(cp.height).is_some_and(|h| h != cp.hash)
             {
+                // Not even its valid prefix may be adopted later.
+                *branch = self.chain.branch_from(fork);
                 return Err(Fail::Fault(format!(
                     "its chain does not pass through the network's checkpoint at height {}",
                     cp.height
@@ -602,9 +925,9 @@ impl<S: Source> LightClient<S> {
             }
             if let Err(e) = res {
                 // Keep what verified if it is already better than ours.
-                self.commit_if_heavier(&mut branch)?;
+                self.commit_if_heavier(branch, bar)?;
                 return Err(match e.error {
-                    HeaderError::TimeTooNew { .. } => Fail::Transient(format!(
+                    HeaderError::TimeTooNew { .. } => Fail::Strike(format!(
                         "header {} is ahead of our clock ({})",
                         e.height, e.error
                     )),
@@ -612,8 +935,11 @@ impl<S: Source> LightClient<S> {
                 });
             }
             next += got;
-            self.commit_if_heavier(&mut branch)?;
-            progress(self.chain.tip().tip_height, claim.height);
+            self.commit_if_heavier(branch, bar)?;
+            progress(
+                branch.state().tip_height.max(self.chain.tip().tip_height),
+                claim.height,
+            );
         }
         let reached = branch.state();
         if reached.tip_hash == claim.hash && reached.total_work() != claim.work {
@@ -625,7 +951,7 @@ impl<S: Source> LightClient<S> {
             )));
         }
         if reached.tip_hash != claim.hash {
-            // Its chain moved while we downloaded; the next round re-asks.
+            // Its chain moved while we downloaded; the next sync re-asks.
             return Err(Fail::Transient(
                 "its chain changed during the download".into(),
             ));
@@ -633,11 +959,12 @@ impl<S: Source> LightClient<S> {
         Ok(())
     }
 
-    /// Adopt `branch` when it carries more work than our chain and at
-    /// least the network's minimum chain work (a cheap chain forked from
-    /// early history must not become a fresh client's view).
-    fn commit_if_heavier(&mut self, branch: &mut Branch) -> Result<(), Fail> {
+    /// Adopt `branch` when it carries more work than our chain and than
+    /// `bar`, and at least the network's minimum chain work (a cheap chain
+    /// forked from early history must not become a fresh client's view).
+    fn commit_if_heavier(&mut self, branch: &mut Branch, bar: U256) -> Result<(), Fail> {
         if branch.work() > self.chain.tip().total_work()
+            && branch.work() > bar
             && branch.work() >= self.config.params.min_chain_work
         {
             self.chain

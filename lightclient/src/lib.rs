@@ -18,12 +18,14 @@
 //! is in `docs/lightclient.md`. It never depends on the node crate.
 
 pub mod client;
+mod faults;
 pub mod source;
 mod store;
 pub mod verified;
 
 pub use client::{
-    Config, Error, LightClient, PendingClaim, SourceReport, SourceStatus, SyncReport, Tip,
+    Checkpoint, Config, Error, LightClient, PendingClaim, SourceReport, SourceStatus, SyncReport,
+    Tip,
 };
 pub use source::{CommitAnswer, DirAnswer, HttpSource, Source, SourceError, TipClaim};
 pub use store::{LoadReport, StoreError};

@@ -4,13 +4,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use xirtam_lightclient::{Config, HttpSource, LightClient, Lookup, SourceStatus, Verified};
-use xirtam_proofs::header::ChainState;
+use xirtam_lightclient::{
+    Checkpoint, Config, HttpSource, LightClient, Lookup, SourceStatus, Verified,
+};
+use xirtam_proofs::Name;
 use xirtam_proofs::params::Params;
-use xirtam_proofs::{Name, decode_hex, encode};
 
 /// Verify names against the proof-of-work directory chain, trusting none of
 /// the nodes asked.
@@ -109,9 +110,7 @@ fn config(cli: &Cli) -> Result<Config> {
         }
     });
     if let Some(cp) = &cli.checkpoint {
-        let state: ChainState =
-            decode_hex(cp.trim()).map_err(|e| anyhow!("--checkpoint is not a checkpoint: {e}"))?;
-        c.checkpoint = Some(state);
+        c.checkpoint = Some(Checkpoint::from_hex(cp).context("--checkpoint")?);
     }
     if let Some(d) = cli.depth {
         c.depth = d;
@@ -120,6 +119,7 @@ fn config(cli: &Cli) -> Result<Config> {
         c.max_tip_age = Duration::from_secs(a);
     }
     c.allow_stale = cli.allow_stale;
+    c.timeout = Duration::from_secs(cli.timeout.max(1));
     Ok(c)
 }
 
@@ -166,30 +166,33 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Checkpoint => {
             sync(&mut lc, true).await?;
-            let cp = lc.checkpoint();
-            if cp.tip_height == lc.tip().base_height && cp.tip_height > 0 && lc.headers_held() == 0
-            {
-                bail!("no headers above the current checkpoint yet");
-            }
+            let cp = lc.checkpoint()?;
+            let st = &cp.state;
             if cli.json {
                 println!(
                     "{}",
-                    json!({"height": cp.tip_height, "hash": cp.tip_hash.to_hex(),
-                           "work": format!("{:#x}", cp.total_work()),
-                           "checkpoint": hex::encode(encode(&cp))})
+                    json!({"height": st.tip_height, "hash": st.tip_hash.to_hex(),
+                           "work": format!("{:#x}", st.total_work()),
+                           "network": cfg_network(&lc),
+                           "checkpoint": cp.to_hex()})
                 );
             } else {
                 eprintln!(
-                    "checkpoint at height {} (block {}), {} blocks under the verified tip:",
-                    cp.tip_height,
-                    cp.tip_hash,
-                    lc.tip().height - cp.tip_height
+                    "{} checkpoint at height {} (block {}), {} blocks under the verified tip:",
+                    cfg_network(&lc),
+                    st.tip_height,
+                    st.tip_hash,
+                    lc.tip().height - st.tip_height
                 );
-                println!("{}", hex::encode(encode(&cp)));
+                println!("{}", cp.to_hex());
             }
         }
     }
     Ok(())
+}
+
+fn cfg_network(lc: &LightClient<HttpSource>) -> &'static str {
+    lc.config().params.name
 }
 
 /// Sync with a progress bar on a terminal; print a summary unless `quiet`.

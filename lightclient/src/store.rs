@@ -29,6 +29,8 @@ use xirtam_proofs::{Hash, U256, decode, encode, validate_header_chain};
 const MAGIC: &[u8; 8] = b"XLCHDRS1";
 /// File name inside the data directory.
 pub(crate) const FILE_NAME: &str = "headers.dat";
+/// Lock file inside the data directory.
+const LOCK_NAME: &str = "LOCK";
 /// A [`ChainState`] is kept every this many heights, so that rolling back to
 /// a fork point replays at most this many headers.
 const SNAPSHOT_EVERY: u64 = 1000;
@@ -50,6 +52,14 @@ pub enum StoreError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// Another process (or client) has the data directory open.
+    #[error(
+        "data directory {path} is in use by another light client (xirtam-lc or xirtam-lc serve); stop it or use another --datadir"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
     },
     /// The file belongs to another network.
     #[error("header store {path} is for another network (genesis {found}); use another --datadir")]
@@ -98,6 +108,8 @@ pub(crate) struct HeaderChain {
 /// The open file behind a chain.
 #[derive(Debug)]
 struct StoreFile {
+    /// The data directory's lock, held while the store is open.
+    _lock: File,
     path: PathBuf,
     file: File,
     /// Offset of the first header.
@@ -109,6 +121,7 @@ struct StoreFile {
 #[derive(Debug)]
 pub(crate) struct Branch {
     fork: u64,
+    fork_hash: Hash,
     state: ChainState,
     headers: Vec<Header>,
     hashes: Vec<Hash>,
@@ -145,6 +158,17 @@ impl Branch {
     /// The state at the branch tip.
     pub(crate) fn state(&self) -> &ChainState {
         &self.state
+    }
+
+    /// Height the branch leaves the chain at.
+    pub(crate) fn fork(&self) -> u64 {
+        self.fork
+    }
+
+    /// Hash of the chain's block at the fork point, as it was when the
+    /// branch was started.
+    pub(crate) fn fork_hash(&self) -> Hash {
+        self.fork_hash
     }
 
     /// Cumulative work at the branch tip.
@@ -200,6 +224,22 @@ impl HeaderChain {
         dir: &Path,
     ) -> Result<(Self, LoadReport), StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // One client per data directory: two writers would interleave
+        // appends and truncations. The OS drops the lock with the process.
+        let lock_path = dir.join(LOCK_NAME);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { path: lock_path });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
         let path = dir.join(FILE_NAME);
         let mut report = LoadReport::default();
         let prefix = file_prefix(params, &base);
@@ -263,6 +303,7 @@ impl HeaderChain {
             None => (Self::create(&path, &prefix)?, prefix.len() as u64),
         };
         chain.file = Some(StoreFile {
+            _lock: lock,
             path,
             file,
             data_start,
@@ -392,6 +433,7 @@ impl HeaderChain {
         let state = self.state_at(fork);
         Branch {
             fork: state.tip_height,
+            fork_hash: state.tip_hash,
             state,
             headers: Vec::new(),
             hashes: Vec::new(),
@@ -412,6 +454,7 @@ impl HeaderChain {
                 "reorganising to a chain with more work");
         }
         if let Some(StoreFile {
+            _lock: _,
             path,
             file: f,
             data_start,
@@ -437,6 +480,7 @@ impl HeaderChain {
         self.snapshots.append(&mut b.snapshots);
         self.tip = b.state.clone();
         b.fork = self.tip.tip_height;
+        b.fork_hash = self.tip.tip_hash;
         Ok(())
     }
 

@@ -150,6 +150,11 @@ pub(crate) enum Mode {
     OtherNetwork,
     /// Never answers.
     Down,
+    /// Claims the most work there is for its tip, then refuses every
+    /// header (a tampering proxy in front of an attacker's node).
+    ClaimMaxThenRefuse,
+    /// Answers everything correctly, each after this many milliseconds.
+    Slow(u64),
 }
 
 pub(crate) struct MockSource {
@@ -168,6 +173,13 @@ impl MockSource {
             mode,
             bytes: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Delay a slow source's answer (before anything is counted).
+    async fn delay(&self) {
+        if let Mode::Slow(ms) = self.mode {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
 
@@ -192,6 +204,7 @@ impl Source for MockSource {
     }
 
     async fn genesis(&self) -> Result<Hash, SourceError> {
+        self.delay().await;
         self.call(100)?;
         Ok(if self.mode == Mode::OtherNetwork {
             xirtam_proofs::LOCAL.genesis_hash
@@ -201,12 +214,16 @@ impl Source for MockSource {
     }
 
     async fn tip(&self) -> Result<TipClaim, SourceError> {
+        self.delay().await;
         self.call(500)?;
         let c = self.chain.lock().expect("lock");
         let header = *c.headers.last().expect("genesis");
         let mut work = c.tip_state().total_work();
         if self.mode == Mode::LieWork {
             work = work + work;
+        }
+        if self.mode == Mode::ClaimMaxThenRefuse {
+            work = U256::MAX;
         }
         Ok(TipClaim {
             height: header.height,
@@ -217,6 +234,14 @@ impl Source for MockSource {
     }
 
     async fn headers(&self, from: u64, count: u32) -> Result<Vec<Header>, SourceError> {
+        self.delay().await;
+        if self.mode == Mode::ClaimMaxThenRefuse {
+            self.call(100)?;
+            return Err(SourceError::Rpc {
+                code: xirtam_node_api::code::NOT_FOUND,
+                message: "not found".into(),
+            });
+        }
         let c = self.chain.lock().expect("lock");
         let from = from as usize;
         let to = (from + count as usize).min(c.headers.len());
@@ -233,6 +258,7 @@ impl Source for MockSource {
     }
 
     async fn dir_get(&self, name: &Name, at: u64) -> Result<DirAnswer, SourceError> {
+        self.delay().await;
         self.call(1500)?;
         let mut a = self.chain.lock().expect("lock").dir_get(name, at)?;
         if self.mode == Mode::FlipRecords {

@@ -1,9 +1,10 @@
 //! Header sync: fork choice, faulty sources, persistence, checkpoints.
 
+use xirtam_lightclient::client::STRIKES_TO_FAULT;
 use xirtam_lightclient::{Config, Error, LightClient, SourceStatus};
 use xirtam_proofs::REGTEST;
 
-use crate::mock::{MockChain, MockSource, Mode, shared, work_of};
+use crate::mock::{MockChain, MockSource, Mode, name, record, shared, work_of};
 
 fn config() -> Config {
     Config::new(&REGTEST)
@@ -180,8 +181,12 @@ async fn a_checkpoint_skips_the_history() {
     let mut full =
         LightClient::new(config(), vec![MockSource::new("a", &c, Mode::Honest)]).expect("client");
     full.sync().await.expect("sync");
-    let cp = full.checkpoint();
-    assert_eq!(cp.tip_height, 2500 - REGTEST.confirmation_depth);
+    let cp = full.checkpoint().expect("a settled, fresh chain");
+    assert_eq!(cp.state.tip_height, 2500 - REGTEST.confirmation_depth);
+    assert_eq!(
+        xirtam_lightclient::Checkpoint::from_hex(&cp.to_hex()).expect("round trip"),
+        cp
+    );
     c.lock().expect("lock").blocks(10);
 
     let mut cfg = config();
@@ -294,4 +299,181 @@ async fn a_heavier_branch_that_misses_the_checkpoint_is_refused() {
     .expect("client");
     lc.sync().await.expect("sync");
     assert_eq!(lc.tip().height, 350);
+}
+
+/// The attack of a tampering proxy in front of an attacker's node: the
+/// attacker's own short chain binds `@alice` to "forged", and the proxy
+/// claims the most work there is, then refuses every header. The honest
+/// source (listed second) must win every sync, the forged value must never
+/// be returned, and the liar becomes faulty after its strikes.
+#[tokio::test]
+async fn a_source_claiming_maximal_work_then_refusing_headers_cannot_stall_sync() {
+    let mut honest = MockChain::recent();
+    honest.block(&[(name("@alice"), record(1, "honest"))]);
+    honest.blocks(61);
+    let mut forged = MockChain::recent().fork_at(0);
+    forged.block(&[(name("@alice"), record(1, "forged"))]);
+    forged.blocks(5);
+    let (honest, forged) = (shared(honest), shared(forged));
+    let mut lc = LightClient::new(
+        config(),
+        vec![
+            MockSource::new("liar", &forged, Mode::ClaimMaxThenRefuse),
+            MockSource::new("honest", &honest, Mode::Honest),
+        ],
+    )
+    .expect("client");
+    for round in 0..STRIKES_TO_FAULT {
+        let r = lc.sync().await.expect("sync");
+        assert_eq!(r.to_height, 62, "round {round}: the honest tip");
+        let v = lc.resolve_synced(&name("@alice")).await.expect("resolve");
+        assert_eq!(
+            v.value()
+                .record
+                .as_ref()
+                .map(|r| r.value.as_bytes().to_vec()),
+            Some(b"honest".to_vec()),
+            "round {round}"
+        );
+    }
+    let liar = &lc.sources()[0];
+    assert!(
+        matches!(&liar.status, SourceStatus::Faulty(w) if w.contains("strikes")),
+        "{:?}",
+        liar.status
+    );
+}
+
+/// A source that answers slowly, listed first, costs one timeout: the sync
+/// ends within twice the timeout, and the bytes received are at most 1.1
+/// times what the chain's headers weigh.
+#[tokio::test]
+async fn a_slow_source_listed_first_costs_at_most_one_timeout() {
+    let mut c = MockChain::new(1_700_000_000);
+    c.blocks(4000);
+    let c = shared(c);
+    let mut cfg = config();
+    cfg.timeout = std::time::Duration::from_millis(400);
+    cfg.allow_stale = true;
+    let mut lc = LightClient::new(
+        cfg,
+        vec![
+            MockSource::new("slow", &c, Mode::Slow(3_000)),
+            MockSource::new("honest", &c, Mode::Honest),
+        ],
+    )
+    .expect("client");
+    let started = std::time::Instant::now();
+    let r = lc.sync().await.expect("sync");
+    let took = started.elapsed();
+    assert_eq!(r.to_height, 4000);
+    assert!(
+        took < std::time::Duration::from_millis(800),
+        "took {took:?}"
+    );
+    let chain_bytes = 4000 * 323;
+    let got = lc.bytes_received();
+    assert!(
+        got * 10 <= chain_bytes * 11,
+        "received {got} bytes for {chain_bytes} bytes of headers"
+    );
+}
+
+/// A checkpoint is exported only from a synced, fresh chain: a source
+/// whose tip is old (an eclipse looks like this) gives an error, as does a
+/// client that has not synced.
+#[tokio::test]
+async fn a_checkpoint_from_a_stale_chain_is_refused() {
+    let mut old = MockChain::new(crate::mock::now() - 100_000);
+    old.blocks(50);
+    let old = shared(old);
+    let mut cfg = config();
+    cfg.allow_stale = true; // lookups may go on; checkpoints may not
+    let mut lc =
+        LightClient::new(cfg, vec![MockSource::new("old", &old, Mode::Honest)]).expect("client");
+    assert!(
+        matches!(lc.checkpoint(), Err(Error::NoCheckpoint(_))),
+        "not synced yet"
+    );
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.tip().height, 50);
+    let e = lc.checkpoint().expect_err("stale");
+    assert!(matches!(e, Error::StaleTip { .. }), "{e}");
+}
+
+/// A checkpoint made on one network, given to a client of another, is a
+/// configuration error named as such (not a fault of every source).
+#[tokio::test]
+async fn a_checkpoint_of_another_network_is_a_configuration_error() {
+    let local = xirtam_lightclient::Checkpoint {
+        genesis: xirtam_proofs::LOCAL.genesis_hash,
+        state: xirtam_proofs::header::ChainState::genesis(&xirtam_proofs::LOCAL),
+    };
+    let mut cfg = config();
+    cfg.checkpoint = Some(local);
+    let c = shared(MockChain::recent());
+    let Err(e) = LightClient::new(cfg, vec![MockSource::new("a", &c, Mode::Honest)]) else {
+        panic!("a checkpoint of another network was accepted");
+    };
+    assert!(matches!(e, Error::CheckpointNetwork { .. }), "{e}");
+    assert!(e.to_string().contains("--network"), "{e}");
+}
+
+/// Two clients on one data directory would interleave writes: the second
+/// is refused with a message that says what to do.
+#[tokio::test]
+async fn a_second_client_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = shared(MockChain::recent());
+    let mut cfg = config();
+    cfg.datadir = Some(dir.path().to_owned());
+    let first = LightClient::new(cfg.clone(), vec![MockSource::new("a", &c, Mode::Honest)])
+        .expect("client");
+    let Err(e) = LightClient::new(cfg.clone(), vec![MockSource::new("a", &c, Mode::Honest)]) else {
+        panic!("a second client opened a locked data directory");
+    };
+    assert!(
+        matches!(
+            e,
+            Error::Store(xirtam_lightclient::StoreError::Locked { .. })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("another --datadir"), "{e}");
+    drop(first);
+    LightClient::new(cfg, vec![MockSource::new("a", &c, Mode::Honest)]).expect("lock released");
+}
+
+/// A source found faulty is remembered in the data directory: the next
+/// run does not ask it again.
+#[tokio::test]
+async fn a_faulty_source_is_remembered_across_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = MockChain::recent();
+    c.blocks(20);
+    let c = shared(c);
+    let mut cfg = config();
+    cfg.datadir = Some(dir.path().to_owned());
+    let run = |cfg: &Config| {
+        LightClient::new(
+            cfg.clone(),
+            vec![
+                MockSource::new("tamper", &c, Mode::FlipHeaders),
+                MockSource::new("honest", &c, Mode::Honest),
+            ],
+        )
+        .expect("client")
+    };
+    let mut lc = run(&cfg);
+    lc.sync().await.expect("sync");
+    assert!(matches!(lc.sources()[0].status, SourceStatus::Faulty(_)));
+    drop(lc);
+    let mut lc = run(&cfg);
+    assert!(
+        matches!(&lc.sources()[0].status, SourceStatus::Faulty(w) if w.contains("earlier run")),
+        "{:?}",
+        lc.sources()[0].status
+    );
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.sources()[0].bytes_received, 0, "not asked again");
 }

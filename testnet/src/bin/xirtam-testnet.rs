@@ -434,7 +434,7 @@ async fn bench_lightclient(
 
     // A cold start: fresh store, sync (from genesis or a checkpoint), one
     // verified lookup. Returns milliseconds, bytes, and the client.
-    let cold_start = |checkpoint: Option<xirtam_proofs::header::ChainState>| {
+    let cold_start = |checkpoint: Option<xirtam_lightclient::Checkpoint>| {
         let source = &source;
         let name = &name;
         async move {
@@ -483,11 +483,16 @@ async fn bench_lightclient(
     }
 
     // Restart: open the synced store (every header verified again), no
-    // network.
+    // network. A copy: the live client holds its directory's lock.
+    let copy = tempfile::tempdir()?;
+    std::fs::copy(
+        dir.path().join("headers.dat"),
+        copy.path().join("headers.dat"),
+    )?;
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {
         let mut cfg = LcConfig::new(&REGTEST);
-        cfg.datadir = Some(dir.path().to_owned());
+        cfg.datadir = Some(copy.path().to_owned());
         let t = Instant::now();
         let reopened = LightClient::new(cfg, vec![source()?])?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -505,7 +510,7 @@ async fn bench_lightclient(
         // The synced client's state `checkpoint_age` blocks down.
         let mut c = LightClient::new(tmp, vec![source()?])?;
         c.sync().await?;
-        c.checkpoint()
+        c.checkpoint()?
     };
     let mut times = Vec::new();
     let mut bytes = 0;

@@ -10,6 +10,7 @@ use jsonrpsee::http_client::HttpClient;
 use jsonrpsee::server::{RpcModule, Server, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use serde_json::Value;
+use xirtam_lightclient::client::STRIKES_TO_FAULT;
 use xirtam_lightclient::{Config as LcConfig, Error, HttpSource, LightClient, SourceStatus};
 use xirtam_node_api::NodeApiClient;
 use xirtam_proofs::params::REGTEST;
@@ -28,6 +29,9 @@ enum Tamper {
     Proofs,
     /// Claim far more work than the tip has (`chain_tip`).
     Work,
+    /// Claim the most work there is, then answer every `chain_headers`
+    /// with "not found".
+    MaxWorkThenRefuse,
 }
 
 /// Change one hex digit at `i` (counted from the end when negative).
@@ -69,6 +73,9 @@ fn tamper(mode: Tamper, method: &str, mut v: Value) -> Value {
         (Tamper::Work, "chain_tip") => {
             v["work"] = Value::String("7f".repeat(32));
         }
+        (Tamper::MaxWorkThenRefuse, "chain_tip") => {
+            v["work"] = Value::String("ff".repeat(32));
+        }
         _ => {}
     }
     v
@@ -91,6 +98,13 @@ impl Proxy {
             module
                 .register_async_method(method, move |params, ctx, _| async move {
                     let (up, mode): &(Arc<HttpClient>, Tamper) = &ctx;
+                    if *mode == Tamper::MaxWorkThenRefuse && method == "chain_headers" {
+                        return Err(ErrorObjectOwned::owned(
+                            xirtam_node_api::code::NOT_FOUND,
+                            "not found",
+                            None::<()>,
+                        ));
+                    }
                     let args: Vec<Value> = params.parse().unwrap_or_default();
                     let mut p = ArrayParams::new();
                     for a in args {
@@ -184,7 +198,20 @@ async fn light_client_gets_the_truth_or_an_error() {
     .await;
     net.mine(0, 4).await.expect("mine");
     wait_record(&net, 1, "@alice", b"v1", Duration::from_secs(30)).await;
-    net.mine(2, 4).await.expect("lighter fork");
+    // Node 2's lighter branch binds @alice to "forged" (an attacker's own
+    // chain).
+    claim(
+        &net,
+        2,
+        &REGTEST,
+        "@alice",
+        &key(9),
+        b"forged",
+        REGTEST.genesis_hash,
+    )
+    .await;
+    net.mine(2, 3).await.expect("lighter fork");
+    wait_record(&net, 2, "@alice", b"forged", Duration::from_secs(30)).await;
     let main_tip = net.wait_same_tip(&[0, 1], 10).await.expect("same tip");
 
     let urls: Vec<String> = net.nodes().iter().map(|n| n.rpc_url.clone()).collect();
@@ -230,6 +257,24 @@ async fn light_client_gets_the_truth_or_an_error() {
     assert_eq!(lc.tip().hash.to_hex(), main_tip.hash);
     assert!(
         matches!(&lc.sources()[0].status, SourceStatus::Faulty(w) if w.contains("add up")),
+        "{:?}",
+        lc.sources()[0].status
+    );
+
+    // The attacker's node behind a proxy that claims the most work there
+    // is and refuses every header, listed first: sync after sync the
+    // honest chain wins, "forged" is never returned, and the proxy's
+    // strikes make it faulty.
+    let stall = Proxy::start(&urls[2], Tamper::MaxWorkThenRefuse).await;
+    let mut lc = client(&[&stall.url, &urls[0]], 1, None);
+    for round in 0..STRIKES_TO_FAULT {
+        let r = lc.sync().await.expect("sync");
+        assert_eq!(r.to_height, main_tip.height, "round {round}");
+        let v = lc.resolve_synced(&name("@alice")).await.expect("resolve");
+        assert_eq!(value_of(&v).as_deref(), Some(&b"v1"[..]), "round {round}");
+    }
+    assert!(
+        matches!(&lc.sources()[0].status, SourceStatus::Faulty(w) if w.contains("strikes")),
         "{:?}",
         lc.sources()[0].status
     );
