@@ -197,7 +197,9 @@ struct Concierge {
     params: &'static Params,
     keys: ServerKeys,
     store: MailboxStore,
-    lc: tokio::sync::Mutex<LightClient<HttpSource>>,
+    /// Shared by every connection: lookups run while a sync is in
+    /// progress, so one hanging node does not stall them.
+    lc: LightClient<HttpSource>,
     limits: Limits,
     challenges: Mutex<HashMap<[u8; 32], (Name, Instant)>>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
@@ -288,7 +290,7 @@ impl Concierge {
         {
             return Ok(v.clone());
         }
-        let lookup = self.lc.lock().await.resolve(user).await.map_err(|e| {
+        let lookup = self.lc.resolve(user).await.map_err(|e| {
             err(
                 code::LOOKUP_FAILED,
                 format!("cannot verify {user}'s record now: {e}"),
@@ -682,7 +684,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         params: config.params,
         keys,
         store,
-        lc: tokio::sync::Mutex::new(lc),
+        lc,
         limits: config.limits.clone(),
         challenges: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
@@ -725,7 +727,7 @@ async fn keep_registered(c: Arc<Concierge>, record: ServerRecord) {
     let mut sent: Option<(u64, Instant)> = None;
     loop {
         let step = async {
-            let mut lc = c.lc.lock().await;
+            let lc = &c.lc;
             let confirmed = lc.resolve(&c.name).await?;
             if confirmed
                 .record()

@@ -18,6 +18,8 @@
 //!   next source is asked; only a verified answer is returned.
 
 use std::collections::HashMap;
+
+use parking_lot::{Mutex, RwLock};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -318,6 +320,13 @@ pub struct SyncReport {
 #[derive(Debug)]
 struct Slot<S> {
     source: S,
+    /// What is known of it, behind a lock held only for reads and updates
+    /// (never across a request).
+    st: Mutex<SlotState>,
+}
+
+#[derive(Debug)]
+struct SlotState {
     status: SourceStatus,
     claim: Option<TipClaim>,
     genesis_checked: bool,
@@ -390,15 +399,22 @@ fn unix_now() -> u64 {
 }
 
 /// A light client over sources of type `S`.
+///
+/// Every method takes `&self`: one client can be shared (in an `Arc`) by
+/// many tasks. Locks are held only for in-memory reads and updates, never
+/// across a request to a source, so a lookup runs while a sync is in
+/// progress, against the chain verified so far; one sync runs at a time.
 #[derive(Debug)]
 pub struct LightClient<S> {
     config: Config,
     slots: Vec<Slot<S>>,
-    chain: HeaderChain,
-    last_sync: Option<Instant>,
+    chain: RwLock<HeaderChain>,
+    last_sync: Mutex<Option<Instant>>,
     load: LoadReport,
     /// Faulty sources by label: until when (Unix seconds), and why.
-    faults: HashMap<String, (u64, String)>,
+    faults: Mutex<HashMap<String, (u64, String)>>,
+    /// Held by the running sync.
+    syncing: tokio::sync::Mutex<()>,
 }
 
 impl<S: Source> LightClient<S> {
@@ -434,26 +450,29 @@ impl<S: Source> LightClient<S> {
         let slots = sources
             .into_iter()
             .map(|source| Slot {
-                status: match faults.get(source.label()) {
-                    Some((until, why)) => SourceStatus::Faulty(format!(
-                        "{why} (remembered from an earlier run for {} more s)",
-                        until.saturating_sub(now)
-                    )),
-                    None => SourceStatus::Unknown,
-                },
+                st: Mutex::new(SlotState {
+                    status: match faults.get(source.label()) {
+                        Some((until, why)) => SourceStatus::Faulty(format!(
+                            "{why} (remembered from an earlier run for {} more s)",
+                            until.saturating_sub(now)
+                        )),
+                        None => SourceStatus::Unknown,
+                    },
+                    claim: None,
+                    genesis_checked: false,
+                    strikes: 0,
+                }),
                 source,
-                claim: None,
-                genesis_checked: false,
-                strikes: 0,
             })
             .collect();
         Ok(LightClient {
             config,
             slots,
-            chain,
-            last_sync: None,
+            chain: RwLock::new(chain),
+            last_sync: Mutex::new(None),
             load,
-            faults,
+            faults: Mutex::new(faults),
+            syncing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -469,19 +488,20 @@ impl<S: Source> LightClient<S> {
 
     /// The verified tip.
     pub fn tip(&self) -> Tip {
-        let t = self.chain.tip();
+        let chain = self.chain.read();
+        let t = chain.tip();
         Tip {
             height: t.tip_height,
             hash: t.tip_hash,
             work: t.total_work(),
             time: t.tip_time(),
-            base_height: self.chain.base().tip_height,
+            base_height: chain.base().tip_height,
         }
     }
 
     /// Headers held above the base.
     pub fn headers_held(&self) -> usize {
-        self.chain.len()
+        self.chain.read().len()
     }
 
     /// A checkpoint others can start from: the verified state `depth` blocks
@@ -492,10 +512,11 @@ impl<S: Source> LightClient<S> {
     /// holds `depth` blocks above its base, so that only a settled state of
     /// a live chain is passed on.
     pub fn checkpoint(&self) -> Result<Checkpoint, Error> {
-        if self.last_sync.is_none() {
+        if self.last_sync.lock().is_none() {
             return Err(Error::NoCheckpoint("sync first".into()));
         }
-        let tip = self.chain.tip();
+        let chain = self.chain.read();
+        let tip = chain.tip();
         let age = unix_now().saturating_sub(tip.tip_time());
         if age > self.config.max_tip_age.as_secs() {
             return Err(Error::StaleTip {
@@ -504,7 +525,7 @@ impl<S: Source> LightClient<S> {
                 max_secs: self.config.max_tip_age.as_secs(),
             });
         }
-        let base = self.chain.base().tip_height;
+        let base = chain.base().tip_height;
         let Some(at) = tip
             .tip_height
             .checked_sub(self.config.depth)
@@ -518,7 +539,7 @@ impl<S: Source> LightClient<S> {
         };
         Ok(Checkpoint {
             genesis: self.config.params.genesis_hash,
-            state: self.chain.branch_from(at).state().clone(),
+            state: chain.branch_from(at).state().clone(),
         })
     }
 
@@ -526,11 +547,14 @@ impl<S: Source> LightClient<S> {
     pub fn sources(&self) -> Vec<SourceReport> {
         self.slots
             .iter()
-            .map(|s| SourceReport {
-                label: s.source.label().to_owned(),
-                status: s.status.clone(),
-                claimed_tip: s.claim.as_ref().map(|c| (c.height, c.hash, c.work)),
-                bytes_received: s.source.bytes_received(),
+            .map(|s| {
+                let st = s.st.lock();
+                SourceReport {
+                    label: s.source.label().to_owned(),
+                    status: st.status.clone(),
+                    claimed_tip: st.claim.as_ref().map(|c| (c.height, c.hash, c.work)),
+                    bytes_received: s.source.bytes_received(),
+                }
             })
             .collect()
     }
@@ -541,7 +565,7 @@ impl<S: Source> LightClient<S> {
     }
 
     /// Follow the most-work chain the sources offer.
-    pub async fn sync(&mut self) -> Result<SyncReport, Error> {
+    pub async fn sync(&self) -> Result<SyncReport, Error> {
         self.sync_with(&mut |_, _| {}).await
     }
 
@@ -554,19 +578,31 @@ impl<S: Source> LightClient<S> {
     /// chain and every claim still untried; otherwise it is held, and the
     /// heaviest verified branch is adopted after every candidate was tried.
     pub async fn sync_with(
-        &mut self,
+        &self,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<SyncReport, Error> {
-        let from_height = self.chain.tip().tip_height;
-        let start_hash = self.chain.tip().tip_hash;
+        let running = self.syncing.lock().await;
+        self.sync_running(running, progress).await
+    }
+
+    /// The sync itself, while `_running` (the sync lock) is held.
+    async fn sync_running(
+        &self,
+        _running: tokio::sync::MutexGuard<'_, ()>,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<SyncReport, Error> {
+        let from_height = self.chain.read().tip().tip_height;
+        let start_hash = self.chain.read().tip().tip_hash;
         let mut headers = 0u64;
         self.poll_tips().await;
-        let order = self.candidates(self.chain.tip().total_work());
+        let order = self.candidates(self.chain.read().tip().total_work());
         let mut held: Option<Branch> = None;
         for (k, &i) in order.iter().enumerate() {
             let held_work = held.as_ref().map_or(U256::zero(), Branch::work);
-            let settled = self.chain.tip().total_work().max(held_work);
+            let settled = self.chain.read().tip().total_work().max(held_work);
             if self.slots[i]
+                .st
+                .lock()
                 .claim
                 .as_ref()
                 .is_none_or(|c| c.work <= settled)
@@ -576,55 +612,57 @@ impl<S: Source> LightClient<S> {
             }
             let untried = order[k + 1..]
                 .iter()
-                .filter_map(|&j| self.slots[j].claim.as_ref().map(|c| c.work))
+                .filter_map(|&j| self.slots[j].st.lock().claim.as_ref().map(|c| c.work))
                 .max()
                 .unwrap_or_default();
             let (result, rest) = self
                 .sync_from(i, untried.max(held_work), progress, &mut headers)
                 .await;
-            if rest.work() > self.chain.tip().total_work()
+            if rest.work() > self.chain.read().tip().total_work()
                 && rest.work() > held.as_ref().map_or(U256::zero(), Branch::work)
             {
                 held = Some(rest);
             }
             match result {
-                Ok(()) => self.slots[i].strikes = 0,
+                Ok(()) => self.slots[i].st.lock().strikes = 0,
                 Err(Fail::Fault(why)) => self.mark_faulty(i, why),
                 Err(Fail::Strike(why)) => self.strike(i, why),
                 Err(Fail::Transient(why)) => {
                     tracing::debug!(target: "lightclient::sync", source = self.slots[i].source.label(), "{why}");
-                    self.slots[i].status = SourceStatus::Unreachable(why);
+                    self.slots[i].st.lock().status = SourceStatus::Unreachable(why);
                 }
             }
         }
         // The heaviest branch that verified but was held back, if nothing
         // heavier was adopted since (its fork point is still ours).
-        if let Some(mut b) = held
-            && self.chain.hash_at(b.fork()) == Some(b.fork_hash())
-            && b.work() > self.chain.tip().total_work()
-            && b.work() >= self.config.params.min_chain_work
-        {
-            self.chain.commit(&mut b)?;
+        if let Some(mut b) = held {
+            let mut chain = self.chain.write();
+            if chain.hash_at(b.fork()) == Some(b.fork_hash())
+                && b.work() > chain.tip().total_work()
+                && b.work() >= self.config.params.min_chain_work
+            {
+                chain.commit(&mut b)?;
+            }
         }
         self.check_any_usable()?;
-        self.last_sync = Some(Instant::now());
-        let tip = self.chain.tip();
+        *self.last_sync.lock() = Some(Instant::now());
+        let chain = self.chain.read();
         Ok(SyncReport {
             from_height,
-            to_height: tip.tip_height,
-            reorged: self.chain.hash_at(from_height) != Some(start_hash),
+            to_height: chain.tip().tip_height,
+            reorged: chain.hash_at(from_height) != Some(start_hash),
             headers,
         })
     }
 
-    fn mark_faulty(&mut self, i: usize, why: String) {
+    fn mark_faulty(&self, i: usize, why: String) {
         tracing::warn!(target: "lightclient::sources", source = self.slots[i].source.label(), "faulty: {why}");
-        self.slots[i].status = SourceStatus::Faulty(why.clone());
+        self.slots[i].st.lock().status = SourceStatus::Faulty(why.clone());
         let until = unix_now().saturating_add(FAULT_EXPIRY.as_secs());
-        self.faults
-            .insert(self.slots[i].source.label().to_owned(), (until, why));
+        let mut all = self.faults.lock();
+        all.insert(self.slots[i].source.label().to_owned(), (until, why));
         if let Some(dir) = &self.config.datadir
-            && let Err(e) = faults::save(dir, &self.faults)
+            && let Err(e) = faults::save(dir, &all)
         {
             tracing::warn!(target: "lightclient::sources", "cannot remember faulty sources: {e}");
         }
@@ -633,27 +671,37 @@ impl<S: Source> LightClient<S> {
     /// A source advertised a tip, then withheld or refused what is under
     /// it (or sent a header ahead of our clock): after
     /// [`STRIKES_TO_FAULT`] strikes without a good sync it is faulty.
-    fn strike(&mut self, i: usize, why: String) {
-        let s = &mut self.slots[i];
-        s.strikes += 1;
-        tracing::info!(target: "lightclient::sources", source = s.source.label(), strikes = s.strikes, "strike: {why}");
-        if s.strikes >= STRIKES_TO_FAULT {
+    fn strike(&self, i: usize, why: String) {
+        let strikes = {
+            let mut st = self.slots[i].st.lock();
+            st.strikes += 1;
+            if st.strikes < STRIKES_TO_FAULT {
+                st.status = SourceStatus::Unreachable(why.clone());
+            }
+            st.strikes
+        };
+        tracing::info!(target: "lightclient::sources", source = self.slots[i].source.label(), strikes, "strike: {why}");
+        if strikes >= STRIKES_TO_FAULT {
             self.mark_faulty(i, format!("{STRIKES_TO_FAULT} strikes; the last: {why}"));
-        } else {
-            s.status = SourceStatus::Unreachable(why);
         }
     }
 
     /// Fail when no source answered or every one that did is faulty.
     fn check_any_usable(&self) -> Result<(), Error> {
-        if self.slots.iter().any(|s| s.status == SourceStatus::Ok) {
+        let statuses: Vec<SourceStatus> = self
+            .slots
+            .iter()
+            .map(|s| s.st.lock().status.clone())
+            .collect();
+        if statuses.contains(&SourceStatus::Ok) {
             return Ok(());
         }
         let describe = |s: &Slot<S>, why: &str| format!("{}: {why}", s.source.label());
         let faults: Vec<String> = self
             .slots
             .iter()
-            .filter_map(|s| match &s.status {
+            .zip(&statuses)
+            .filter_map(|(s, st)| match st {
                 SourceStatus::Faulty(w) => Some(describe(s, w)),
                 _ => None,
             })
@@ -661,7 +709,8 @@ impl<S: Source> LightClient<S> {
         let all: Vec<String> = self
             .slots
             .iter()
-            .map(|s| match &s.status {
+            .zip(&statuses)
+            .map(|(s, st)| match st {
                 SourceStatus::Faulty(w) => describe(s, &format!("faulty: {w}")),
                 SourceStatus::Unreachable(w) => describe(s, w),
                 _ => describe(s, "no answer"),
@@ -678,14 +727,21 @@ impl<S: Source> LightClient<S> {
 
     /// Ask every non-faulty source for its tip (concurrently, each within
     /// the request timeout).
-    async fn poll_tips(&mut self) {
+    async fn poll_tips(&self) {
         let genesis = self.config.params.genesis_hash;
         let timeout = self.config.timeout;
         let answers = futures::future::join_all(self.slots.iter().map(|s| async move {
-            if matches!(s.status, SourceStatus::Faulty(_)) {
+            let (faulty, genesis_checked) = {
+                let st = s.st.lock();
+                (
+                    matches!(st.status, SourceStatus::Faulty(_)),
+                    st.genesis_checked,
+                )
+            };
+            if faulty {
                 return None;
             }
-            if !s.genesis_checked {
+            if !genesis_checked {
                 match within(timeout, s.source.genesis()).await {
                     Ok(g) if g == genesis => {}
                     Ok(g) => {
@@ -709,15 +765,16 @@ impl<S: Source> LightClient<S> {
                     self.mark_faulty(i, "its tip header lacks its proof of work".into());
                 }
                 Ok(c) => {
-                    let s = &mut self.slots[i];
-                    s.genesis_checked = true;
-                    s.status = SourceStatus::Ok;
-                    s.claim = Some(c);
+                    let mut st = self.slots[i].st.lock();
+                    st.genesis_checked = true;
+                    st.status = SourceStatus::Ok;
+                    st.claim = Some(c);
                 }
                 Err(Fail::Fault(why)) => self.mark_faulty(i, why),
                 Err(Fail::Transient(why) | Fail::Strike(why)) => {
-                    self.slots[i].status = SourceStatus::Unreachable(why);
-                    self.slots[i].claim = None;
+                    let mut st = self.slots[i].st.lock();
+                    st.status = SourceStatus::Unreachable(why);
+                    st.claim = None;
                 }
             }
         }
@@ -727,12 +784,16 @@ impl<S: Source> LightClient<S> {
     /// claim first; ties go to the lowest tip hash, then the earliest
     /// configured.
     fn candidates(&self, ours: U256) -> Vec<usize> {
-        let mut c: Vec<(usize, &TipClaim)> = self
+        let mut c: Vec<(usize, TipClaim)> = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.status == SourceStatus::Ok)
-            .filter_map(|(i, s)| s.claim.as_ref().map(|c| (i, c)))
+            .filter_map(|(i, s)| {
+                let st = s.st.lock();
+                (st.status == SourceStatus::Ok)
+                    .then(|| st.claim.clone().map(|c| (i, c)))
+                    .flatten()
+            })
             .filter(|(_, c)| c.work > ours)
             .collect();
         c.sort_by(|(i, a), (j, b)| {
@@ -772,14 +833,14 @@ impl<S: Source> LightClient<S> {
     /// against the branch it then sends, so lying about the fork point to
     /// make us download again what we hold is caught in the first batch.
     async fn find_fork(&self, i: usize, below: u64) -> Result<(u64, Vec<(u64, Hash)>), Fail> {
-        let base = self.chain.base().tip_height;
+        let base = self.chain.read().base().tip_height;
         let mut probes = Vec::new();
         let mut differs: Option<u64> = None;
-        let mut h = below.min(self.chain.tip().tip_height).max(base);
+        let mut h = below.min(self.chain.read().tip().tip_height).max(base);
         let mut step = 1u64;
         let mut agree = loop {
             let theirs = self.probe(i, h, below).await?;
-            if Some(theirs.hash()) == self.chain.hash_at(h) {
+            if Some(theirs.hash()) == self.chain.read().hash_at(h) {
                 break h;
             }
             if h == base {
@@ -804,7 +865,7 @@ impl<S: Source> LightClient<S> {
         {
             let mid = agree + (d - agree) / 2;
             let theirs = self.probe(i, mid, below).await?;
-            if Some(theirs.hash()) == self.chain.hash_at(mid) {
+            if Some(theirs.hash()) == self.chain.read().hash_at(mid) {
                 agree = mid;
             } else {
                 if theirs.check_pow().is_err() {
@@ -824,20 +885,21 @@ impl<S: Source> LightClient<S> {
     /// and `bar` (the heaviest claim still untried, or a branch held);
     /// whatever verified but was not adopted is returned.
     async fn sync_from(
-        &mut self,
+        &self,
         i: usize,
         bar: U256,
         progress: &mut (dyn FnMut(u64, u64) + Send),
         counted: &mut u64,
     ) -> (Result<(), Fail>, Branch) {
-        let Some(claim) = self.slots[i].claim.clone() else {
-            return (Ok(()), self.chain.branch_from(self.chain.tip().tip_height));
+        let claim = self.slots[i].st.lock().claim.clone();
+        let Some(claim) = claim else {
+            return (Ok(()), self.tip_branch());
         };
         let (fork, probes) = match self.find_fork(i, claim.height).await {
             Ok(f) => f,
-            Err(e) => return (Err(e), self.chain.branch_from(self.chain.tip().tip_height)),
+            Err(e) => return (Err(e), self.tip_branch()),
         };
-        let mut branch: Branch = self.chain.branch_from(fork);
+        let mut branch: Branch = self.chain.read().branch_from(fork);
         let result = self
             .download(i, &claim, &probes, bar, &mut branch, progress, counted)
             .await;
@@ -850,7 +912,7 @@ impl<S: Source> LightClient<S> {
     /// [`HEADER_BYTES_BUDGET`] bytes received per header needed.
     #[allow(clippy::too_many_arguments)]
     async fn download(
-        &mut self,
+        &self,
         i: usize,
         claim: &TipClaim,
         probes: &[(u64, Hash)],
@@ -917,7 +979,7 @@ impl<S: Source> LightClient<S> {
                 && branch.hash_at(cp.height).is_some_and(|h| h != cp.hash)
             {
                 // Not even its valid prefix may be adopted later.
-                *branch = self.chain.branch_from(fork);
+                *branch = self.chain.read().branch_from(fork);
                 return Err(Fail::Fault(format!(
                     "its chain does not pass through the network's checkpoint at height {}",
                     cp.height
@@ -937,7 +999,10 @@ impl<S: Source> LightClient<S> {
             next += got;
             self.commit_if_heavier(branch, bar)?;
             progress(
-                branch.state().tip_height.max(self.chain.tip().tip_height),
+                branch
+                    .state()
+                    .tip_height
+                    .max(self.chain.read().tip().tip_height),
                 claim.height,
             );
         }
@@ -962,14 +1027,39 @@ impl<S: Source> LightClient<S> {
     /// Adopt `branch` when it carries more work than our chain and than
     /// `bar`, and at least the network's minimum chain work (a cheap chain
     /// forked from early history must not become a fresh client's view).
-    fn commit_if_heavier(&mut self, branch: &mut Branch, bar: U256) -> Result<(), Fail> {
-        if branch.work() > self.chain.tip().total_work()
+    fn commit_if_heavier(&self, branch: &mut Branch, bar: U256) -> Result<(), Fail> {
+        let mut chain = self.chain.write();
+        if branch.work() > chain.tip().total_work()
             && branch.work() > bar
             && branch.work() >= self.config.params.min_chain_work
         {
-            self.chain
+            chain
                 .commit(branch)
                 .map_err(|e| Fail::Transient(format!("cannot store headers: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// An empty branch at our tip.
+    fn tip_branch(&self) -> Branch {
+        let chain = self.chain.read();
+        chain.branch_from(chain.tip().tip_height)
+    }
+
+    /// Is a sync due (none yet, or the last is older than `refresh`)?
+    fn sync_due(&self) -> bool {
+        self.last_sync
+            .lock()
+            .is_none_or(|t| t.elapsed() >= self.config.refresh)
+    }
+
+    /// Sync when due, unless another task is syncing: then go on with the
+    /// chain verified so far rather than wait for that sync.
+    async fn sync_if_due(&self) -> Result<(), Error> {
+        if self.sync_due()
+            && let Ok(running) = self.syncing.try_lock()
+        {
+            self.sync_running(running, &mut |_, _| {}).await?;
         }
         Ok(())
     }
@@ -977,18 +1067,13 @@ impl<S: Source> LightClient<S> {
     /// Resolve `name`: its record, or proven absence, at `depth` blocks under
     /// the verified tip. Syncs first when the last sync is older than
     /// `refresh`.
-    pub async fn resolve(&mut self, name: &Name) -> Result<Verified<Lookup>, Error> {
-        let due = self
-            .last_sync
-            .is_none_or(|t| t.elapsed() >= self.config.refresh);
-        if due {
-            self.sync().await?;
-        }
+    pub async fn resolve(&self, name: &Name) -> Result<Verified<Lookup>, Error> {
+        self.sync_if_due().await?;
         self.resolve_synced(name).await
     }
 
     /// Resolve against the chain as it is, without syncing first.
-    pub async fn resolve_synced(&mut self, name: &Name) -> Result<Verified<Lookup>, Error> {
+    pub async fn resolve_synced(&self, name: &Name) -> Result<Verified<Lookup>, Error> {
         self.resolve_at_depth(name, self.config.depth).await
     }
 
@@ -996,13 +1081,8 @@ impl<S: Source> LightClient<S> {
     /// when due: the newest state, for writers choosing the next nonce and
     /// for watching an own write land. Users of the answer should wait for
     /// [`LightClient::resolve`] before relying on it.
-    pub async fn resolve_latest(&mut self, name: &Name) -> Result<Verified<Lookup>, Error> {
-        let due = self
-            .last_sync
-            .is_none_or(|t| t.elapsed() >= self.config.refresh);
-        if due {
-            self.sync().await?;
-        }
+    pub async fn resolve_latest(&self, name: &Name) -> Result<Verified<Lookup>, Error> {
+        self.sync_if_due().await?;
         self.resolve_at_depth(name, 0).await
     }
 
@@ -1016,7 +1096,7 @@ impl<S: Source> LightClient<S> {
     /// source accepted it; it lands when a block includes it, which verified
     /// lookups show.
     pub async fn publish(
-        &mut self,
+        &self,
         key: &SecretKey,
         name: &Name,
         value: Vec<u8>,
@@ -1045,7 +1125,9 @@ impl<S: Source> LightClient<S> {
                 if let Some(h) = self.commitment_height(&pending).await? {
                     // The reveal goes into the block after our tip at the
                     // earliest.
-                    if self.chain.tip().tip_height + 1 >= h + self.config.params.claim_maturity {
+                    if self.chain.read().tip().tip_height + 1
+                        >= h + self.config.params.claim_maturity
+                    {
                         break h;
                     }
                 }
@@ -1078,11 +1160,7 @@ impl<S: Source> LightClient<S> {
     /// First phase of a claim: submit a hiding commitment to claiming
     /// `name` with `key` (a fresh random salt) to every usable source.
     /// Keep the returned value for [`LightClient::reveal`].
-    pub async fn commit_claim(
-        &mut self,
-        key: &SecretKey,
-        name: &Name,
-    ) -> Result<PendingClaim, Error> {
+    pub async fn commit_claim(&self, key: &SecretKey, name: &Name) -> Result<PendingClaim, Error> {
         let mut salt = [0u8; 32];
         getrandom::fill(&mut salt).map_err(|e| Error::BadOp {
             name: name.clone(),
@@ -1107,10 +1185,7 @@ impl<S: Source> LightClient<S> {
 
     /// The height `pending`'s commitment was mined at, verified at our tip
     /// (depth 0), or `None` while it is not on chain.
-    pub async fn commitment_height(
-        &mut self,
-        pending: &PendingClaim,
-    ) -> Result<Option<u64>, Error> {
+    pub async fn commitment_height(&self, pending: &PendingClaim) -> Result<Option<u64>, Error> {
         let v = self
             .query_at_depth(&Query::Commitment(&pending.name, &pending.commitment), 0)
             .await?;
@@ -1124,7 +1199,7 @@ impl<S: Source> LightClient<S> {
     /// (its commitment mined at `commit_height`) with `value` and `owners`
     /// (default: `key` alone).
     pub async fn reveal(
-        &mut self,
+        &self,
         key: &SecretKey,
         pending: &PendingClaim,
         commit_height: u64,
@@ -1149,20 +1224,21 @@ impl<S: Source> LightClient<S> {
 
     /// The hash of the verified block to anchor a new op at.
     fn anchor(&self, name: &Name) -> Result<Hash, Error> {
-        let tip = self.chain.tip().tip_height;
+        let chain = self.chain.read();
+        let tip = chain.tip().tip_height;
         let at = self
             .config
             .params
             .anchor_height(tip)
-            .max(self.chain.base().tip_height);
-        self.chain.hash_at(at).ok_or_else(|| Error::BadOp {
+            .max(chain.base().tip_height);
+        chain.hash_at(at).ok_or_else(|| Error::BadOp {
             name: name.clone(),
             reason: "no verified block to anchor the op at".into(),
         })
     }
 
     async fn sign_and_submit(
-        &mut self,
+        &self,
         key: &SecretKey,
         name: &Name,
         nonce: u64,
@@ -1206,9 +1282,9 @@ impl<S: Source> LightClient<S> {
         for slot in self
             .slots
             .iter()
-            .filter(|s| !matches!(s.status, SourceStatus::Faulty(_)))
+            .filter(|s| !matches!(s.st.lock().status, SourceStatus::Faulty(_)))
         {
-            match slot.source.submit(op).await {
+            match within(self.config.timeout, slot.source.submit(op)).await {
                 Ok(()) => accepted = true,
                 Err(e) => reasons.push(format!("{}: {e}", slot.source.label())),
             }
@@ -1224,11 +1300,7 @@ impl<S: Source> LightClient<S> {
     }
 
     /// Resolve `name` with a proof at `depth` blocks under the verified tip.
-    async fn resolve_at_depth(
-        &mut self,
-        name: &Name,
-        depth: u64,
-    ) -> Result<Verified<Lookup>, Error> {
+    async fn resolve_at_depth(&self, name: &Name, depth: u64) -> Result<Verified<Lookup>, Error> {
         let v = self.query_at_depth(&Query::Name(name), depth).await?;
         Ok(v.map(|a| Lookup {
             name: name.clone(),
@@ -1241,12 +1313,8 @@ impl<S: Source> LightClient<S> {
 
     /// Answer `q` with a proof at `depth` blocks under the verified tip,
     /// asking sources in turn until one answer verifies.
-    async fn query_at_depth(
-        &mut self,
-        q: &Query<'_>,
-        depth: u64,
-    ) -> Result<Verified<Answer>, Error> {
-        let tip = self.chain.tip().clone();
+    async fn query_at_depth(&self, q: &Query<'_>, depth: u64) -> Result<Verified<Answer>, Error> {
+        let tip = self.chain.read().tip().clone();
         let age = unix_now().saturating_sub(tip.tip_time());
         if age > self.config.max_tip_age.as_secs() && !self.config.allow_stale {
             return Err(Error::StaleTip {
@@ -1261,10 +1329,18 @@ impl<S: Source> LightClient<S> {
                 depth,
             });
         };
-        let (Some(header), Some(hash)) = (self.chain.header_at(at), self.chain.hash_at(at)) else {
+        let (header, hash, base) = {
+            let chain = self.chain.read();
+            (
+                chain.header_at(at),
+                chain.hash_at(at),
+                chain.base().tip_height,
+            )
+        };
+        let (Some(header), Some(hash)) = (header, hash) else {
             return Err(Error::BelowCheckpoint {
                 height: at,
-                checkpoint: self.chain.base().tip_height,
+                checkpoint: base,
             });
         };
         let subject = q.subject();
@@ -1273,18 +1349,19 @@ impl<S: Source> LightClient<S> {
             let label = self.slots[i].source.label().to_owned();
             let source = &self.slots[i].source;
             let got = match q {
-                Query::Name(n) => source
-                    .dir_get(n, at)
+                Query::Name(n) => within(self.config.timeout, source.dir_get(n, at))
                     .await
                     .map(|a| (a.height, a.block_hash, Answer::Record(a.record), a.proof)),
-                Query::Commitment(_, c) => source.commitment(c, at).await.map(|a| {
-                    (
-                        a.height,
-                        a.block_hash,
-                        Answer::Commitment(a.mined_at),
-                        a.proof,
-                    )
-                }),
+                Query::Commitment(_, c) => within(self.config.timeout, source.commitment(c, at))
+                    .await
+                    .map(|a| {
+                        (
+                            a.height,
+                            a.block_hash,
+                            Answer::Commitment(a.mined_at),
+                            a.proof,
+                        )
+                    }),
             };
             match got {
                 Err(e) if e.is_fault() => {
@@ -1332,7 +1409,7 @@ impl<S: Source> LightClient<S> {
         if self
             .slots
             .iter()
-            .all(|s| matches!(s.status, SourceStatus::Faulty(_)))
+            .all(|s| matches!(s.st.lock().status, SourceStatus::Faulty(_)))
         {
             return Err(Error::AllSourcesFaulty(reasons));
         }
@@ -1345,13 +1422,15 @@ impl<S: Source> LightClient<S> {
     /// Non-faulty sources, those whose claimed tip is on our chain at or
     /// above `at` first, each group in configuration order.
     fn lookup_order(&self, at: u64) -> Vec<usize> {
+        let chain = self.chain.read();
         let on_our_chain = |s: &Slot<S>| {
-            s.claim
+            s.st.lock()
+                .claim
                 .as_ref()
-                .is_some_and(|c| c.height >= at && self.chain.hash_at(c.height) == Some(c.hash))
+                .is_some_and(|c| c.height >= at && chain.hash_at(c.height) == Some(c.hash))
         };
         let mut order: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| !matches!(self.slots[i].status, SourceStatus::Faulty(_)))
+            .filter(|&i| !matches!(self.slots[i].st.lock().status, SourceStatus::Faulty(_)))
             .collect();
         order.sort_by_key(|&i| !on_our_chain(&self.slots[i]));
         order

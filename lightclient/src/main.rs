@@ -135,7 +135,7 @@ async fn run(cli: Cli) -> Result<()> {
         .iter()
         .map(|u| HttpSource::new(u, timeout).map_err(|e| anyhow!("--node {u}: {e}")))
         .collect::<Result<Vec<_>>>()?;
-    let mut lc = LightClient::new(cfg, sources)?;
+    let lc = LightClient::new(cfg, sources)?;
     let r = lc.load_report();
     if r.truncated_bytes > 0 || r.rebased {
         eprintln!(
@@ -150,22 +150,22 @@ async fn run(cli: Cli) -> Result<()> {
     }
     match &cli.cmd {
         Cmd::Sync => {
-            sync(&mut lc, cli.json).await?;
+            sync(&lc, cli.json).await?;
         }
         Cmd::Tip { offline } => {
             if !offline {
-                sync(&mut lc, true).await?;
+                sync(&lc, true).await?;
             }
             print_tip(&lc, cli.json);
         }
         Cmd::Resolve { name } => {
             let name = Name::new(name).map_err(|e| anyhow!("{name:?} is not a name: {e}"))?;
-            sync(&mut lc, true).await?;
+            sync(&lc, true).await?;
             let v = lc.resolve_synced(&name).await?;
             print_lookup(&v, cli.json);
         }
         Cmd::Checkpoint => {
-            sync(&mut lc, true).await?;
+            sync(&lc, true).await?;
             let cp = lc.checkpoint()?;
             let st = &cp.state;
             if cli.json {
@@ -196,7 +196,7 @@ fn cfg_network(lc: &LightClient<HttpSource>) -> &'static str {
 }
 
 /// Sync with a progress bar on a terminal; print a summary unless `quiet`.
-async fn sync(lc: &mut LightClient<HttpSource>, quiet: bool) -> Result<()> {
+async fn sync(lc: &LightClient<HttpSource>, quiet: bool) -> Result<()> {
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(

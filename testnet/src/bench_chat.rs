@@ -108,7 +108,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
     let url = net.server(s).url.clone();
     let pid = net.server(s).pid().context("server pid")?;
     // Users: one record each, published through a light client.
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         LcConfig::new(net.params()?),
         vec![HttpSource::new(
             &net.node_urls()[0],

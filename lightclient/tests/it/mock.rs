@@ -155,6 +155,9 @@ pub(crate) enum Mode {
     ClaimMaxThenRefuse,
     /// Answers everything correctly, each after this many milliseconds.
     Slow(u64),
+    /// Claims the most work there is for its tip, then never answers a
+    /// headers request.
+    ClaimMaxThenHang,
 }
 
 pub(crate) struct MockSource {
@@ -222,7 +225,7 @@ impl Source for MockSource {
         if self.mode == Mode::LieWork {
             work = work + work;
         }
-        if self.mode == Mode::ClaimMaxThenRefuse {
+        if matches!(self.mode, Mode::ClaimMaxThenRefuse | Mode::ClaimMaxThenHang) {
             work = U256::MAX;
         }
         Ok(TipClaim {
@@ -235,6 +238,10 @@ impl Source for MockSource {
 
     async fn headers(&self, from: u64, count: u32) -> Result<Vec<Header>, SourceError> {
         self.delay().await;
+        if self.mode == Mode::ClaimMaxThenHang {
+            self.call(0)?;
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
         if self.mode == Mode::ClaimMaxThenRefuse {
             self.call(100)?;
             return Err(SourceError::Rpc {

@@ -18,7 +18,7 @@ async fn found_absent_and_depth() {
     c.block(&[(name("@alice"), record(1, "v1"))]);
     c.blocks(10);
     let c = shared(c);
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(3),
         vec![
             MockSource::new("a", &c, Mode::Honest),
@@ -58,7 +58,7 @@ async fn a_forged_record_is_never_returned() {
     c.block(&[(name("@alice"), record(1, "real"))]);
     c.blocks(5);
     let c = shared(c);
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(1),
         vec![
             MockSource::new("forger", &c, Mode::FlipRecords),
@@ -80,7 +80,7 @@ async fn a_forged_record_is_never_returned() {
     );
 
     // The forger alone: an error, never the forged record.
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(1),
         vec![MockSource::new("forger", &c, Mode::FlipRecords)],
     )
@@ -96,7 +96,7 @@ async fn not_enough_confirmations_and_stale_tips() {
     let mut c = MockChain::recent();
     c.blocks(2);
     let c = shared(c);
-    let mut lc =
+    let lc =
         LightClient::new(config(3), vec![MockSource::new("a", &c, Mode::Honest)]).expect("client");
     let e = lc.resolve(&name("@alice")).await.expect_err("too short");
     assert!(
@@ -114,15 +114,14 @@ async fn not_enough_confirmations_and_stale_tips() {
     let mut old = MockChain::new(REGTEST.genesis_time + 1);
     old.blocks(5);
     let old = shared(old);
-    let mut lc = LightClient::new(config(1), vec![MockSource::new("a", &old, Mode::Honest)])
+    let lc = LightClient::new(config(1), vec![MockSource::new("a", &old, Mode::Honest)])
         .expect("client");
     let e = lc.resolve(&name("@alice")).await.expect_err("stale");
     assert!(matches!(e, Error::StaleTip { tip_height: 5, .. }), "{e}");
     assert!(e.to_string().contains("eclipse"), "{e}");
     let mut cfg = config(1);
     cfg.allow_stale = true;
-    let mut lc =
-        LightClient::new(cfg, vec![MockSource::new("a", &old, Mode::Honest)]).expect("client");
+    let lc = LightClient::new(cfg, vec![MockSource::new("a", &old, Mode::Honest)]).expect("client");
     let v = lc.resolve(&name("@alice")).await.expect("allowed");
     assert!(v.tip_age_secs() > 1_000_000);
 }

@@ -18,7 +18,7 @@ async fn follows_the_most_work_chain_and_ignores_a_lighter_fork() {
     fork.blocks(150); // height 250 < 300: less work
     let (main, fork) = (shared(main), shared(fork));
     // The fork is listed first; it must not matter.
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(),
         vec![
             MockSource::new("fork", &fork, Mode::Honest),
@@ -44,7 +44,7 @@ async fn reorgs_when_another_branch_gets_heavier() {
     let mut b = a.fork_at(150);
     b.blocks(40); // 190: lighter for now
     let (a, b) = (shared(a), shared(b));
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(),
         vec![
             MockSource::new("a", &a, Mode::Honest),
@@ -67,7 +67,7 @@ async fn tampered_headers_are_refused_and_the_honest_source_used() {
     c.blocks(100);
     let c = shared(c);
     // Same claimed tip: the tie goes to the first configured, the tamperer.
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(),
         vec![
             MockSource::new("tamper", &c, Mode::FlipHeaders),
@@ -91,7 +91,7 @@ async fn a_tampering_source_alone_gives_an_error_not_a_chain() {
     let mut c = MockChain::recent();
     c.blocks(50);
     let c = shared(c);
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(),
         vec![MockSource::new("tamper", &c, Mode::FlipHeaders)],
     )
@@ -107,7 +107,7 @@ async fn a_source_lying_about_its_work_is_caught() {
     let mut c = MockChain::recent();
     c.blocks(120);
     let c = shared(c);
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(),
         vec![
             MockSource::new("honest", &c, Mode::Honest),
@@ -131,10 +131,10 @@ async fn other_network_and_unreachable_sources() {
     let mut c = MockChain::recent();
     c.blocks(10);
     let c = shared(c);
-    let mut lc =
+    let lc =
         LightClient::new(config(), vec![MockSource::new("down", &c, Mode::Down)]).expect("client");
     assert!(matches!(lc.sync().await, Err(Error::NoSourceReachable(_))));
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(),
         vec![MockSource::new("other", &c, Mode::OtherNetwork)],
     )
@@ -156,14 +156,14 @@ async fn a_restart_resumes_from_the_store_without_downloading_again() {
     let mut cfg = config();
     cfg.datadir = Some(dir.path().to_owned());
     let src = MockSource::new("honest", &c, Mode::Honest);
-    let mut lc = LightClient::new(cfg.clone(), vec![src]).expect("client");
+    let lc = LightClient::new(cfg.clone(), vec![src]).expect("client");
     lc.sync().await.expect("sync");
     let first = lc.bytes_received();
     assert!(first > 3000 * 323, "downloaded {first} bytes");
     drop(lc);
 
     c.lock().expect("lock").blocks(5);
-    let mut lc =
+    let lc =
         LightClient::new(cfg, vec![MockSource::new("honest", &c, Mode::Honest)]).expect("client");
     assert_eq!(lc.load_report().loaded, 3000);
     assert_eq!(lc.tip().height, 3000, "resumed before any request");
@@ -178,7 +178,7 @@ async fn a_checkpoint_skips_the_history() {
     let mut c = MockChain::recent();
     c.blocks(2500);
     let c = shared(c);
-    let mut full =
+    let full =
         LightClient::new(config(), vec![MockSource::new("a", &c, Mode::Honest)]).expect("client");
     full.sync().await.expect("sync");
     let cp = full.checkpoint().expect("a settled, fresh chain");
@@ -192,7 +192,7 @@ async fn a_checkpoint_skips_the_history() {
     let mut cfg = config();
     cfg.checkpoint = Some(cp.clone());
     let src = MockSource::new("b", &c, Mode::Honest);
-    let mut lc = LightClient::new(cfg, vec![src]).expect("client");
+    let lc = LightClient::new(cfg, vec![src]).expect("client");
     lc.sync().await.expect("sync");
     assert_eq!(lc.tip().height, 2510);
     assert_eq!(lc.tip().work, work_of(&c));
@@ -210,7 +210,7 @@ async fn a_checkpoint_skips_the_history() {
     });
     let mut cfg = config();
     cfg.checkpoint = Some(cp);
-    let mut lc = LightClient::new(cfg, vec![MockSource::new("other", &other, Mode::Honest)])
+    let lc = LightClient::new(cfg, vec![MockSource::new("other", &other, Mode::Honest)])
         .expect("client");
     let e = lc.sync().await.expect_err("not our chain");
     assert!(e.to_string().contains("checkpoint"), "{e}");
@@ -239,7 +239,7 @@ async fn a_chain_below_the_minimum_work_is_not_adopted() {
     let long = shared(long);
     // The network's minimum is above what the short chain holds.
     let min = work_of(&short) + xirtam_proofs::U256::from(1u64);
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         params_with(min, None),
         vec![MockSource::new("short", &short, Mode::Honest)],
     )
@@ -251,7 +251,7 @@ async fn a_chain_below_the_minimum_work_is_not_adopted() {
         "a chain below the minimum is not adopted"
     );
     // A chain that meets it is.
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         params_with(min, None),
         vec![MockSource::new("long", &long, Mode::Honest)],
     )
@@ -272,7 +272,7 @@ async fn a_heavier_branch_that_misses_the_checkpoint_is_refused() {
         height: 200,
         hash: at_200.hash(),
     };
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         params_with(xirtam_proofs::U256::zero(), Some(cp)),
         vec![
             MockSource::new("fork", &fork, Mode::Honest),
@@ -289,7 +289,7 @@ async fn a_heavier_branch_that_misses_the_checkpoint_is_refused() {
         s[0].status
     );
     // Without the checkpoint the heavier fork wins (what it guards).
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(),
         vec![
             MockSource::new("fork", &fork, Mode::Honest),
@@ -315,7 +315,7 @@ async fn a_source_claiming_maximal_work_then_refusing_headers_cannot_stall_sync(
     forged.block(&[(name("@alice"), record(1, "forged"))]);
     forged.blocks(5);
     let (honest, forged) = (shared(honest), shared(forged));
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         config(),
         vec![
             MockSource::new("liar", &forged, Mode::ClaimMaxThenRefuse),
@@ -355,7 +355,7 @@ async fn a_slow_source_listed_first_costs_at_most_one_timeout() {
     let mut cfg = config();
     cfg.timeout = std::time::Duration::from_millis(400);
     cfg.allow_stale = true;
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         cfg,
         vec![
             MockSource::new("slow", &c, Mode::Slow(3_000)),
@@ -389,7 +389,7 @@ async fn a_checkpoint_from_a_stale_chain_is_refused() {
     let old = shared(old);
     let mut cfg = config();
     cfg.allow_stale = true; // lookups may go on; checkpoints may not
-    let mut lc =
+    let lc =
         LightClient::new(cfg, vec![MockSource::new("old", &old, Mode::Honest)]).expect("client");
     assert!(
         matches!(lc.checkpoint(), Err(Error::NoCheckpoint(_))),
@@ -464,11 +464,11 @@ async fn a_faulty_source_is_remembered_across_runs() {
         )
         .expect("client")
     };
-    let mut lc = run(&cfg);
+    let lc = run(&cfg);
     lc.sync().await.expect("sync");
     assert!(matches!(lc.sources()[0].status, SourceStatus::Faulty(_)));
     drop(lc);
-    let mut lc = run(&cfg);
+    let lc = run(&cfg);
     assert!(
         matches!(&lc.sources()[0].status, SourceStatus::Faulty(w) if w.contains("earlier run")),
         "{:?}",
@@ -476,4 +476,59 @@ async fn a_faulty_source_is_remembered_across_runs() {
     );
     lc.sync().await.expect("sync");
     assert_eq!(lc.sources()[0].bytes_received, 0, "not asked again");
+}
+
+/// One client shared by two tasks: while one task's sync waits on a source
+/// that advertised the most work and then hangs, a lookup from the other
+/// task answers at once from the chain verified so far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_source_does_not_delay_lookups_from_another_task() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let mut c = MockChain::recent();
+    c.block(&[(name("@alice"), record(1, "hello"))]);
+    c.blocks(20);
+    let c = shared(c);
+    let mut cfg = config();
+    cfg.timeout = Duration::from_secs(3);
+    cfg.refresh = Duration::ZERO; // every lookup wants a sync
+    let hang = MockSource::new("hang", &c, Mode::ClaimMaxThenHang);
+    let lc = Arc::new(
+        LightClient::new(cfg, vec![hang, MockSource::new("honest", &c, Mode::Honest)])
+            .expect("client"),
+    );
+    // The first sync: the hanging source costs one timeout, then the
+    // honest one is used.
+    lc.sync().await.expect("sync");
+    assert_eq!(lc.tip().height, 21);
+    let calls = || lc.sources()[0].bytes_received;
+    let before = calls();
+    let syncing = tokio::spawn({
+        let lc = lc.clone();
+        async move { lc.sync().await }
+    });
+    // Wait (bounded) until the sync is stuck in the hanging request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the sync never asked the hanging source"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let v = lc.resolve(&name("@alice")).await.expect("resolve");
+    let took = started.elapsed();
+    assert_eq!(
+        v.value()
+            .record
+            .as_ref()
+            .map(|r| r.value.as_bytes().to_vec()),
+        Some(b"hello".to_vec())
+    );
+    assert!(took < Duration::from_secs(1), "the lookup waited {took:?}");
+    assert!(!syncing.is_finished(), "the sync was still waiting");
+    syncing.await.expect("join").expect("sync");
 }

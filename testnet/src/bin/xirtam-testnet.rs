@@ -443,7 +443,7 @@ async fn bench_lightclient(
             cfg.datadir = Some(dir.path().to_owned());
             cfg.checkpoint = checkpoint;
             let t = Instant::now();
-            let mut lc = LightClient::new(cfg, vec![source()?])?;
+            let lc = LightClient::new(cfg, vec![source()?])?;
             let v = lc.resolve(name).await?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
             anyhow::ensure!(v.record().is_some(), "@bench not found");
@@ -467,7 +467,7 @@ async fn bench_lightclient(
         }
         synced = Some((lc, dir));
     }
-    let (mut lc, dir) = synced.context("at least one run")?;
+    let (lc, dir) = synced.context("at least one run")?;
     println!(
         "cold start from genesis to a verified name, {height} headers: median {:.0} ms over {runs} runs, {:.1} MB received",
         percentile(&mut times, 50.0),
@@ -508,7 +508,7 @@ async fn bench_lightclient(
     tmp.depth = checkpoint_age;
     let checkpoint = {
         // The synced client's state `checkpoint_age` blocks down.
-        let mut c = LightClient::new(tmp, vec![source()?])?;
+        let c = LightClient::new(tmp, vec![source()?])?;
         c.sync().await?;
         c.checkpoint()?
     };

@@ -189,7 +189,7 @@ async fn server_kill_9_loses_no_acknowledged_message_and_queued_ones_survive_cli
 
 /// Register `name` on `server` for a device whose keys the test holds.
 async fn manual_user(net: &Testnet, name: &str, server: &str, device: &DeviceKeys, root: u8) {
-    let mut lc = LightClient::new(
+    let lc = LightClient::new(
         LcConfig::new(net.params().expect("params")),
         net.node_urls()
             .iter()

@@ -220,7 +220,7 @@ async fn light_client_gets_the_truth_or_an_error() {
     let liar = Proxy::start(&urls[1], Tamper::Work).await;
 
     // Tamperer and lighter fork listed first: neither wins.
-    let mut lc = client(&[&bad_headers.url, &urls[2], &urls[0]], 1, None);
+    let lc = client(&[&bad_headers.url, &urls[2], &urls[0]], 1, None);
     let r = lc.sync().await.expect("sync");
     assert_eq!(r.to_height, main_tip.height);
     assert_eq!(lc.tip().hash.to_hex(), main_tip.hash);
@@ -243,7 +243,7 @@ async fn light_client_gets_the_truth_or_an_error() {
     assert_eq!(v.record(), None, "absence proven");
 
     // Forged proofs and records next to the honest node.
-    let mut lc = client(&[&bad_proofs.url, &urls[1]], 1, None);
+    let lc = client(&[&bad_proofs.url, &urls[1]], 1, None);
     for n in ["@alice", "@nobody"] {
         let v = lc.resolve(&name(n)).await.expect("resolve");
         assert_eq!(v.source(), urls[1]);
@@ -252,7 +252,7 @@ async fn light_client_gets_the_truth_or_an_error() {
     assert!(matches!(&lc.sources()[0].status, SourceStatus::Faulty(_)));
 
     // A source lying about its work is caught when its headers do not add up.
-    let mut lc = client(&[&liar.url, &urls[0]], 1, None);
+    let lc = client(&[&liar.url, &urls[0]], 1, None);
     lc.sync().await.expect("sync");
     assert_eq!(lc.tip().hash.to_hex(), main_tip.hash);
     assert!(
@@ -266,7 +266,7 @@ async fn light_client_gets_the_truth_or_an_error() {
     // honest chain wins, "forged" is never returned, and the proxy's
     // strikes make it faulty.
     let stall = Proxy::start(&urls[2], Tamper::MaxWorkThenRefuse).await;
-    let mut lc = client(&[&stall.url, &urls[0]], 1, None);
+    let lc = client(&[&stall.url, &urls[0]], 1, None);
     for round in 0..STRIKES_TO_FAULT {
         let r = lc.sync().await.expect("sync");
         assert_eq!(r.to_height, main_tip.height, "round {round}");
@@ -280,13 +280,13 @@ async fn light_client_gets_the_truth_or_an_error() {
     );
 
     // Tamperers alone: clear errors, never an answer.
-    let mut lc = client(&[&bad_headers.url], 1, None);
+    let lc = client(&[&bad_headers.url], 1, None);
     let e = lc
         .resolve(&name("@alice"))
         .await
         .expect_err("only a tamperer");
     assert!(matches!(e, Error::AllSourcesFaulty(_)), "{e}");
-    let mut lc = client(&[&bad_proofs.url], 1, None);
+    let lc = client(&[&bad_proofs.url], 1, None);
     let e = lc
         .resolve(&name("@alice"))
         .await
@@ -295,7 +295,7 @@ async fn light_client_gets_the_truth_or_an_error() {
     assert!(e.to_string().contains("does not verify"), "{e}");
 
     // Depth: an update fewer than `depth` blocks deep is not returned yet.
-    let mut lc = client(&[&urls[0], &urls[1]], 3, None);
+    let lc = client(&[&urls[0], &urls[1]], 3, None);
     let before = lc.resolve(&name("@alice")).await.expect("resolve");
     assert_eq!(before.record().map(|r| r.nonce), Some(1));
     let recent = Hash::from_hex(&main_tip.hash).expect("hex");
@@ -327,7 +327,7 @@ async fn restart_resumes_without_downloading_again() {
     net.mine(0, 3000).await.expect("mine");
     let url = net.node(0).rpc_url.clone();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut lc = client(&[&url], 1, Some(dir.path()));
+    let lc = client(&[&url], 1, Some(dir.path()));
     lc.sync().await.expect("sync");
     let first = lc.bytes_received();
     assert!(
@@ -337,7 +337,7 @@ async fn restart_resumes_without_downloading_again() {
     drop(lc);
 
     net.mine(0, 2).await.expect("mine");
-    let mut lc = client(&[&url], 1, Some(dir.path()));
+    let lc = client(&[&url], 1, Some(dir.path()));
     assert_eq!(lc.tip().height, 3000, "resumed from disk");
     let r = lc.sync().await.expect("sync");
     assert_eq!((r.from_height, r.to_height, r.headers), (3000, 3002, 2));
