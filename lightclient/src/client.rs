@@ -1299,6 +1299,13 @@ impl<S: Source> LightClient<S> {
         }
     }
 
+    /// Resolve `name` at `depth` blocks under the verified tip, against the
+    /// chain as it is (no sync first; a sync running in another task is
+    /// not waited for).
+    pub async fn resolve_at(&self, name: &Name, depth: u64) -> Result<Verified<Lookup>, Error> {
+        self.resolve_at_depth(name, depth).await
+    }
+
     /// Resolve `name` with a proof at `depth` blocks under the verified tip.
     async fn resolve_at_depth(&self, name: &Name, depth: u64) -> Result<Verified<Lookup>, Error> {
         let v = self.query_at_depth(&Query::Name(name), depth).await?;

@@ -401,3 +401,163 @@ async fn cli_resolves_and_explains_failures() {
     assert!(!ok);
     assert!(err.contains("no source is reachable"), "{err}");
 }
+
+/// `xirtam-lc serve` through its RPC: `lc_tip`, `lc_resolve`, and an
+/// `lc_watch` that reports a record change once it is `depth` deep, within
+/// one block: not before, and without another block after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_tip_resolve_and_watch() {
+    use tokio::io::AsyncBufReadExt;
+
+    let net = one_node().await;
+    net.mine(0, 3).await.expect("mine");
+    let alice = key(1);
+    claim(
+        &net,
+        0,
+        &REGTEST,
+        "@alice",
+        &alice,
+        b"v1",
+        REGTEST.genesis_hash,
+    )
+    .await;
+    net.mine(0, 3).await.expect("mine");
+    wait_record(&net, 0, "@alice", b"v1", Duration::from_secs(30)).await;
+    let bin = xirtam_testnet::find_bin("xirtam-lc", "XIRTAM_LC_BIN").expect("xirtam-lc built");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = net.node(0).rpc_url.clone();
+    let mut child = tokio::process::Command::new(&bin)
+        .args([
+            "--network",
+            "regtest",
+            "--depth",
+            "2",
+            "--node",
+            &url,
+            "--datadir",
+        ])
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start xirtam-lc serve");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("serve starts within 30 s")
+        .expect("read stdout")
+        .expect("a line");
+    let endpoint = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    let rpc = jsonrpsee::http_client::HttpClientBuilder::default()
+        .build(&endpoint)
+        .expect("client");
+
+    // The background sync reaches the node's tip.
+    let height = net.tip(0).await.expect("tip").height;
+    let rpc = &rpc;
+    wait_for(
+        "serve synced to the node's tip",
+        Duration::from_secs(30),
+        || async move {
+            let t: Value = rpc.request("lc_tip", ArrayParams::new()).await.ok()?;
+            (t["height"] == height).then_some(())
+        },
+    )
+    .await
+    .expect("synced");
+    let mut p = ArrayParams::new();
+    p.insert("@alice").expect("param");
+    let v: Value = rpc.request("lc_resolve", p).await.expect("resolve");
+    assert_eq!(v["record"]["value_utf8"], "v1");
+    assert_eq!(v["height"], height - 2, "proven at depth 2");
+    let version = v["version"].as_str().expect("version").to_owned();
+    let mut p = ArrayParams::new();
+    p.insert("@nobody").expect("param");
+    let v: Value = rpc.request("lc_resolve", p).await.expect("resolve");
+    assert_eq!(
+        (v["found"].clone(), v["version"].clone()),
+        (Value::Bool(false), Value::from("absent"))
+    );
+    let mut p = ArrayParams::new();
+    p.insert("not a name").expect("param");
+    let e = rpc
+        .request::<Value, _>("lc_resolve", p)
+        .await
+        .expect_err("bad name");
+    assert!(e.to_string().contains("not a name"), "{e}");
+
+    // Watch @alice from the version we have; update it and mine block by
+    // block.
+    let watch = tokio::spawn({
+        let endpoint = endpoint.clone();
+        let version = version.clone();
+        async move {
+            let rpc = jsonrpsee::http_client::HttpClientBuilder::default()
+                .request_timeout(Duration::from_secs(120))
+                .build(&endpoint)
+                .expect("client");
+            let mut p = ArrayParams::new();
+            p.insert("@alice").expect("param");
+            p.insert(Value::Null).expect("param");
+            p.insert(version).expect("param");
+            p.insert(90).expect("param");
+            rpc.request::<Value, _>("lc_watch", p).await
+        }
+    });
+    let tip = net.tip(0).await.expect("tip");
+    let recent = Hash::from_hex(&tip.hash).expect("hex");
+    submit(
+        &net,
+        0,
+        &write(&REGTEST, "@alice", &alice, b"v2", 2, None, recent),
+    )
+    .await;
+    let updated_at = net.mine(0, 1).await.expect("mine");
+    wait_record(&net, 0, "@alice", b"v2", Duration::from_secs(30)).await;
+    net.mine(0, 1).await.expect("mine");
+    // One block deep is not yet depth 2: the watch must still be waiting
+    // after the server has seen this block.
+    wait_for(
+        "serve synced to the block after the update",
+        Duration::from_secs(30),
+        || async move {
+            let t: Value = rpc.request("lc_tip", ArrayParams::new()).await.ok()?;
+            (t["height"] == updated_at + 1).then_some(())
+        },
+    )
+    .await
+    .expect("synced");
+    assert!(
+        !watch.is_finished(),
+        "the watch fired before the change was 2 deep"
+    );
+    let confirmed_at = net.mine(0, 1).await.expect("mine");
+    let got = tokio::time::timeout(Duration::from_secs(30), watch)
+        .await
+        .expect("the watch reports within 30 s, with no further block")
+        .expect("join")
+        .expect("watch");
+    assert_eq!(got["changed"], true);
+    assert_eq!(got["record"]["value_utf8"], "v2");
+    assert_eq!(got["height"], updated_at);
+    assert_eq!(
+        got["tip_height"], confirmed_at,
+        "reported within the block that confirmed it"
+    );
+    assert_eq!(net.tip(0).await.expect("tip").height, confirmed_at);
+
+    // A watch with the current version and a short wait returns unchanged.
+    let mut p = ArrayParams::new();
+    p.insert("@alice").expect("param");
+    p.insert(Value::Null).expect("param");
+    p.insert(got["version"].clone()).expect("param");
+    p.insert(1).expect("param");
+    let same: Value = rpc.request("lc_watch", p).await.expect("watch");
+    assert_eq!(same["changed"], false);
+}

@@ -13,6 +13,8 @@ use xirtam_lightclient::{
 use xirtam_proofs::Name;
 use xirtam_proofs::params::Params;
 
+mod serve;
+
 /// Verify names against the proof-of-work directory chain, trusting none of
 /// the nodes asked.
 #[derive(Parser, Debug)]
@@ -74,6 +76,14 @@ enum Cmd {
     },
     /// Print a checkpoint: the verified state `depth` blocks under the tip.
     Checkpoint,
+    /// Keep one synced client and answer `lc_resolve`, `lc_tip` and
+    /// `lc_watch` over JSON-RPC on a local address (docs/lightclient.md).
+    Serve {
+        /// Address to listen on (port 0: any free port; the address bound
+        /// is printed on stdout).
+        #[arg(long, default_value = "127.0.0.1:8650")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> Result<()> {
@@ -85,7 +95,8 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("start the async runtime")?;
@@ -148,7 +159,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
         );
     }
+    if let Cmd::Serve { listen } = cli.cmd {
+        return serve::serve(lc, listen).await;
+    }
     match &cli.cmd {
+        Cmd::Serve { .. } => {}
         Cmd::Sync => {
             sync(&lc, cli.json).await?;
         }
@@ -255,30 +270,33 @@ fn print_sources(lc: &LightClient<HttpSource>) {
     }
 }
 
+/// The verified tip and the sources, as `tip --json` and `lc_tip` give it.
+fn tip_json(lc: &LightClient<HttpSource>) -> serde_json::Value {
+    let t = lc.tip();
+    let sources: Vec<_> = lc
+        .sources()
+        .into_iter()
+        .map(|s| {
+            let (status, reason) = match s.status {
+                SourceStatus::Ok => ("ok", None),
+                SourceStatus::Unknown => ("unknown", None),
+                SourceStatus::Unreachable(w) => ("unreachable", Some(w)),
+                SourceStatus::Faulty(w) => ("faulty", Some(w)),
+                _ => ("other", None),
+            };
+            json!({"url": s.label, "status": status, "reason": reason,
+                       "claimed_height": s.claimed_tip.map(|c| c.0)})
+        })
+        .collect();
+    json!({"height": t.height, "hash": t.hash.to_hex(), "time": t.time,
+           "work": format!("{:#x}", t.work), "base_height": t.base_height,
+           "sources": sources})
+}
+
 fn print_tip(lc: &LightClient<HttpSource>, as_json: bool) {
     let t = lc.tip();
     if as_json {
-        let sources: Vec<_> = lc
-            .sources()
-            .into_iter()
-            .map(|s| {
-                let (status, reason) = match s.status {
-                    SourceStatus::Ok => ("ok", None),
-                    SourceStatus::Unknown => ("unknown", None),
-                    SourceStatus::Unreachable(w) => ("unreachable", Some(w)),
-                    SourceStatus::Faulty(w) => ("faulty", Some(w)),
-                    _ => ("other", None),
-                };
-                json!({"url": s.label, "status": status, "reason": reason,
-                       "claimed_height": s.claimed_tip.map(|c| c.0)})
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({"height": t.height, "hash": t.hash.to_hex(), "time": t.time,
-                   "work": format!("{:#x}", t.work), "base_height": t.base_height,
-                   "sources": sources})
-        );
+        println!("{}", tip_json(lc));
     } else {
         println!(
             "verified tip: height {} (block {}), time {}, work {:#x}{}",
@@ -296,22 +314,25 @@ fn print_tip(lc: &LightClient<HttpSource>, as_json: bool) {
     }
 }
 
+/// A verified lookup, as `resolve --json` and `lc_resolve` give it.
+fn lookup_json(v: &Verified<Lookup>) -> serde_json::Value {
+    let rec = v.record();
+    let record = rec.map(|r| {
+        json!({"nonce": r.nonce,
+               "owners": r.owners.keys().iter().map(|k| k.to_hex()).collect::<Vec<_>>(),
+               "value_hex": hex::encode(r.value.as_bytes()),
+               "value_utf8": std::str::from_utf8(r.value.as_bytes()).ok()})
+    });
+    json!({"name": v.name().to_string(), "found": rec.is_some(), "record": record,
+           "height": v.height(), "block_hash": v.block_hash().to_hex(),
+           "confirmations": v.confirmations(), "tip_height": v.tip_height(),
+           "tip_age_secs": v.tip_age_secs(), "source": v.source()})
+}
+
 fn print_lookup(v: &Verified<Lookup>, as_json: bool) {
     let rec = v.record();
     if as_json {
-        let record = rec.map(|r| {
-            json!({"nonce": r.nonce,
-                   "owners": r.owners.keys().iter().map(|k| k.to_hex()).collect::<Vec<_>>(),
-                   "value_hex": hex::encode(r.value.as_bytes()),
-                   "value_utf8": std::str::from_utf8(r.value.as_bytes()).ok()})
-        });
-        println!(
-            "{}",
-            json!({"name": v.name().to_string(), "found": rec.is_some(), "record": record,
-                   "height": v.height(), "block_hash": v.block_hash().to_hex(),
-                   "confirmations": v.confirmations(), "tip_height": v.tip_height(),
-                   "tip_age_secs": v.tip_age_secs(), "source": v.source()})
-        );
+        println!("{}", lookup_json(v));
         return;
     }
     let at = format!(
