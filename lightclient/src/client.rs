@@ -345,6 +345,13 @@ enum Fail {
     Transient(String),
 }
 
+/// `h` carries proof of work against its own target, and that target is no
+/// easier than the network allows (a header with easier bits than
+/// `pow_limit` costs nothing to make).
+fn has_pow(params: &Params, h: &Header) -> bool {
+    h.target().is_ok_and(|t| t <= params.pow_limit) && h.check_pow().is_ok()
+}
+
 /// A failed header request after the source advertised `claimed`.
 fn withheld(claimed: u64, at: u64, e: SourceError) -> Fail {
     if e.is_fault() {
@@ -370,6 +377,9 @@ async fn within<T>(
         ))),
     }
 }
+
+/// The whole fork search against one source, in request timeouts.
+pub const FORK_SEARCH_TIMEOUTS: u32 = 3;
 
 /// Strikes that make a source faulty.
 pub const STRIKES_TO_FAULT: u32 = 3;
@@ -539,7 +549,7 @@ impl<S: Source> LightClient<S> {
         };
         Ok(Checkpoint {
             genesis: self.config.params.genesis_hash,
-            state: chain.branch_from(at).state().clone(),
+            state: chain.branch_from(at)?.state().clone(),
         })
     }
 
@@ -761,7 +771,7 @@ impl<S: Source> LightClient<S> {
                 Ok(c) if c.header.hash() != c.hash || c.header.height != c.height => {
                     self.mark_faulty(i, "its tip header is not the tip it names".into());
                 }
-                Ok(c) if c.header.check_pow().is_err() => {
+                Ok(c) if !has_pow(self.config.params, &c.header) => {
                     self.mark_faulty(i, "its tip header lacks its proof of work".into());
                 }
                 Ok(c) => {
@@ -850,7 +860,7 @@ impl<S: Source> LightClient<S> {
                     format!("its chain does not contain our checkpoint at {base}")
                 }));
             }
-            if theirs.check_pow().is_err() {
+            if !has_pow(self.config.params, &theirs) {
                 return Err(Fail::Fault(format!(
                     "its header at {h} lacks its proof of work"
                 )));
@@ -868,7 +878,7 @@ impl<S: Source> LightClient<S> {
             if Some(theirs.hash()) == self.chain.read().hash_at(mid) {
                 agree = mid;
             } else {
-                if theirs.check_pow().is_err() {
+                if !has_pow(self.config.params, &theirs) {
                     return Err(Fail::Fault(format!(
                         "its header at {mid} lacks its proof of work"
                     )));
@@ -895,11 +905,34 @@ impl<S: Source> LightClient<S> {
         let Some(claim) = claim else {
             return (Ok(()), self.tip_branch());
         };
-        let (fork, probes) = match self.find_fork(i, claim.height).await {
-            Ok(f) => f,
-            Err(e) => return (Err(e), self.tip_branch()),
+        // The search is a few dozen one-header requests: three timeouts
+        // in all, however slowly each is answered.
+        let search = tokio::time::timeout(
+            self.config.timeout.saturating_mul(FORK_SEARCH_TIMEOUTS),
+            self.find_fork(i, claim.height),
+        );
+        let (fork, probes) = match search.await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return (Err(e), self.tip_branch()),
+            Err(_) => {
+                return (
+                    Err(Fail::Strike(format!(
+                        "its fork search took longer than {FORK_SEARCH_TIMEOUTS} timeouts"
+                    ))),
+                    self.tip_branch(),
+                );
+            }
         };
-        let mut branch: Branch = self.chain.read().branch_from(fork);
+        let branch = self.chain.read().branch_from(fork);
+        let mut branch = match branch {
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    Err(Fail::Transient(format!("header store: {e}"))),
+                    self.tip_branch(),
+                );
+            }
+        };
         let result = self
             .download(i, &claim, &probes, bar, &mut branch, progress, counted)
             .await;
@@ -925,9 +958,12 @@ impl<S: Source> LightClient<S> {
         let fork = branch.fork();
         let needed = claim.height.saturating_sub(fork);
         let batches = needed.div_ceil(u64::from(MAX_HEADERS_PER_CALL));
+        let budget = self.config.timeout.saturating_mul(2).saturating_add(
+            (self.config.timeout / 4).saturating_mul(u32::try_from(batches).unwrap_or(u32::MAX)),
+        );
         let deadline = Instant::now()
-            + self.config.timeout * 2
-            + self.config.timeout / 4 * u32::try_from(batches).unwrap_or(u32::MAX);
+            .checked_add(budget)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         let bytes_at_start = self.slots[i].source.bytes_received();
         let byte_budget = needed
             .saturating_add(16)
@@ -968,7 +1004,9 @@ impl<S: Source> LightClient<S> {
                 .iter()
                 .find(|(h, hash)| branch.hash_at(*h).is_some_and(|x| x != *hash))
             {
-                return Err(Fail::Fault(format!(
+                // A strike, not a fault: an honest source may have
+                // reorganised between the search and the download.
+                return Err(Fail::Strike(format!(
                     "its headers contradict the header it sent for height {h} in the fork search"
                 )));
             }
@@ -979,7 +1017,7 @@ impl<S: Source> LightClient<S> {
                 && branch.hash_at(cp.height).is_some_and(|h| h != cp.hash)
             {
                 // Not even its valid prefix may be adopted later.
-                *branch = self.chain.read().branch_from(fork);
+                *branch = self.tip_branch();
                 return Err(Fail::Fault(format!(
                     "its chain does not pass through the network's checkpoint at height {}",
                     cp.height
@@ -998,6 +1036,16 @@ impl<S: Source> LightClient<S> {
             }
             next += got;
             self.commit_if_heavier(branch, bar)?;
+            if got < u64::from(want) && next <= claim.height {
+                // Fewer than asked, below the tip it claimed: withholding
+                // (this also stops a source that drip-feeds headers to
+                // stretch a budget sized by its claim).
+                return Err(Fail::Strike(format!(
+                    "sent {got} headers at {} when {want} were asked, below the tip it claimed at {}",
+                    next - got,
+                    claim.height
+                )));
+            }
             progress(
                 branch
                     .state()
@@ -1042,8 +1090,7 @@ impl<S: Source> LightClient<S> {
 
     /// An empty branch at our tip.
     fn tip_branch(&self) -> Branch {
-        let chain = self.chain.read();
-        chain.branch_from(chain.tip().tip_height)
+        self.chain.read().tip_branch()
     }
 
     /// Is a sync due (none yet, or the last is older than `refresh`)?
@@ -1375,7 +1422,17 @@ impl<S: Source> LightClient<S> {
                     reasons.push(format!("{label}: faulty: {e}"));
                     self.mark_faulty(i, e.to_string());
                 }
-                Err(e) => reasons.push(format!("{label}: {e}")),
+                Err(e) => {
+                    reasons.push(format!("{label}: {e}"));
+                    // It advertised a chain through this block: not
+                    // answering (or answering late) is withholding.
+                    if self.holds(i, at) {
+                        self.strike(
+                            i,
+                            format!("advertised a chain through height {at} but did not answer a lookup there: {e}"),
+                        );
+                    }
+                }
                 Ok((height, _, _, _)) if height != at => {
                     let why = format!("answered for height {height} when asked for {at}");
                     reasons.push(format!("{label}: faulty: {why}"));
@@ -1427,19 +1484,18 @@ impl<S: Source> LightClient<S> {
     }
 
     /// Non-faulty sources, those whose claimed tip is on our chain at or
-    /// above `at` first, each group in configuration order.
+    /// above `at` first, then fewest strikes, then configuration order.
     fn lookup_order(&self, at: u64) -> Vec<usize> {
-        let chain = self.chain.read();
-        let on_our_chain = |s: &Slot<S>| {
-            s.st.lock()
-                .claim
-                .as_ref()
-                .is_some_and(|c| c.height >= at && chain.hash_at(c.height) == Some(c.hash))
-        };
         let mut order: Vec<usize> = (0..self.slots.len())
             .filter(|&i| !matches!(self.slots[i].st.lock().status, SourceStatus::Faulty(_)))
             .collect();
-        order.sort_by_key(|&i| !on_our_chain(&self.slots[i]));
+        order.sort_by_key(|&i| (!self.holds(i, at), self.slots[i].st.lock().strikes));
         order
+    }
+
+    /// Did source `i` claim a tip on our chain at or above `at`?
+    fn holds(&self, i: usize, at: u64) -> bool {
+        let claim = self.slots[i].st.lock().claim.clone();
+        claim.is_some_and(|c| c.height >= at && self.chain.read().hash_at(c.height) == Some(c.hash))
     }
 }

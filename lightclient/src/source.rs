@@ -28,8 +28,10 @@ use xirtam_proofs::{Hash, Name, U256, encode};
 pub use xirtam_node_api::MAX_HEADERS_PER_CALL;
 
 /// Largest JSON-RPC response accepted from a source (bytes). A full
-/// `chain_headers` batch is about 650 KB; a `dir_get` a few KB.
-pub const MAX_RESPONSE_BYTES: u32 = 4 * 1024 * 1024;
+/// `chain_headers` batch is about 650 KB; a `dir_get` a few KB. Only the
+/// `result` is counted in [`Source::bytes_received`], so this also bounds
+/// what padding around it can cost per call.
+pub const MAX_RESPONSE_BYTES: u32 = 1024 * 1024;
 
 /// What went wrong talking to a source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -34,6 +34,8 @@ const LOCK_NAME: &str = "LOCK";
 /// A [`ChainState`] is kept every this many heights, so that rolling back to
 /// a fork point replays at most this many headers.
 const SNAPSHOT_EVERY: u64 = 1000;
+/// Headers verified per read when a store is opened.
+const LOAD_CHUNK: usize = 4096;
 /// Largest base (checkpoint) accepted from the file.
 const MAX_BASE_BYTES: u32 = 16 * 1024;
 /// Replaying headers that were verified before: the future-drift rule only
@@ -91,11 +93,16 @@ pub struct LoadReport {
 }
 
 /// A verified header chain above a trusted base.
+///
+/// Backed by a file, only the hashes (32 bytes a header) and a state every
+/// [`SNAPSHOT_EVERY`] heights stay in memory; headers are read back from
+/// the file when a lookup or a rollback needs them, and checked against
+/// their hash. In memory (no data directory) the headers are kept too.
 #[derive(Debug)]
 pub(crate) struct HeaderChain {
     params: &'static Params,
     base: ChainState,
-    /// Header at `base + 1 + i`.
+    /// Header at `base + 1 + i`, when not backed by a file.
     headers: Vec<Header>,
     /// Hash of `headers[i]`.
     hashes: Vec<Hash>,
@@ -184,6 +191,20 @@ impl Branch {
     }
 }
 
+/// Read until `buf` is full or the reader ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
@@ -244,10 +265,21 @@ impl HeaderChain {
         let mut report = LoadReport::default();
         let prefix = file_prefix(params, &base);
         let mut chain = HeaderChain::in_memory(params, base.clone());
+        // The prefix first; the headers are then verified in chunks, so
+        // opening never holds the whole file in memory.
+        let mut stored = if path.exists() {
+            Some(File::open(&path).map_err(io(&path))?)
+        } else {
+            None
+        };
+        let file_len = match &stored {
+            Some(f) => f.metadata().map_err(io(&path))?.len(),
+            None => 0,
+        };
         let mut bytes = Vec::new();
-        if path.exists() {
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
+        if let Some(f) = &mut stored {
+            f.take(44 + u64::from(MAX_BASE_BYTES))
+                .read_to_end(&mut bytes)
                 .map_err(io(&path))?;
         }
         let stored_base = if bytes.is_empty() {
@@ -267,28 +299,39 @@ impl HeaderChain {
         };
         let (file, data_start) = match headers_at {
             Some(start) => {
-                let body = &bytes[start..];
-                let whole = body.len() / HEADER_LEN;
-                let mut headers = Vec::with_capacity(whole);
-                for chunk in body.chunks_exact(HEADER_LEN) {
-                    match decode::<Header>(chunk) {
-                        Ok(h) => headers.push(h),
-                        Err(_) => break,
+                let mut f = stored.take().ok_or_else(|| StoreError::NotAStore {
+                    path: path.clone(),
+                    reason: "vanished while opening".into(),
+                })?;
+                f.seek(SeekFrom::Start(start as u64)).map_err(io(&path))?;
+                let mut reader = std::io::BufReader::with_capacity(1 << 16, f);
+                let mut chunk = vec![0u8; LOAD_CHUNK * HEADER_LEN];
+                let mut valid = 0usize;
+                loop {
+                    let got = read_full(&mut reader, &mut chunk).map_err(io(&path))?;
+                    let headers: Vec<Header> = chunk[..got - got % HEADER_LEN]
+                        .chunks_exact(HEADER_LEN)
+                        .map_while(|c| decode::<Header>(c).ok())
+                        .collect();
+                    let mut branch = chain.branch_from(chain.tip.tip_height)?;
+                    let ok = match branch.extend(params, &headers, REPLAY_NOW) {
+                        Ok(()) => headers.len(),
+                        Err(e) => {
+                            tracing::warn!(target: "lightclient::store", path = %path.display(),
+                                "stored header at height {} is invalid ({}); cutting the store there", e.height, e.error);
+                            e.index
+                        }
+                    };
+                    branch.headers.clear();
+                    chain.adopt(branch);
+                    valid += ok;
+                    if ok < LOAD_CHUNK || got < chunk.len() {
+                        break;
                     }
                 }
-                let mut branch = chain.branch_from(chain.base.tip_height);
-                let valid = match branch.extend(params, &headers, REPLAY_NOW) {
-                    Ok(()) => headers.len(),
-                    Err(e) => {
-                        tracing::warn!(target: "lightclient::store", path = %path.display(),
-                            "stored header at height {} is invalid ({}); cutting the store there", e.height, e.error);
-                        e.index
-                    }
-                };
-                chain.adopt(branch);
                 report.loaded = valid as u64;
                 let keep = (start + valid * HEADER_LEN) as u64;
-                report.truncated_bytes = bytes.len() as u64 - keep;
+                report.truncated_bytes = file_len.saturating_sub(keep);
                 let f = OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -398,17 +441,57 @@ impl HeaderChain {
         if height == 0 && self.base.tip_height == 0 {
             return Some(self.params.genesis_header());
         }
-        let i = height.checked_sub(self.base.tip_height + 1)?;
-        self.headers.get(usize::try_from(i).ok()?).copied()
+        let i = usize::try_from(height.checked_sub(self.base.tip_height + 1)?).ok()?;
+        if i >= self.hashes.len() {
+            return None;
+        }
+        match self.read_headers(i, i + 1) {
+            Ok(hs) => hs.first().copied(),
+            Err(e) => {
+                tracing::error!(target: "lightclient::store", "{e}");
+                None
+            }
+        }
+    }
+
+    /// Headers `from..to` above the base (indexes into `hashes`): from
+    /// memory, or read back from the file and checked against their hashes.
+    fn read_headers(&self, from: usize, to: usize) -> Result<Vec<Header>, StoreError> {
+        let Some(StoreFile {
+            path,
+            file,
+            data_start,
+            ..
+        }) = &self.file
+        else {
+            return Ok(self.headers.get(from..to).unwrap_or_default().to_vec());
+        };
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; to.saturating_sub(from) * HEADER_LEN];
+        file.read_exact_at(&mut buf, data_start + (from * HEADER_LEN) as u64)
+            .map_err(io(path))?;
+        buf.chunks_exact(HEADER_LEN)
+            .zip(&self.hashes[from..to])
+            .map(|(c, want)| {
+                let h = decode::<Header>(c).ok().filter(|h| h.hash() == *want);
+                h.ok_or_else(|| StoreError::NotAStore {
+                    path: path.clone(),
+                    reason: format!(
+                        "the header stored at height {} no longer matches its hash (disk corruption?)",
+                        self.base.tip_height + 1 + from as u64
+                    ),
+                })
+            })
+            .collect()
     }
 
     /// The state at `height` (between the base and the tip), rebuilt from the
     /// nearest snapshot below.
-    fn state_at(&self, height: u64) -> ChainState {
+    fn state_at(&self, height: u64) -> Result<ChainState, StoreError> {
         let base_h = self.base.tip_height;
         let height = height.clamp(base_h, self.tip.tip_height);
         if height == self.tip.tip_height {
-            return self.tip.clone();
+            return Ok(self.tip.clone());
         }
         let snap = self
             .snapshots
@@ -419,26 +502,38 @@ impl HeaderChain {
         let mut state = snap.clone();
         let from = (state.tip_height - base_h) as usize;
         let to = (height - base_h) as usize;
-        // These headers were verified when stored; replay cannot fail.
-        if let Err(e) =
-            validate_header_chain(self.params, &mut state, &self.headers[from..to], REPLAY_NOW)
-        {
+        // These headers were verified when stored (and read back against
+        // their hashes); replay cannot fail.
+        let headers = self.read_headers(from, to)?;
+        if let Err(e) = validate_header_chain(self.params, &mut state, &headers, REPLAY_NOW) {
             tracing::error!(target: "lightclient::store", "replaying stored headers failed: {e}");
         }
-        state
+        Ok(state)
+    }
+
+    /// An empty branch at the tip.
+    pub(crate) fn tip_branch(&self) -> Branch {
+        Branch {
+            fork: self.tip.tip_height,
+            fork_hash: self.tip.tip_hash,
+            state: self.tip.clone(),
+            headers: Vec::new(),
+            hashes: Vec::new(),
+            snapshots: Vec::new(),
+        }
     }
 
     /// A new branch starting at `fork` (clamped to base..=tip).
-    pub(crate) fn branch_from(&self, fork: u64) -> Branch {
-        let state = self.state_at(fork);
-        Branch {
+    pub(crate) fn branch_from(&self, fork: u64) -> Result<Branch, StoreError> {
+        let state = self.state_at(fork)?;
+        Ok(Branch {
             fork: state.tip_height,
             fork_hash: state.tip_hash,
             state,
             headers: Vec::new(),
             hashes: Vec::new(),
             snapshots: Vec::new(),
-        }
+        })
     }
 
     /// Make `b` the chain from its fork point on (the caller checked it has
@@ -447,7 +542,7 @@ impl HeaderChain {
     pub(crate) fn commit(&mut self, b: &mut Branch) -> Result<(), StoreError> {
         let base_h = self.base.tip_height;
         let keep = (b.fork - base_h) as usize;
-        let reorg = keep < self.headers.len();
+        let reorg = keep < self.hashes.len();
         if reorg {
             tracing::info!(target: "lightclient::store",
                 fork = b.fork, old_tip = self.tip.tip_height,
@@ -472,10 +567,15 @@ impl HeaderChain {
             f.write_all(&buf).map_err(io(path))?;
             f.sync_data().map_err(io(path))?;
         }
-        self.headers.truncate(keep);
         self.hashes.truncate(keep);
         self.snapshots.retain(|s| s.tip_height <= b.fork);
-        self.headers.append(&mut b.headers);
+        if self.file.is_some() {
+            // On disk now: only the hashes stay in memory.
+            b.headers.clear();
+        } else {
+            self.headers.truncate(keep);
+            self.headers.append(&mut b.headers);
+        }
         self.hashes.append(&mut b.hashes);
         self.snapshots.append(&mut b.snapshots);
         self.tip = b.state.clone();
@@ -486,7 +586,7 @@ impl HeaderChain {
 
     /// Headers above the base.
     pub(crate) fn len(&self) -> usize {
-        self.headers.len()
+        self.hashes.len()
     }
 }
 
@@ -518,7 +618,7 @@ mod tests {
         assert_eq!(r, LoadReport::default());
         let mut s = genesis.clone();
         let main = grow(&mut s, 2500, 1);
-        let mut b = chain.branch_from(0);
+        let mut b = chain.branch_from(0).expect("branch");
         b.extend(&REGTEST, &main, REPLAY_NOW).expect("valid");
         chain.commit(&mut b).expect("commit");
         assert_eq!(chain.tip().tip_height, 2500);
@@ -531,9 +631,9 @@ mod tests {
         assert_eq!(chain.hash_at(1234), Some(main[1233].hash()));
 
         // A heavier fork from 2100 replaces the tail, on disk too.
-        let mut fs = chain.state_at(2100);
+        let mut fs = chain.state_at(2100).expect("state");
         let fork = grow(&mut fs, 500, 2);
-        let mut b = chain.branch_from(2100);
+        let mut b = chain.branch_from(2100).expect("branch");
         b.extend(&REGTEST, &fork, REPLAY_NOW).expect("valid");
         assert!(b.work() > chain.tip().total_work());
         chain.commit(&mut b).expect("commit");
@@ -557,6 +657,46 @@ mod tests {
         assert_eq!(chain.hash_at(2598), Some(fork[497].hash()));
     }
 
+    /// Backed by a file, the chain keeps only hashes in memory (opening
+    /// verifies in chunks), reads headers back for lookups and rollbacks,
+    /// and a header changed on disk afterwards is refused, not served.
+    #[test]
+    fn a_file_backed_chain_reads_headers_back_and_checks_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let genesis = ChainState::genesis(&REGTEST);
+        let (mut chain, _) =
+            HeaderChain::open(&REGTEST, genesis.clone(), dir.path()).expect("open");
+        let mut s = genesis.clone();
+        let main = grow(&mut s, 9000, 1);
+        let mut b = chain.branch_from(0).expect("branch");
+        b.extend(&REGTEST, &main, REPLAY_NOW).expect("valid");
+        chain.commit(&mut b).expect("commit");
+        assert!(chain.headers.is_empty(), "headers live on disk");
+        drop(chain);
+
+        let (chain, r) = HeaderChain::open(&REGTEST, genesis.clone(), dir.path()).expect("reopen");
+        assert_eq!(r.loaded, 9000, "three chunks verified");
+        assert!(chain.headers.is_empty());
+        assert_eq!(chain.len(), 9000);
+        assert_eq!(chain.header_at(5000), Some(main[4999]));
+        let mut replay = genesis.clone();
+        validate_header_chain(&REGTEST, &mut replay, &main[..4500], REPLAY_NOW).expect("valid");
+        assert_eq!(chain.state_at(4500).expect("state"), replay);
+
+        // Change the header at 5500 under the open store.
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let at = bytes.len() - 3501 * HEADER_LEN + 50;
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(chain.header_at(5500), None);
+        assert!(
+            chain.state_at(5700).is_err(),
+            "a rollback replaying it fails"
+        );
+        assert_eq!(chain.header_at(5501), Some(main[5500]));
+    }
+
     #[test]
     fn other_network_and_other_base_are_detected() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -565,7 +705,7 @@ mod tests {
             HeaderChain::open(&REGTEST, genesis.clone(), dir.path()).expect("open");
         let mut s = genesis.clone();
         let hs = grow(&mut s, 20, 1);
-        let mut b = chain.branch_from(0);
+        let mut b = chain.branch_from(0).expect("branch");
         b.extend(&REGTEST, &hs, REPLAY_NOW).expect("valid");
         chain.commit(&mut b).expect("commit");
         drop(chain);

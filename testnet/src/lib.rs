@@ -534,16 +534,27 @@ impl Testnet {
         })
     }
 
-    /// Mine `count` blocks on node `i` now (regtest). Returns its height.
+    /// Mine `count` blocks on node `i` now (regtest), in calls of at most
+    /// the node's `dev_mine` limit. Returns its height.
     pub async fn mine(&self, i: usize, count: u32) -> Result<u64> {
-        self.rpc(i)
-            .dev_mine(count)
-            .await
-            .map_err(|e| TestnetError::Rpc {
-                index: i,
-                method: "dev_mine",
-                message: e.to_string(),
-            })
+        const PER_CALL: u32 = 20_000;
+        let mut left = count;
+        loop {
+            let n = left.min(PER_CALL);
+            let height = self
+                .rpc(i)
+                .dev_mine(n)
+                .await
+                .map_err(|e| TestnetError::Rpc {
+                    index: i,
+                    method: "dev_mine",
+                    message: e.to_string(),
+                })?;
+            left -= n;
+            if left == 0 {
+                return Ok(height);
+            }
+        }
     }
 
     /// Connect node `i` to node `j`.

@@ -158,6 +158,10 @@ pub(crate) enum Mode {
     /// Claims the most work there is for its tip, then never answers a
     /// headers request.
     ClaimMaxThenHang,
+    /// Sends one header per headers request, however many are asked.
+    Drip,
+    /// Never answers `dir_get`.
+    HangLookups,
 }
 
 pub(crate) struct MockSource {
@@ -253,6 +257,9 @@ impl Source for MockSource {
         let from = from as usize;
         let to = (from + count as usize).min(c.headers.len());
         let mut out = c.headers.get(from..to).unwrap_or_default().to_vec();
+        if self.mode == Mode::Drip {
+            out.truncate(1);
+        }
         drop(c);
         self.call(323 * out.len() as u64)?;
         if self.mode == Mode::FlipHeaders {
@@ -266,6 +273,9 @@ impl Source for MockSource {
 
     async fn dir_get(&self, name: &Name, at: u64) -> Result<DirAnswer, SourceError> {
         self.delay().await;
+        if self.mode == Mode::HangLookups {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
         self.call(1500)?;
         let mut a = self.chain.lock().expect("lock").dir_get(name, at)?;
         if self.mode == Mode::FlipRecords {

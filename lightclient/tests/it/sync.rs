@@ -532,3 +532,72 @@ async fn a_hanging_source_does_not_delay_lookups_from_another_task() {
     assert!(!syncing.is_finished(), "the sync was still waiting");
     syncing.await.expect("join").expect("sync");
 }
+
+/// A source that sends fewer headers than asked while below the tip it
+/// claimed is withholding: it gets a strike at its first short batch, and
+/// the honest source finishes the sync.
+#[tokio::test]
+async fn a_source_that_drip_feeds_headers_is_struck() {
+    let mut c = MockChain::recent();
+    c.blocks(3000);
+    let c = shared(c);
+    let lc = LightClient::new(
+        config(),
+        vec![
+            MockSource::new("drip", &c, Mode::Drip),
+            MockSource::new("honest", &c, Mode::Honest),
+        ],
+    )
+    .expect("client");
+    let r = lc.sync().await.expect("sync");
+    assert_eq!(r.to_height, 3000);
+    let drip = &lc.sources()[0];
+    assert!(
+        matches!(&drip.status, SourceStatus::Unreachable(w) if w.contains("when 2000 were asked")),
+        "{:?}",
+        drip.status
+    );
+    assert!(drip.bytes_received < 5_000, "{} bytes", drip.bytes_received);
+}
+
+/// A source that advertises the chain and then does not answer lookups
+/// gets a strike per lookup it stalls, and is asked after the others from
+/// then on: only the first lookup pays its timeout.
+#[tokio::test]
+async fn a_source_that_stalls_lookups_is_struck_and_asked_last() {
+    use std::time::{Duration, Instant};
+    let mut c = MockChain::recent();
+    c.block(&[(name("@alice"), record(1, "hello"))]);
+    c.blocks(10);
+    let c = shared(c);
+    let mut cfg = config();
+    cfg.timeout = Duration::from_millis(500);
+    let lc = LightClient::new(
+        cfg,
+        vec![
+            MockSource::new("stall", &c, Mode::HangLookups),
+            MockSource::new("honest", &c, Mode::Honest),
+        ],
+    )
+    .expect("client");
+    lc.sync().await.expect("sync");
+    let t = Instant::now();
+    lc.resolve_synced(&name("@alice")).await.expect("resolve");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "the first lookup waited for the staller"
+    );
+    let t = Instant::now();
+    let v = lc.resolve_synced(&name("@alice")).await.expect("resolve");
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "the second waited {:?}",
+        t.elapsed()
+    );
+    assert_eq!(v.source(), "honest");
+    assert!(
+        matches!(&lc.sources()[0].status, SourceStatus::Unreachable(w) if w.contains("did not answer a lookup")),
+        "{:?}",
+        lc.sources()[0].status
+    );
+}

@@ -45,7 +45,7 @@ struct Cli {
     /// Answer even when the tip is stale (the age is shown).
     #[arg(long, global = true)]
     allow_stale: bool,
-    /// Per-request timeout (seconds).
+    /// Per-request timeout (seconds, 1 to 3600).
     #[arg(long, default_value_t = 10, global = true)]
     timeout: u64,
     /// Machine-readable output.
@@ -130,7 +130,7 @@ fn config(cli: &Cli) -> Result<Config> {
         c.max_tip_age = Duration::from_secs(a);
     }
     c.allow_stale = cli.allow_stale;
-    c.timeout = Duration::from_secs(cli.timeout.max(1));
+    c.timeout = Duration::from_secs(cli.timeout.clamp(1, 3600));
     Ok(c)
 }
 
@@ -141,7 +141,7 @@ async fn run(cli: Cli) -> Result<()> {
     } else {
         cli.nodes.clone()
     };
-    let timeout = Duration::from_secs(cli.timeout.max(1));
+    let timeout = Duration::from_secs(cli.timeout.clamp(1, 3600));
     let sources = nodes
         .iter()
         .map(|u| HttpSource::new(u, timeout).map_err(|e| anyhow!("--node {u}: {e}")))
