@@ -388,6 +388,9 @@ pub const STRIKES_TO_FAULT: u32 = 3;
 /// runs) before it is asked again.
 pub const FAULT_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a source made faulty by strikes is remembered.
+pub const STRIKES_FAULT_EXPIRY: Duration = Duration::from_secs(3600);
+
 /// Most bytes a source may send per header it owes in a download (a header
 /// is about 323 bytes as hex JSON), plus a fixed allowance of 16 headers.
 pub const HEADER_BYTES_BUDGET: u64 = 400;
@@ -666,9 +669,15 @@ impl<S: Source> LightClient<S> {
     }
 
     fn mark_faulty(&self, i: usize, why: String) {
+        self.mark_faulty_for(i, why, FAULT_EXPIRY);
+    }
+
+    /// Mark source `i` faulty for `expiry` (remembered in the data
+    /// directory).
+    fn mark_faulty_for(&self, i: usize, why: String, expiry: Duration) {
         tracing::warn!(target: "lightclient::sources", source = self.slots[i].source.label(), "faulty: {why}");
         self.slots[i].st.lock().status = SourceStatus::Faulty(why.clone());
-        let until = unix_now().saturating_add(FAULT_EXPIRY.as_secs());
+        let until = unix_now().saturating_add(expiry.as_secs());
         let mut all = self.faults.lock();
         all.insert(self.slots[i].source.label().to_owned(), (until, why));
         if let Some(dir) = &self.config.datadir
@@ -692,7 +701,13 @@ impl<S: Source> LightClient<S> {
         };
         tracing::info!(target: "lightclient::sources", source = self.slots[i].source.label(), strikes, "strike: {why}");
         if strikes >= STRIKES_TO_FAULT {
-            self.mark_faulty(i, format!("{STRIKES_TO_FAULT} strikes; the last: {why}"));
+            // Withholding may be an honest node going down: a shorter
+            // memory than for data that failed verification.
+            self.mark_faulty_for(
+                i,
+                format!("{STRIKES_TO_FAULT} strikes; the last: {why}"),
+                STRIKES_FAULT_EXPIRY,
+            );
         }
     }
 
