@@ -52,6 +52,13 @@ pub struct Config {
     /// A tip older than this makes lookups fail with [`Error::StaleTip`]
     /// (default: ten block intervals, at least a minute).
     pub max_tip_age: Duration,
+    /// A chain whose difficulty has fallen to less than 1 / this of the
+    /// network's anchor (block 1) is stale whatever its tip's timestamp
+    /// says (default 4): under the difficulty rule that means it was mined
+    /// more than two half-lives behind schedule, which is what a fork
+    /// with fresh timestamps made from old history looks like (an eclipse).
+    /// [`Error::StaleWork`].
+    pub max_difficulty_drop: u64,
     /// Return lookups on a stale tip anyway (the age is in the result).
     pub allow_stale: bool,
     /// A lookup syncs first when the last sync is older than this.
@@ -150,6 +157,7 @@ impl Config {
             checkpoint: None,
             depth: params.confirmation_depth,
             max_tip_age: Duration::from_secs((10 * params.block_interval).max(60)),
+            max_difficulty_drop: 4,
             allow_stale: false,
             refresh: Duration::from_secs(params.block_interval.max(1)),
             timeout: Duration::from_secs(10),
@@ -232,6 +240,21 @@ pub enum Error {
         age_secs: u64,
         /// The configured bound.
         max_secs: u64,
+    },
+    /// The best verified chain's tip has a fresh timestamp, but its
+    /// difficulty has fallen far below the network's anchor: it was mined
+    /// far behind schedule, as an eclipse chain forked from old history
+    /// would be (or the network lost most of its hash power).
+    #[error(
+        "stale chain: at height {tip_height} the next block's target is {drop}x easier than the network's anchor (at most {max_drop}x allowed): the chain was mined far behind schedule; the sources may be cut off from the network (eclipse) or the network lost most of its hash power"
+    )]
+    StaleWork {
+        /// Verified tip height.
+        tip_height: u64,
+        /// Next target over anchor target.
+        drop: u64,
+        /// The configured bound.
+        max_drop: u64,
     },
     /// The header store failed.
     #[error(transparent)]
@@ -512,6 +535,33 @@ impl<S: Source> LightClient<S> {
         }
     }
 
+    /// Is the chain ending at `tip` live? Its tip must be recent
+    /// (`max_tip_age`), and - since a timestamp is whatever the miner
+    /// wrote - its difficulty must not have fallen more than
+    /// `max_difficulty_drop` times below the anchor's: the difficulty rule
+    /// eases the target only for a chain behind schedule, so a fork made
+    /// from old history with fresh timestamps must either do about the
+    /// work of the blocks it skipped or show the drop.
+    fn check_fresh(&self, tip: &ChainState) -> Result<(), Error> {
+        let age = unix_now().saturating_sub(tip.tip_time());
+        if age > self.config.max_tip_age.as_secs() {
+            return Err(Error::StaleTip {
+                tip_height: tip.tip_height,
+                age_secs: age,
+                max_secs: self.config.max_tip_age.as_secs(),
+            });
+        }
+        let drop = difficulty_drop(self.config.params, tip);
+        if drop > self.config.max_difficulty_drop {
+            return Err(Error::StaleWork {
+                tip_height: tip.tip_height,
+                drop,
+                max_drop: self.config.max_difficulty_drop,
+            });
+        }
+        Ok(())
+    }
+
     /// Headers held above the base.
     pub fn headers_held(&self) -> usize {
         self.chain.read().len()
@@ -530,14 +580,7 @@ impl<S: Source> LightClient<S> {
         }
         let chain = self.chain.read();
         let tip = chain.tip();
-        let age = unix_now().saturating_sub(tip.tip_time());
-        if age > self.config.max_tip_age.as_secs() {
-            return Err(Error::StaleTip {
-                tip_height: tip.tip_height,
-                age_secs: age,
-                max_secs: self.config.max_tip_age.as_secs(),
-            });
-        }
+        self.check_fresh(tip)?;
         let base = chain.base().tip_height;
         let Some(at) = tip
             .tip_height
@@ -1385,12 +1428,8 @@ impl<S: Source> LightClient<S> {
     async fn query_at_depth(&self, q: &Query<'_>, depth: u64) -> Result<Verified<Answer>, Error> {
         let tip = self.chain.read().tip().clone();
         let age = unix_now().saturating_sub(tip.tip_time());
-        if age > self.config.max_tip_age.as_secs() && !self.config.allow_stale {
-            return Err(Error::StaleTip {
-                tip_height: tip.tip_height,
-                age_secs: age,
-                max_secs: self.config.max_tip_age.as_secs(),
-            });
+        if !self.config.allow_stale {
+            self.check_fresh(&tip)?;
         }
         let Some(at) = tip.tip_height.checked_sub(depth) else {
             return Err(Error::NotEnoughConfirmations {
@@ -1512,5 +1551,26 @@ impl<S: Source> LightClient<S> {
     fn holds(&self, i: usize, at: u64) -> bool {
         let claim = self.slots[i].st.lock().claim.clone();
         claim.is_some_and(|c| c.height >= at && self.chain.read().hash_at(c.height) == Some(c.hash))
+    }
+}
+
+/// How many times easier the target of the block after `tip` is than the
+/// network's anchor target (block 1's, the genesis `bits`), rounded down;
+/// 0 when it is harder. Saturates at `u64::MAX`.
+pub fn difficulty_drop(params: &Params, tip: &ChainState) -> u64 {
+    let anchor = tip.anchor.as_ref().map_or(params.genesis_bits, |a| a.bits);
+    let (Ok(anchor), Ok(next)) = (anchor.to_target(), tip.next_bits(params).to_target()) else {
+        // Not reachable for a verified chain (its bits decoded when its
+        // headers were checked); treat as no drop rather than fail.
+        return 0;
+    };
+    if anchor.is_zero() {
+        return u64::MAX;
+    }
+    let q = next / anchor;
+    if q > U256::from(u64::MAX) {
+        u64::MAX
+    } else {
+        q.low_u64()
     }
 }

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use jsonrpsee::core::client::{BatchResponse, ClientT, Error as RpcClientError};
@@ -19,7 +19,8 @@ use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use xirtam_node_api::NodeApiClient;
-use xirtam_node_api::wire::{WireError, header_from_hex};
+use xirtam_node_api::code;
+use xirtam_node_api::wire::{WireError, decode_compact_headers, header_from_hex};
 use xirtam_proofs::header::Header;
 use xirtam_proofs::op::{Op, Record};
 use xirtam_proofs::state::StateProof;
@@ -28,7 +29,8 @@ use xirtam_proofs::{Hash, Name, U256, encode};
 pub use xirtam_node_api::MAX_HEADERS_PER_CALL;
 
 /// Largest JSON-RPC response accepted from a source (bytes). A full
-/// `chain_headers` batch is about 650 KB; a `dir_get` a few KB. Only the
+/// `chain_headers_compact` batch is about 310 KB (`chain_headers`, for
+/// nodes without it, about 650 KB); a `dir_get` a few KB. Only the
 /// `result` is counted in [`Source::bytes_received`], so this also bounds
 /// what padding around it can cost per call.
 pub const MAX_RESPONSE_BYTES: u32 = 1024 * 1024;
@@ -113,8 +115,8 @@ pub trait Source: Send + Sync {
     fn genesis(&self) -> impl Future<Output = Result<Hash, SourceError>> + Send;
     /// The source's tip (`chain_tip`).
     fn tip(&self) -> impl Future<Output = Result<TipClaim, SourceError>> + Send;
-    /// Main-chain headers `from..from+count` (`chain_headers`); fewer at the
-    /// source's tip.
+    /// Main-chain headers `from..from+count` (`chain_headers_compact`, or
+    /// `chain_headers` from a node without it); fewer at the source's tip.
     fn headers(
         &self,
         from: u64,
@@ -169,6 +171,8 @@ impl From<WireError> for SourceError {
 pub struct HttpSource {
     url: String,
     client: CountingClient,
+    /// The node does not know `chain_headers_compact`: ask for hex.
+    no_compact: Arc<AtomicBool>,
 }
 
 /// An HTTP JSON-RPC client that counts the bytes of every result it
@@ -227,6 +231,7 @@ impl HttpSource {
                 inner,
                 received: Arc::new(AtomicU64::new(0)),
             },
+            no_compact: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -276,6 +281,16 @@ impl Source for HttpSource {
 
     async fn headers(&self, from: u64, count: u32) -> Result<Vec<Header>, SourceError> {
         let count = count.min(MAX_HEADERS_PER_CALL);
+        if !self.no_compact.load(Ordering::Relaxed) {
+            match self.client.chain_headers_compact(from, count).await {
+                Ok(s) => return Ok(decode_compact_headers(&s, count as usize)?),
+                Err(RpcClientError::Call(c)) if c.code() == code::METHOD_NOT_FOUND => {
+                    // A node from before compact batches: hex from now on.
+                    self.no_compact.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(call_err("chain_headers_compact", e)),
+            }
+        }
         let hs = self
             .client
             .chain_headers(from, count)

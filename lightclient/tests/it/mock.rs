@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use xirtam_lightclient::{DirAnswer, Source, SourceError, TipClaim};
 use xirtam_proofs::header::{ChainState, Header, header_template, mine};
 use xirtam_proofs::op::{Owners, Record, Value};
+use xirtam_proofs::params::Params;
 use xirtam_proofs::state::{MemoryNodeStore, prove, update};
 use xirtam_proofs::{Hash, Name, REGTEST, SecretKey, U256};
 
@@ -39,22 +40,31 @@ pub(crate) struct MockChain {
     store: MemoryNodeStore,
     records: HashMap<Hash, Record>,
     /// Timestamp of the next block (`None`: the wall clock).
-    next_time: Option<u64>,
+    pub(crate) next_time: Option<u64>,
     /// Where the nonce search starts (forks differ by it).
     nonce_start: u64,
+    /// The network (regtest unless made with [`MockChain::on`]).
+    pub(crate) params: &'static Params,
 }
 
 impl MockChain {
     /// Genesis only; blocks will be stamped from `start_time` on, one
     /// second apart.
     pub(crate) fn new(start_time: u64) -> Self {
+        Self::on(&REGTEST, Some(start_time))
+    }
+
+    /// Genesis of `params`; blocks stamped from `start_time` on, one
+    /// second apart, or with the wall clock (`None`).
+    pub(crate) fn on(params: &'static Params, start_time: Option<u64>) -> Self {
         MockChain {
-            headers: vec![REGTEST.genesis_header()],
-            states: vec![ChainState::genesis(&REGTEST)],
+            headers: vec![params.genesis_header()],
+            states: vec![ChainState::genesis(params)],
             store: MemoryNodeStore::new(),
             records: HashMap::new(),
-            next_time: Some(start_time),
+            next_time: start_time,
             nonce_start: 0,
+            params,
         }
     }
 
@@ -91,14 +101,14 @@ impl MockChain {
         if let Some(t) = &mut self.next_time {
             *t = time + 1;
         }
-        let mut h = header_template(&REGTEST, &state, time);
+        let mut h = header_template(self.params, &state, time);
         h.state_root = root;
         assert!(
             mine(&mut h, self.nonce_start, 1 << 24),
-            "regtest block mines"
+            "a test block mines"
         );
         let mut next = state;
-        next.push(&REGTEST, &h, u64::MAX).expect("valid block");
+        next.push(self.params, &h, u64::MAX).expect("valid block");
         self.headers.push(h);
         self.states.push(next);
     }
@@ -216,7 +226,7 @@ impl Source for MockSource {
         Ok(if self.mode == Mode::OtherNetwork {
             xirtam_proofs::LOCAL.genesis_hash
         } else {
-            REGTEST.genesis_hash
+            self.chain.lock().expect("lock").params.genesis_hash
         })
     }
 

@@ -4,7 +4,7 @@ use xirtam_lightclient::client::STRIKES_TO_FAULT;
 use xirtam_lightclient::{Config, Error, LightClient, SourceStatus};
 use xirtam_proofs::REGTEST;
 
-use crate::mock::{MockChain, MockSource, Mode, name, record, shared, work_of};
+use crate::mock::{MockChain, MockSource, Mode, name, now, record, shared, work_of};
 
 fn config() -> Config {
     Config::new(&REGTEST)
@@ -258,6 +258,76 @@ async fn a_chain_below_the_minimum_work_is_not_adopted() {
     .expect("client");
     lc.sync().await.expect("sync");
     assert_eq!(lc.tip().height, 100);
+}
+
+/// A regtest variant where difficulty matters: ~64 hashes a block, one
+/// block a second, a 10 s half-life, genesis `genesis_age` seconds ago.
+fn schedule_params(genesis_age: u64) -> &'static xirtam_proofs::params::Params {
+    use xirtam_proofs::params::target_for_zero_bits;
+    use xirtam_proofs::pow::CompactTarget;
+    let mut p = xirtam_proofs::params::Params {
+        genesis_time: now() - genesis_age,
+        genesis_bits: CompactTarget::from_target(target_for_zero_bits(6)),
+        block_interval: 1,
+        asert_half_life: 10,
+        ..REGTEST
+    };
+    p.genesis_hash = p.genesis_header().hash();
+    Box::leak(Box::new(p))
+}
+
+#[tokio::test]
+async fn an_eclipse_chain_with_fresh_timestamps_but_behind_schedule_is_stale() {
+    // Genesis 1,000 s ago: the network's chain holds ~1,000 blocks. Its
+    // first 10 (a second apart from genesis on) are the history an
+    // attacker forks from; 20 more stamped with the wall clock give the
+    // fork fresh timestamps, but it is ~970 s behind the schedule set by
+    // block 1, so its difficulty fell to the network's limit: 64x easier
+    // than the anchor.
+    let params = schedule_params(1000);
+    let mut eclipse = MockChain::on(params, Some(params.genesis_time + 1));
+    eclipse.blocks(10);
+    eclipse.next_time = None;
+    eclipse.blocks(20);
+    let eclipse = shared(eclipse);
+    let lc = LightClient::new(
+        Config::new(params),
+        vec![MockSource::new("eclipse", &eclipse, Mode::Honest)],
+    )
+    .expect("client");
+    let e = lc
+        .resolve(&name("@alice"))
+        .await
+        .expect_err("stale by work");
+    assert!(
+        matches!(
+            e,
+            Error::StaleWork {
+                drop: 64,
+                max_drop: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        matches!(lc.checkpoint(), Err(Error::StaleWork { .. })),
+        "nor exported as a checkpoint"
+    );
+
+    // A chain on schedule (genesis 40 s ago, 40 blocks a second apart) is
+    // live: same timestamps at its tip, but it did the work.
+    let params = schedule_params(40);
+    let mut live = MockChain::on(params, Some(params.genesis_time + 1));
+    live.blocks(40);
+    let live = shared(live);
+    let lc = LightClient::new(
+        Config::new(params),
+        vec![MockSource::new("live", &live, Mode::Honest)],
+    )
+    .expect("client");
+    let v = lc.resolve(&name("@alice")).await.expect("a live chain");
+    assert_eq!(v.tip_height(), 40);
 }
 
 #[tokio::test]

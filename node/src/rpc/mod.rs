@@ -85,6 +85,23 @@ impl<S: KvStore> RpcImpl<S> {
             )
         })
     }
+
+    /// Up to `count` (capped) main-chain headers from height `from`.
+    fn main_headers(&self, from: u64, count: u32) -> Vec<xirtam_proofs::header::Header> {
+        let count = count.min(MAX_HEADERS_PER_CALL);
+        let core = self.node.lock();
+        let mut out = Vec::with_capacity(count as usize);
+        for h in from..from.saturating_add(u64::from(count)) {
+            let Some(hash) = core.chain.hash_at(h) else {
+                break;
+            };
+            let Some(meta) = core.chain.meta(&hash) else {
+                break;
+            };
+            out.push(meta.header);
+        }
+        out
+    }
 }
 
 fn p2p_err(e: P2pError) -> ErrorObjectOwned {
@@ -102,19 +119,18 @@ impl<S: KvStore> NodeApiServer for RpcImpl<S> {
     }
 
     fn chain_headers(&self, from: u64, count: u32) -> RpcResult<Vec<String>> {
-        let count = count.min(MAX_HEADERS_PER_CALL);
-        let core = self.node.lock();
-        let mut out = Vec::with_capacity(count as usize);
-        for h in from..from.saturating_add(u64::from(count)) {
-            let Some(hash) = core.chain.hash_at(h) else {
-                break;
-            };
-            let Some(meta) = core.chain.meta(&hash) else {
-                break;
-            };
-            out.push(hex::encode(meta.header.to_bytes()));
-        }
-        Ok(out)
+        Ok(self
+            .main_headers(from, count)
+            .iter()
+            .map(|h| hex::encode(h.to_bytes()))
+            .collect())
+    }
+
+    fn chain_headers_compact(&self, from: u64, count: u32) -> RpcResult<String> {
+        use base64::Engine as _;
+        let headers = self.main_headers(from, count);
+        Ok(base64::engine::general_purpose::STANDARD
+            .encode(xirtam_node_api::wire::encode_compact_headers(&headers)))
     }
 
     fn chain_block(&self, which: HeightOrHash) -> RpcResult<BlockView> {

@@ -103,6 +103,22 @@ async fn claim_update_reject_and_prove() {
     let headers = rpc.chain_headers(0, 10_000).await.expect("headers");
     assert_eq!(headers.len() as u64, tip.height + 1);
     let header_at = |h: u64| -> Header { decode_hex(&headers[h as usize]).expect("header") };
+    // The compact batch carries the same headers, from any height.
+    for from in [0, 2] {
+        let compact = rpc
+            .chain_headers_compact(from, 10_000)
+            .await
+            .expect("compact headers");
+        let decoded =
+            xirtam_node_api::wire::decode_compact_headers(&compact, 2000).expect("decodes");
+        let expected: Vec<Header> = (from..=tip.height).map(header_at).collect();
+        assert_eq!(decoded, expected);
+    }
+    let past_tip = rpc
+        .chain_headers_compact(tip.height + 1, 5)
+        .await
+        .expect("compact headers");
+    assert_eq!(past_tip, "", "nothing above the tip");
     let check = |v: &xirtam_node::rpc::DirGetView, expect_present: bool| {
         let header = header_at(v.height);
         assert_eq!(
