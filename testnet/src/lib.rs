@@ -19,6 +19,7 @@ use xirtam_node_api::{NetInfo, NodeApiClient, TipView};
 pub mod bench_chat;
 pub mod chat;
 pub mod demo;
+pub mod header_source;
 
 pub use xirtam_chat;
 pub use xirtam_node_api as node_api;

@@ -53,6 +53,15 @@ enum Cmd {
     /// docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Serve a synthetic regtest header chain on a loopback port (for
+    /// `bench lightclient-memory`); prints `listening on http://ADDR`, and
+    /// stops when stdin closes.
+    #[command(hide = true)]
+    HeaderSource {
+        /// Blocks above genesis.
+        #[arg(long)]
+        blocks: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +114,15 @@ enum BenchCmd {
         /// The checkpoint is this many blocks under the tip.
         #[arg(long, default_value_t = 100)]
         checkpoint_age: u64,
+    },
+    /// Light client memory and sync speed on a long chain: a cold sync of
+    /// a synthetic regtest chain served by a stand-in node (regtest nodes
+    /// cannot mine this far ahead of the clock), resident memory above an
+    /// empty client, then a restart from the store.
+    LightclientMemory {
+        /// Chain length.
+        #[arg(long, default_value_t = 500_000)]
+        headers: u64,
     },
 }
 
@@ -180,6 +198,27 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(b) => bench(b).await,
+        Cmd::HeaderSource { blocks } => {
+            use std::io::Write as _;
+            let (headers, state) =
+                xirtam_testnet::header_source::synthetic_chain(&xirtam_proofs::REGTEST, blocks)?;
+            let (addr, handle) = xirtam_testnet::header_source::serve_headers(
+                &xirtam_proofs::REGTEST,
+                headers,
+                &state,
+            )
+            .await?;
+            println!("listening on http://{addr}");
+            std::io::stdout().flush()?;
+            // Until the parent closes our stdin (or exits).
+            let _ = tokio::task::spawn_blocking(|| {
+                use std::io::Read as _;
+                std::io::stdin().read_to_end(&mut Vec::new())
+            })
+            .await;
+            let _ = handle.stop();
+            Ok(())
+        }
         Cmd::Status => {
             let state = load(&cli.dir)?;
             for (i, n) in state.nodes.iter().enumerate() {
@@ -361,6 +400,7 @@ async fn bench(b: BenchCmd) -> Result<()> {
             lookups,
             checkpoint_age,
         } => bench_lightclient(blocks, runs, lookups, checkpoint_age).await?,
+        BenchCmd::LightclientMemory { headers } => bench_lightclient_memory(headers).await?,
     }
     Ok(())
 }
@@ -370,6 +410,85 @@ fn rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn bench_lightclient_memory(headers: u64) -> Result<()> {
+    use std::time::Instant;
+    use tokio::io::AsyncBufReadExt as _;
+    use xirtam_lightclient::{Config as LcConfig, HttpSource, LightClient};
+    use xirtam_proofs::REGTEST;
+
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["header-source", "--blocks", &headers.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start the header source")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(1800),
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .context("the header source did not start within 30 min")??
+    .context("the header source exited")?;
+    let url = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected line from the header source: {line:?}"))?
+        .to_owned();
+    println!(
+        "synthetic regtest chain of {headers} headers mined and served in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let dir = tempfile::tempdir()?;
+    let open = || {
+        let mut cfg = LcConfig::new(&REGTEST);
+        cfg.datadir = Some(dir.path().to_owned());
+        cfg.timeout = Duration::from_secs(60);
+        let source = HttpSource::new(&url, Duration::from_secs(60))?;
+        anyhow::Ok(LightClient::new(cfg, vec![source])?)
+    };
+    let lc = open()?;
+    let empty = rss_kib().context("/proc/self/status")?;
+    let t = Instant::now();
+    for _ in 0..10 {
+        lc.sync().await?;
+        if lc.tip().height >= headers {
+            break;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        lc.tip().height == headers,
+        "sync stopped at {}",
+        lc.tip().height
+    );
+    let synced = rss_kib().context("/proc/self/status")?;
+    println!(
+        "cold sync of {headers} headers: {secs:.1} s ({:.0} headers/s), {:.1} MB received ({:.0} bytes a header)",
+        headers as f64 / secs,
+        lc.bytes_received() as f64 / 1e6,
+        lc.bytes_received() as f64 / headers as f64
+    );
+    println!(
+        "resident memory: {:.1} MB with an empty client, {:.1} MB after {} headers: {:.1} MB above empty",
+        empty as f64 / 1024.0,
+        synced as f64 / 1024.0,
+        lc.headers_held(),
+        (synced as f64 - empty as f64) / 1024.0
+    );
+    drop(lc);
+    let t = Instant::now();
+    let lc = open()?;
+    let reopen_ms = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(lc.tip().height == headers, "store did not resume");
+    println!("restart from the store ({headers} headers verified again): {reopen_ms:.0} ms");
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    Ok(())
 }
 
 async fn bench_lightclient(
