@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::client::{ClientT, SubscriptionClientT};
 use jsonrpsee::core::params::ArrayParams;
 use jsonrpsee::http_client::HttpClient;
 use jsonrpsee::server::{RpcModule, Server, ServerHandle};
@@ -349,6 +349,15 @@ async fn light_client_gets_the_truth_or_an_error() {
     assert_eq!(v.confirmations(), 4);
 }
 
+/// The next notification of a watch subscription, within 30 s.
+async fn next_update(stream: &mut jsonrpsee::core::client::Subscription<Value>) -> Value {
+    tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("a notification within 30 s")
+        .expect("stream open")
+        .expect("a lookup")
+}
+
 /// A restart resumes from the header store: the second sync downloads only
 /// what is new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,6 +540,29 @@ async fn serve_answers_tip_resolve_and_watch() {
         .expect_err("bad name");
     assert!(e.to_string().contains("not a name"), "{e}");
 
+    // A stream of @alice's verified versions over WebSocket (same port):
+    // the current one at once.
+    let ws = jsonrpsee::ws_client::WsClientBuilder::default()
+        .build(endpoint.replace("http://", "ws://"))
+        .await
+        .expect("websocket");
+    let mut p = ArrayParams::new();
+    p.insert("@alice").expect("param");
+    let mut stream: jsonrpsee::core::client::Subscription<Value> = ws
+        .subscribe("lc_subscribe_watch", p, "lc_unsubscribe_watch")
+        .await
+        .expect("subscribe");
+    let first = next_update(&mut stream).await;
+    assert_eq!(first["version"], version.as_str());
+    let mut p = ArrayParams::new();
+    p.insert("not a name").expect("param");
+    assert!(
+        ws.subscribe::<Value, _>("lc_subscribe_watch", p, "lc_unsubscribe_watch")
+            .await
+            .is_err(),
+        "a bad name is refused"
+    );
+
     // Watch @alice from the version we have; update it and mine block by
     // block.
     let watch = tokio::spawn({
@@ -576,6 +608,11 @@ async fn serve_answers_tip_resolve_and_watch() {
         !watch.is_finished(),
         "the watch fired before the change was 2 deep"
     );
+    let early = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(
+        early.is_err(),
+        "the stream reported before the change was 2 deep: {early:?}"
+    );
     let confirmed_at = net.mine(0, 1).await.expect("mine");
     let got = tokio::time::timeout(Duration::from_secs(30), watch)
         .await
@@ -590,6 +627,13 @@ async fn serve_answers_tip_resolve_and_watch() {
         "reported within the block that confirmed it"
     );
     assert_eq!(net.tip(0).await.expect("tip").height, confirmed_at);
+    let streamed = next_update(&mut stream).await;
+    assert_eq!(streamed["record"]["value_utf8"], "v2");
+    assert_eq!(streamed["version"], got["version"]);
+    assert_eq!(
+        streamed["tip_height"], confirmed_at,
+        "streamed within the block that confirmed it"
+    );
 
     // A watch with the current version and a short wait returns unchanged.
     let mut p = ArrayParams::new();

@@ -75,6 +75,47 @@ async fn lookup(
     Ok((j, version))
 }
 
+/// Feed a `lc_subscribe_watch` subscription until the subscriber leaves:
+/// the verified lookup at once, then each time what is verified changes -
+/// a new version of the record, or a switch between an answer and an error
+/// (`{"error": "..."}`: no verified answer now, e.g. a stale chain) - after
+/// each background sync.
+async fn watch_stream(
+    ctx: &Ctx,
+    name: &Name,
+    depth: u64,
+    sink: &jsonrpsee::core::server::SubscriptionSink,
+) {
+    let mut syncs = ctx.syncs.clone();
+    let mut last: Option<String> = None;
+    loop {
+        syncs.mark_unchanged();
+        let (j, seen) = match lookup(&ctx.lc, name, depth).await {
+            Ok((j, version)) => (j, version),
+            // Sent once on entering the error state (its message, e.g. a
+            // stale tip's age, changes on every sync).
+            Err(e) => (json!({ "error": e.to_string() }), "error".to_owned()),
+        };
+        if last.as_deref() != Some(seen.as_str()) {
+            let Ok(msg) = serde_json::value::to_raw_value(&j) else {
+                return;
+            };
+            if sink.send(msg).await.is_err() {
+                return;
+            }
+            last = Some(seen);
+        }
+        tokio::select! {
+            changed = syncs.changed() => {
+                if changed.is_err() {
+                    return; // the syncer stopped: the server is shutting down
+                }
+            }
+            _ = sink.closed() => return,
+        }
+    }
+}
+
 /// Serve on `listen` until interrupted. Prints `listening on http://ADDR`
 /// on stdout once bound.
 pub(crate) async fn serve(lc: LightClient<HttpSource>, listen: SocketAddr) -> Result<()> {
@@ -130,6 +171,23 @@ pub(crate) async fn serve(lc: LightClient<HttpSource>, listen: SocketAddr) -> Re
             let _ = tokio::time::timeout_at(deadline, syncs.changed()).await;
         }
     })?;
+    module.register_subscription(
+        "lc_subscribe_watch",
+        "lc_watch_update",
+        "lc_unsubscribe_watch",
+        |params, pending, ctx, _| async move {
+            let (_, name, depth) = match name_and_depth(&params, &ctx.lc) {
+                Ok(x) => x,
+                Err(e) => {
+                    pending.reject(e).await;
+                    return Ok(());
+                }
+            };
+            let sink = pending.accept().await?;
+            watch_stream(&ctx, &name, depth, &sink).await;
+            Ok::<(), jsonrpsee::core::SubscriptionError>(())
+        },
+    )?;
     let server = Server::builder()
         .build(listen)
         .await
