@@ -241,6 +241,20 @@ pub enum Error {
         /// The configured bound.
         max_secs: u64,
     },
+    /// No source showed a chain with the network's minimum work
+    /// (`Params::min_chain_work`): the sources may all be an attacker's
+    /// (an eclipse with a cheap chain), or still syncing.
+    #[error(
+        "no source showed a chain with the network's minimum work: the best verified chain (height {tip_height}) has work {work:#x}, the network's has at least {min:#x}; the sources may be cut off from the network (eclipse) or still syncing"
+    )]
+    BelowMinimumWork {
+        /// Verified tip height.
+        tip_height: u64,
+        /// Its cumulative work.
+        work: U256,
+        /// The network's minimum.
+        min: U256,
+    },
     /// The best verified chain's tip has a fresh timestamp, but its
     /// difficulty has fallen far below the network's anchor: it was mined
     /// far behind schedule, as an eclipse chain forked from old history
@@ -535,6 +549,21 @@ impl<S: Source> LightClient<S> {
         }
     }
 
+    /// Does the chain ending at `tip` carry the network's minimum work? A
+    /// chain below it is never adopted, but the client starts at genesis
+    /// (or a checkpoint), which may be below it until a sync succeeds.
+    fn check_min_work(&self, tip: &ChainState) -> Result<(), Error> {
+        let min = self.config.params.min_chain_work;
+        if tip.total_work() < min {
+            return Err(Error::BelowMinimumWork {
+                tip_height: tip.tip_height,
+                work: tip.total_work(),
+                min,
+            });
+        }
+        Ok(())
+    }
+
     /// Is the chain ending at `tip` live? Its tip must be recent
     /// (`max_tip_age`), and - since a timestamp is whatever the miner
     /// wrote - its difficulty must not have fallen more than
@@ -580,6 +609,7 @@ impl<S: Source> LightClient<S> {
         }
         let chain = self.chain.read();
         let tip = chain.tip();
+        self.check_min_work(tip)?;
         self.check_fresh(tip)?;
         let base = chain.base().tip_height;
         let Some(at) = tip
@@ -701,6 +731,7 @@ impl<S: Source> LightClient<S> {
             }
         }
         self.check_any_usable()?;
+        self.check_min_work(self.chain.read().tip())?;
         *self.last_sync.lock() = Some(Instant::now());
         let chain = self.chain.read();
         Ok(SyncReport {
@@ -1428,6 +1459,7 @@ impl<S: Source> LightClient<S> {
     async fn query_at_depth(&self, q: &Query<'_>, depth: u64) -> Result<Verified<Answer>, Error> {
         let tip = self.chain.read().tip().clone();
         let age = unix_now().saturating_sub(tip.tip_time());
+        self.check_min_work(&tip)?;
         if !self.config.allow_stale {
             self.check_fresh(&tip)?;
         }

@@ -244,12 +244,18 @@ async fn a_chain_below_the_minimum_work_is_not_adopted() {
         vec![MockSource::new("short", &short, Mode::Honest)],
     )
     .expect("client");
-    let _ = lc.sync().await;
+    let e = lc.sync().await.expect_err("no chain meets the minimum");
+    assert!(matches!(e, Error::BelowMinimumWork { .. }), "{e}");
     assert_eq!(
         lc.tip().height,
         0,
         "a chain below the minimum is not adopted"
     );
+    let e = lc
+        .resolve(&name("@alice"))
+        .await
+        .expect_err("an error, not an answer from the eclipse chain");
+    assert!(matches!(e, Error::BelowMinimumWork { .. }), "{e}");
     // A chain that meets it is.
     let lc = LightClient::new(
         params_with(min, None),
