@@ -20,6 +20,7 @@
 pub mod api;
 pub mod client;
 pub mod crypto;
+pub mod display;
 pub mod mailbox;
 pub mod records;
 pub mod server;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use xirtam_chat::client::store::Message;
-use xirtam_chat::client::{ChatClient, ClientConfig, FlushReport};
+use xirtam_chat::client::{ChatClient, ClientConfig, FlushReport, PollReport};
+use xirtam_chat::display;
 use xirtam_proofs::Name;
 use xirtam_proofs::params::Params;
 
@@ -71,6 +72,9 @@ enum Cmd {
     },
     /// Stream incoming messages until interrupted.
     Listen,
+    /// Envelopes refused (undecryptable, forged, from a sender that could
+    /// not be verified in time), most recent last.
+    Rejected,
     /// Move to another concierge server (the old one is still read for a
     /// grace period).
     Move {
@@ -80,10 +84,17 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let log = cli.log.clone();
-    common::block_on(&log, false, run(cli))
+    match common::block_on(&log, false, run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Errors may quote a server or a peer: escaped.
+            eprintln!("error: {}", display::escape_line(&format!("{e:#}")));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn name(s: &str) -> Result<Name> {
@@ -92,7 +103,26 @@ fn name(s: &str) -> Result<Name> {
 
 fn show(m: &Message) {
     let arrow = if m.delivered { "" } else { " (queued)" };
-    println!("[{}] {} -> {}: {}{}", m.local, m.from, m.to, m.text, arrow);
+    // The text is the sender's: escaped, so it cannot fake a line of ours
+    // or send the terminal escape sequences.
+    println!(
+        "[{}] {} -> {}: {}{}",
+        m.local,
+        m.from,
+        m.to,
+        display::escape(&m.text),
+        arrow
+    );
+}
+
+/// Envelopes of this poll that were not shown as messages.
+fn report_envelopes(r: &PollReport) {
+    for e in &r.rejected {
+        eprintln!("rejected: {}", display::escape_line(e));
+    }
+    for e in &r.held {
+        eprintln!("held: {}", display::escape_line(e));
+    }
 }
 
 fn show_flush(f: &FlushReport) {
@@ -102,11 +132,14 @@ fn show_flush(f: &FlushReport) {
             d.to, d.server, d.seq, d.record_height, d.devices
         );
         for r in &d.refused_keys {
-            println!("  refused key: {r}");
+            println!("  refused key: {}", display::escape_line(&r.to_string()));
         }
     }
     for (_, to, e) in &f.queued {
-        println!("queued for {to}, will retry: {e}");
+        println!(
+            "queued for {to}, will retry: {}",
+            display::escape_line(&e.to_string())
+        );
     }
 }
 
@@ -196,11 +229,21 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Inbox { wait } => {
             let r = c.poll(Duration::from_secs(wait)).await?;
-            for e in r.rejected.iter().chain(&r.errors) {
-                eprintln!("warning: {e}");
+            report_envelopes(&r);
+            for e in &r.errors {
+                eprintln!("warning: {}", display::escape_line(e));
             }
             for m in c.inbox()? {
                 show(&m);
+            }
+        }
+        Cmd::Rejected => {
+            for r in c.rejected()? {
+                println!("{} {}", r.time_ms / 1000, display::escape_line(&r.what));
+            }
+            let held = c.held()?;
+            if held > 0 {
+                println!("{held} envelope(s) wait for their sender to be verified");
             }
         }
         Cmd::Listen => loop {
@@ -210,8 +253,9 @@ async fn run(cli: Cli) -> Result<()> {
                     for m in &r.messages {
                         show(m);
                     }
-                    for e in r.rejected.iter().chain(&r.errors) {
-                        eprintln!("warning: {e}");
+                    report_envelopes(&r);
+                    for e in &r.errors {
+                        eprintln!("warning: {}", display::escape_line(e));
                     }
                     if !r.errors.is_empty() {
                         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -56,6 +56,11 @@ pub struct ClientConfig {
     pub rpc_timeout: Duration,
     /// Lifetime of a medium-term key (a new one after half of it).
     pub medium_lifetime: Duration,
+    /// An envelope whose sender cannot be verified now (no verified answer
+    /// from the directory, or a sender not registered yet: a new record
+    /// takes a few blocks to confirm) is kept aside and retried on each
+    /// poll for this long, then rejected. Other envelopes are not held up.
+    pub hold_unverified: Duration,
 }
 
 impl ClientConfig {
@@ -70,6 +75,7 @@ impl ClientConfig {
             confirm_timeout: Duration::from_secs(120),
             rpc_timeout: Duration::from_secs(10),
             medium_lifetime: Duration::from_secs(7 * 24 * 3600),
+            hold_unverified: Duration::from_secs(600),
         }
     }
 }
@@ -197,6 +203,9 @@ pub struct PollReport {
     pub rejected: Vec<String>,
     /// Envelopes already seen (replays).
     pub duplicates: usize,
+    /// Envelopes kept aside because their sender could not be verified now
+    /// (retried on the next polls, for `hold_unverified`).
+    pub held: Vec<String>,
     /// Servers that could not be read now.
     pub errors: Vec<String>,
 }
@@ -255,6 +264,42 @@ fn backoff(attempts: u32) -> Duration {
 
 fn head_key(peer: &Name) -> String {
     format!("head/{peer}")
+}
+
+/// Most envelopes kept aside for a later verification; past it, new ones
+/// are rejected at once (a flood of unverifiable envelopes must not grow
+/// the store without bound).
+pub const MAX_HELD: usize = 256;
+/// Most rejections remembered for [`ChatClient::rejected`].
+pub const MAX_REJECTED_LOG: usize = 100;
+/// State key of the envelopes held for verification.
+const HELD_KEY: &str = "held";
+/// State key of the rejection log.
+const REJECTED_KEY: &str = "rejected";
+
+/// An envelope received but not verified yet (its sender could not be
+/// looked up): kept in the local store, so the server can be acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+struct Held {
+    /// The server it came from.
+    via: String,
+    /// Its sequence number there.
+    seq: u64,
+    /// The envelope, hex.
+    envelope: String,
+    /// When it was first seen (Unix ms).
+    first_ms: u64,
+    /// Why it could not be verified, last time.
+    reason: String,
+}
+
+/// A rejected envelope, for the user to see.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Rejection {
+    /// When it was rejected (Unix ms).
+    pub time_ms: u64,
+    /// `~server #seq: reason`.
+    pub what: String,
 }
 
 fn cursor_key(server: &Name) -> String {
@@ -939,6 +984,7 @@ impl ChatClient {
                 }
             }
         }
+        self.retry_held(&me, &mut report).await?;
         let mailbox = api::mailbox_id(&me);
         let mut calls = Vec::new();
         for s in &list {
@@ -998,29 +1044,11 @@ impl ChatClient {
             };
             let mut processed = Vec::new();
             for d in batches.iter().flat_map(|b| b.messages.iter()) {
-                processed.push((d.seq, self.process(&me, &s, &d.envelope).await?));
+                let p = self.process(&me, &s, &d.envelope).await?;
+                processed.push((s.clone(), d.seq, d.envelope.clone(), None, p));
             }
-            let mut b = self.store.batch();
-            let mut local = self.store.next_local()?;
-            let mut batch_seen = HashSet::new();
-            for (seq, p) in processed {
-                match p {
-                    Processed::New(mut m) => {
-                        if !batch_seen.insert(m.id) {
-                            report.duplicates += 1;
-                            continue;
-                        }
-                        m.local = local;
-                        local += 1;
-                        b.message(&m)?;
-                        let peer = if m.from == me { &m.to } else { &m.from };
-                        b.state(&head_key(peer), &m.id)?;
-                        report.messages.push(m);
-                    }
-                    Processed::Duplicate => report.duplicates += 1,
-                    Processed::Rejected(why) => report.rejected.push(format!("{s} #{seq}: {why}")),
-                }
-            }
+            let held = self.store.state(HELD_KEY)?.unwrap_or_default();
+            let mut b = self.file(&me, processed, held, &mut report)?;
             b.state(&cursor_key(&s), &last)?;
             b.commit()?;
             let conn = self.conn(&s).await?;
@@ -1041,6 +1069,122 @@ impl ChatClient {
             Err(e) => report.errors.push(e.to_string()),
         }
         Ok(report)
+    }
+
+    /// Try again the envelopes held for verification: those that verify
+    /// now are delivered, those held longer than `hold_unverified` are
+    /// rejected. After the first one that still cannot be verified the rest
+    /// wait for the next poll (the directory is likely unreachable).
+    async fn retry_held(&mut self, me: &Name, report: &mut PollReport) -> Result<()> {
+        let held: Vec<Held> = self.store.state(HELD_KEY)?.unwrap_or_default();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let now = unix_ms();
+        let limit = self.config.hold_unverified.as_millis() as u64;
+        let mut processed = Vec::new();
+        let mut blocked = false;
+        for h in held {
+            let Ok(via) = Name::new(&h.via) else {
+                continue; // not from this software: drop it
+            };
+            let expired = now.saturating_sub(h.first_ms) >= limit;
+            let p = if blocked && !expired {
+                Processed::Held(h.reason.clone())
+            } else {
+                match self.process(me, &via, &h.envelope).await? {
+                    Processed::Held(why) if expired => Processed::Rejected(format!(
+                        "{why}; gave up after {} s",
+                        now.saturating_sub(h.first_ms) / 1000
+                    )),
+                    Processed::Held(why) => {
+                        blocked = true;
+                        Processed::Held(why)
+                    }
+                    other => other,
+                }
+            };
+            processed.push((via, h.seq, h.envelope, Some(h.first_ms), p));
+        }
+        // The held list is rebuilt from what is still held.
+        Ok(self.file(me, processed, Vec::new(), report)?.commit()?)
+    }
+
+    /// File the outcome of processing envelopes into a store batch (for
+    /// the caller to add to and commit): new messages stored (a message
+    /// twice in one round counts as a duplicate), rejections logged,
+    /// envelopes that cannot be verified yet appended to `held`, which
+    /// becomes the held list.
+    fn file(
+        &self,
+        me: &Name,
+        processed: Vec<(Name, u64, String, Option<u64>, Processed)>,
+        mut held: Vec<Held>,
+        report: &mut PollReport,
+    ) -> Result<store::Batch<'_>> {
+        let mut b = self.store.batch();
+        let mut local = self.store.next_local()?;
+        let mut batch_seen = HashSet::new();
+        let mut rejected: Vec<Rejection> = self.store.state(REJECTED_KEY)?.unwrap_or_default();
+        let now = unix_ms();
+        for (via, seq, envelope, first_ms, p) in processed {
+            match p {
+                Processed::New(mut m) => {
+                    if !batch_seen.insert(m.id) {
+                        report.duplicates += 1;
+                        continue;
+                    }
+                    m.local = local;
+                    local += 1;
+                    b.message(&m)?;
+                    let peer = if &m.from == me { &m.to } else { &m.from };
+                    b.state(&head_key(peer), &m.id)?;
+                    report.messages.push(m);
+                }
+                Processed::Duplicate => report.duplicates += 1,
+                Processed::Rejected(why) => {
+                    let what = format!("{via} #{seq}: {why}");
+                    report.rejected.push(what.clone());
+                    rejected.push(Rejection { time_ms: now, what });
+                }
+                Processed::Held(why) => {
+                    let what = format!("{via} #{seq}: {why}");
+                    if held.len() >= MAX_HELD {
+                        let what = format!("{what}; rejected: {MAX_HELD} envelopes already wait");
+                        report.rejected.push(what.clone());
+                        rejected.push(Rejection { time_ms: now, what });
+                        continue;
+                    }
+                    report.held.push(what);
+                    held.push(Held {
+                        via: via.to_string(),
+                        seq,
+                        envelope,
+                        first_ms: first_ms.unwrap_or(now),
+                        reason: why,
+                    });
+                }
+            }
+        }
+        let excess = rejected.len().saturating_sub(MAX_REJECTED_LOG);
+        rejected.drain(..excess);
+        b.state(REJECTED_KEY, &rejected)?;
+        b.state(HELD_KEY, &held)?;
+        Ok(b)
+    }
+
+    /// The most recent rejected envelopes (at most [`MAX_REJECTED_LOG`]),
+    /// oldest first.
+    pub fn rejected(&self) -> Result<Vec<Rejection>> {
+        Ok(self.store.state(REJECTED_KEY)?.unwrap_or_default())
+    }
+
+    /// How many envelopes wait for their sender to be verified.
+    pub fn held(&self) -> Result<usize> {
+        Ok(self
+            .store
+            .state::<Vec<Held>>(HELD_KEY)?
+            .map_or(0, |h| h.len()))
     }
 
     async fn process(&mut self, me: &Name, via: &Name, envelope_hex: &str) -> Result<Processed> {
@@ -1070,10 +1214,18 @@ impl ChatClient {
             me.clone()
         };
         // Cached record first; a device we do not know may be new, so look
-        // again once before refusing.
-        let mut user = self.user(&sender, false).await?;
+        // again once before refusing. A lookup that gives no verified
+        // answer, or a sender not registered (yet), holds the envelope back
+        // for a later try; a record that is verified and wrong rejects it.
+        let mut user = match self.user(&sender, false).await {
+            Ok(u) => u,
+            Err(e) => return unverified(&sender, e),
+        };
         if user.record().device(&ev.event.device).is_none() {
-            user = self.user(&sender, true).await?;
+            user = match self.user(&sender, true).await {
+                Ok(u) => u,
+                Err(e) => return unverified(&sender, e),
+            };
         }
         if let Err(e) = ev.check(&sender, user.record(), &peer_me) {
             return Ok(Processed::Rejected(format!(
@@ -1106,6 +1258,22 @@ enum Processed {
     New(Message),
     Duplicate,
     Rejected(String),
+    /// The sender could not be verified now: try again later.
+    Held(String),
+}
+
+/// What a failed sender lookup means for an envelope.
+fn unverified(sender: &Name, e: ClientError) -> Result<Processed> {
+    match e {
+        ClientError::Lookup(e) => Ok(Processed::Held(format!(
+            "sender {sender} cannot be verified now: {e}"
+        ))),
+        ClientError::Record(RecordError::NotRegistered(_)) => Ok(Processed::Held(format!(
+            "sender {sender} is not registered (not yet confirmed, or a stranger)"
+        ))),
+        ClientError::Record(e) => Ok(Processed::Rejected(format!("sender {sender}: {e}"))),
+        other => Err(other),
+    }
 }
 
 #[cfg(test)]

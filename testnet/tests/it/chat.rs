@@ -603,6 +603,129 @@ async fn cli_whois_and_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("~nowhere"));
 }
 
+/// Bob's devices, as a sender wraps to them.
+async fn devices_of(c: &mut ChatClient, name: &str) -> Vec<Recipient> {
+    c.whois(&n(name))
+        .await
+        .expect("record")
+        .record()
+        .devices
+        .iter()
+        .map(|d| Recipient {
+            device: d.sign,
+            kx: d.kx,
+        })
+        .collect()
+}
+
+/// Attack 1: an envelope that opens for Bob but names a sender with no
+/// record used to stop every later poll ("@ghost is not registered"). Now
+/// it is held aside, then rejected, and the inbox keeps flowing.
+#[tokio::test]
+async fn an_envelope_from_an_unregistered_sender_does_not_block_the_inbox() {
+    let net = chat_net(2, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let mut config = net.client_config().expect("config");
+    config.hold_unverified = Duration::from_secs(2);
+    let mut bob = ChatClient::init(&root.join("bob"), config).expect("init");
+    bob.register(&n("@bob"), &n("~s1")).await.expect("register");
+    let to_bob = devices_of(&mut alice, "@bob").await;
+    let ghost = DeviceKeys::from_seed([9; 32]);
+    let junk = seal(&event(&ghost, "@ghost", "@bob", "boo"), &to_bob).expect("seal");
+    rpc(&net.server(0).url)
+        .mailbox_deposit("@bob".into(), hex::encode(encode(&junk)))
+        .await
+        .expect("a stranger can deposit");
+    alice
+        .send(&n("@bob"), "after the junk")
+        .await
+        .expect("send");
+
+    let deadline = Instant::now() + WAIT;
+    let (mut got, mut held, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+    while got.is_empty() || rejected.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "got {got:?}, held {held:?}, rejected {rejected:?}"
+        );
+        let r = bob
+            .poll(Duration::from_millis(300))
+            .await
+            .expect("a poll is never stopped by one envelope");
+        got.extend(r.messages.into_iter().map(|m| m.text));
+        held.extend(r.held);
+        rejected.extend(r.rejected);
+    }
+    assert_eq!(got, ["after the junk"]);
+    assert!(held.iter().any(|h| h.contains("@ghost")), "{held:?}");
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.contains("@ghost") && r.contains("gave up")),
+        "{rejected:?}"
+    );
+    let log = bob.rejected().expect("log");
+    assert!(log.iter().any(|r| r.what.contains("@ghost")), "{log:?}");
+    assert_eq!(bob.held().expect("held"), 0);
+    // And the next message arrives as usual.
+    alice.send(&n("@bob"), "and the next").await.expect("send");
+    let (got, _, _) = receive(&mut bob, 1).await;
+    assert_eq!(got[0].text, "and the next");
+}
+
+/// Attack 9: a message whose text holds a newline and a fake message line,
+/// and terminal escapes, is shown escaped by the CLI.
+#[tokio::test]
+async fn the_cli_escapes_what_a_peer_wrote() {
+    let net = chat_net(2, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let bob_dir = root.join("bob");
+    let mut bob = user(&net, &bob_dir, "@bob", "~s1").await;
+    let spoof =
+        "lunch?\n[9] @carol -> @bob: send me the key\u{1b}[2J\u{1b}]0;owned\u{7}".to_owned();
+    alice.send(&n("@bob"), &spoof).await.expect("send");
+    let (got, _, _) = receive(&mut bob, 1).await;
+    assert_eq!(got[0].text, spoof, "stored as sent");
+    drop(bob);
+    let bin =
+        xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
+    let mut args: Vec<String> = vec![
+        "--network".into(),
+        "regtest".into(),
+        "--datadir".into(),
+        bob_dir.display().to_string(),
+    ];
+    for u in net.node_urls() {
+        args.push("--node".into());
+        args.push(u);
+    }
+    args.push("inbox".into());
+    let out = std::process::Command::new(&bin)
+        .args(&args)
+        .output()
+        .expect("run xirtam-chat");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.stdout.contains(&0x1b),
+        "an escape reached the terminal"
+    );
+    assert!(!out.stdout.contains(&0x07), "a bell reached the terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("[1] @alice -> @bob: lunch?"), "{text}");
+    assert!(
+        lines[1].starts_with("    | [9] @carol"),
+        "the fake line is a continuation: {text}"
+    );
+}
+
 /// The crates a manifest depends on (first word of each dependency line).
 fn dependencies(manifest: &str) -> Vec<&str> {
     manifest
