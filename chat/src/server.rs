@@ -115,6 +115,9 @@ pub enum ServerError {
     /// The light client.
     #[error("light client: {0}")]
     LightClient(#[from] xirtam_lightclient::Error),
+    /// The operating system's random number generator failed.
+    #[error("no randomness from the operating system: {0}")]
+    Random(String),
     /// The RPC server.
     #[error("cannot serve RPC on {addr}: {reason}")]
     Rpc {
@@ -201,12 +204,65 @@ struct Concierge {
     /// progress, so one hanging node does not stall them.
     lc: LightClient<HttpSource>,
     limits: Limits,
-    challenges: Mutex<HashMap<[u8; 32], (Name, Instant)>>,
+    /// Key of the challenge MACs: challenges are stateless, so no number
+    /// of `auth_challenge` calls can fill a table. New at each start.
+    challenge_key: [u8; 32],
+    /// Challenges already used in a successful login, until they expire
+    /// (only a device in a verified record can add one).
+    used_challenges: Mutex<HashMap<[u8; 32], u64>>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     users: Mutex<HashMap<Name, (Instant, VerifiedUser)>>,
     waiters: Mutex<HashMap<Hash, Arc<Notify>>>,
     buckets: Mutex<HashMap<Hash, Bucket>>,
     registered_at: Mutex<Option<u64>>,
+}
+
+/// Unix time in seconds.
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Concierge {
+    /// A login challenge for `user`: `expiry (8, big-endian) ‖ nonce (8) ‖
+    /// mac (16)`, the mac being the first 16 bytes of
+    /// `BLAKE3(tag ‖ challenge_key ‖ expiry ‖ nonce ‖ user)`. Nothing is
+    /// stored: the server recognises its own challenges by the mac.
+    fn challenge(&self, user: &Name, expiry: u64, nonce: [u8; 8]) -> [u8; 32] {
+        let mac = self.challenge_mac(user, expiry, &nonce);
+        let mut c = [0u8; 32];
+        c[..8].copy_from_slice(&expiry.to_be_bytes());
+        c[8..16].copy_from_slice(&nonce);
+        c[16..].copy_from_slice(&mac);
+        c
+    }
+
+    fn challenge_mac(&self, user: &Name, expiry: u64, nonce: &[u8; 8]) -> [u8; 16] {
+        let h = xirtam_proofs::hash::hash_parts(
+            "xirtam/concierge/challenge",
+            &[
+                &self.challenge_key,
+                &expiry.to_be_bytes(),
+                nonce,
+                user.as_str().as_bytes(),
+            ],
+        );
+        let mut mac = [0u8; 16];
+        mac.copy_from_slice(&h.0[..16]);
+        mac
+    }
+
+    /// The challenge's expiry, if it is one of ours for `user` and has not
+    /// expired.
+    fn check_challenge(&self, user: &Name, c: &[u8; 32]) -> Option<u64> {
+        let expiry = u64::from_be_bytes(c[..8].try_into().ok()?);
+        let nonce: [u8; 8] = c[8..16].try_into().ok()?;
+        let now = unix_secs();
+        let fresh = expiry > now && expiry <= now.saturating_add(CHALLENGE_SECS);
+        let ours = self.challenge_mac(user, expiry, &nonce)[..] == c[16..];
+        (fresh && ours).then_some(expiry)
+    }
 }
 
 /// Bound on pending challenges and live sessions (oldest dropped first
@@ -380,20 +436,10 @@ impl ConciergeApiServer for Rpc {
 
     fn auth_challenge(&self, user: String) -> RpcResult<Challenge> {
         let user = parse_user(&user)?;
-        let mut challenge = [0u8; 32];
-        getrandom::fill(&mut challenge).map_err(|e| err(code::INTERNAL, e.to_string()))?;
-        let now = Instant::now();
-        let mut ch = self.0.challenges.lock();
-        if ch.len() >= MAX_PENDING {
-            ch.retain(|_, (_, exp)| *exp > now);
-            if ch.len() >= MAX_PENDING {
-                return Err(err(
-                    code::RATE_LIMITED,
-                    "too many pending logins; retry later",
-                ));
-            }
-        }
-        ch.insert(challenge, (user, now + Duration::from_secs(CHALLENGE_SECS)));
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| err(code::INTERNAL, e.to_string()))?;
+        let expiry = unix_secs().saturating_add(CHALLENGE_SECS);
+        let challenge = self.0.challenge(&user, expiry, nonce);
         Ok(Challenge {
             challenge: hex::encode(challenge),
             valid_secs: CHALLENGE_SECS,
@@ -416,15 +462,18 @@ impl ConciergeApiServer for Rpc {
             .and_then(|b| <[u8; 64]>::try_from(b).ok())
             .map(Signature)
             .ok_or_else(|| invalid("sig must be 64 bytes of hex"))?;
-        // A challenge is single-use, whatever the outcome.
-        match c.challenges.lock().remove(&challenge) {
-            Some((u, exp)) if u == user && exp > Instant::now() => {}
-            _ => {
-                return Err(err(
-                    code::UNAUTHORIZED,
-                    "unknown, expired or foreign challenge; ask for a new one",
-                ));
-            }
+        // Ours, for this user, not expired, not used before.
+        let expiry = c.check_challenge(&user, &challenge).ok_or_else(|| {
+            err(
+                code::UNAUTHORIZED,
+                "unknown, expired or foreign challenge; ask for a new one",
+            )
+        })?;
+        if c.used_challenges.lock().contains_key(&challenge) {
+            return Err(err(
+                code::UNAUTHORIZED,
+                "this challenge was used already; ask for a new one",
+            ));
         }
         device
             .verify(
@@ -442,6 +491,21 @@ impl ConciergeApiServer for Rpc {
                     v.lookup().height()
                 ),
             ));
+        }
+        {
+            // Single use. Entries come only from verified logins and leave
+            // when their challenge expires.
+            let mut used = c.used_challenges.lock();
+            let now_secs = unix_secs();
+            if used.len() >= MAX_PENDING {
+                used.retain(|_, exp| *exp > now_secs);
+            }
+            if used.len() >= MAX_PENDING || used.insert(challenge, expiry).is_some() {
+                return Err(err(
+                    code::RATE_LIMITED,
+                    "too many logins in the last minute; retry later",
+                ));
+            }
         }
         let mut token = [0u8; 32];
         getrandom::fill(&mut token).map_err(|e| err(code::INTERNAL, e.to_string()))?;
@@ -686,7 +750,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         store,
         lc,
         limits: config.limits.clone(),
-        challenges: Mutex::new(HashMap::new()),
+        challenge_key: {
+            let mut k = [0u8; 32];
+            getrandom::fill(&mut k).map_err(|e| ServerError::Random(e.to_string()))?;
+            k
+        },
+        used_challenges: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
         users: Mutex::new(HashMap::new()),
         waiters: Mutex::new(HashMap::new()),

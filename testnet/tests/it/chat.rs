@@ -726,6 +726,83 @@ async fn the_cli_escapes_what_a_peer_wrote() {
     );
 }
 
+/// Attack 6: 100,000 `auth_challenge` calls filled the server's table of
+/// pending challenges and every later login was refused. Challenges are now
+/// stateless; a used one cannot be used again, nor one made for another user.
+#[tokio::test]
+async fn a_challenge_flood_does_not_stop_logins() {
+    use jsonrpsee::core::client::ClientT;
+    use jsonrpsee::core::params::BatchRequestBuilder;
+    let net = chat_net(1, &["~s1"]).await;
+    let carol = DeviceKeys::from_seed([8; 32]);
+    manual_user(&net, "@carol", "~s1", &carol, 80).await;
+    let s1 = rpc(&net.server(0).url);
+    for _ in 0..101 {
+        let mut batch = BatchRequestBuilder::new();
+        for _ in 0..1000 {
+            batch
+                .insert("auth_challenge", vec!["@mallory"])
+                .expect("params");
+        }
+        let _ = s1
+            .batch_request::<serde_json::Value>(batch)
+            .await
+            .expect("batch");
+    }
+    let token = login(&s1, "~s1", "@carol", &carol).await;
+    assert_eq!(token.len(), 64, "a real login works after the flood");
+
+    // A challenge is single-use, and bound to the user it was made for.
+    let ch = s1.auth_challenge("@carol".into()).await.expect("challenge");
+    let bytes: [u8; 32] = hex::decode(&ch.challenge)
+        .expect("hex")
+        .try_into()
+        .expect("32");
+    let sig = hex::encode(
+        carol
+            .sign(
+                api::AUTH_TAG,
+                &api::auth_payload(&n("~s1"), &n("@carol"), &bytes),
+            )
+            .0,
+    );
+    let device = carol.device().sign.to_hex();
+    s1.auth_login(
+        "@carol".into(),
+        device.clone(),
+        ch.challenge.clone(),
+        sig.clone(),
+    )
+    .await
+    .expect("first use");
+    let again = s1
+        .auth_login("@carol".into(), device.clone(), ch.challenge.clone(), sig)
+        .await
+        .expect_err("a replayed login");
+    assert!(again.to_string().contains("used"), "{again}");
+    let other = s1
+        .auth_challenge("@mallory".into())
+        .await
+        .expect("challenge");
+    let bytes: [u8; 32] = hex::decode(&other.challenge)
+        .expect("hex")
+        .try_into()
+        .expect("32");
+    let sig = hex::encode(
+        carol
+            .sign(
+                api::AUTH_TAG,
+                &api::auth_payload(&n("~s1"), &n("@carol"), &bytes),
+            )
+            .0,
+    );
+    let e = s1
+        .auth_login("@carol".into(), device, other.challenge, sig)
+        .await
+        .expect_err("a challenge made for another user");
+    assert!(e.to_string().contains("challenge"), "{e}");
+}
+
 /// The crates a manifest depends on (first word of each dependency line).
 fn dependencies(manifest: &str) -> Vec<&str> {
     manifest
