@@ -181,9 +181,9 @@ pub trait ConciergeApi {
     fn mailbox_create(&self, token: String) -> RpcResult<MailboxInfo>;
 
     /// Deposit an envelope (hex) for `recipient`; anyone may, within size
-    /// and rate limits.
+    /// and rate limits. Answered once the envelope is durable.
     #[method(name = "mailbox_deposit")]
-    fn mailbox_deposit(&self, recipient: String, envelope: String) -> RpcResult<Receipt>;
+    async fn mailbox_deposit(&self, recipient: String, envelope: String) -> RpcResult<Receipt>;
 
     /// Envelopes after each cursor; waits up to `wait_ms` for one to
     /// arrive (long-poll).
@@ -195,9 +195,10 @@ pub trait ConciergeApi {
         wait_ms: u64,
     ) -> RpcResult<Vec<Batch>>;
 
-    /// Delete envelopes up to and including `up_to`; returns how many.
+    /// Delete envelopes up to and including `up_to`; returns how many,
+    /// once the deletion is durable.
     #[method(name = "mailbox_ack")]
-    fn mailbox_ack(&self, token: String, mailbox: String, up_to: u64) -> RpcResult<u64>;
+    async fn mailbox_ack(&self, token: String, mailbox: String, up_to: u64) -> RpcResult<u64>;
 
     /// Publish a signed medium-term key (hex) of the token's device.
     #[method(name = "keys_publish")]

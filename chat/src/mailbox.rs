@@ -12,7 +12,9 @@
 //! (id ‖ u64be(seq) → envelope bytes), and `keys` (key hash of the user's
 //! name ‖ device signing key → the device's latest signed medium-term key).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 use parking_lot::Mutex;
@@ -37,7 +39,7 @@ pub struct MailboxMeta {
 }
 
 /// A mailbox operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum MailboxError {
     /// RocksDB failed.
@@ -72,16 +74,60 @@ pub struct Stored {
 }
 
 /// The mailboxes of one server.
+///
+/// Every write is durable before it returns (`fsync` of the RocksDB WAL):
+/// a receipt is signed, and an acknowledgement answered, only for what
+/// survives a power loss. To keep that affordable, appends and
+/// acknowledgements are group-committed by one writer thread: callers send
+/// it their change and wait; it takes everything queued, applies it as one
+/// `WriteBatch` with one `fsync`, and answers each caller. While one group
+/// is being synced the next one gathers.
 pub struct MailboxStore {
+    core: Arc<Core>,
+    /// To the writer thread (`None` once shut down, in `drop`).
+    tx: Option<std::sync::mpsc::Sender<Queued>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the store and its writer thread share.
+struct Core {
     db: DB,
-    /// Appends read and bump `next_seq`: one writer at a time.
+    /// Held by whoever writes metadata (the writer thread, `create`).
     write: Mutex<()>,
     max_stored: u64,
 }
 
+impl Drop for MailboxStore {
+    fn drop(&mut self) {
+        drop(self.tx.take()); // the writer's loop ends when the queue closes
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A change to a mailbox, applied in a group commit.
+enum Change {
+    Append { id: Hash, envelope: Vec<u8> },
+    Ack { id: Hash, up_to: u64 },
+}
+
+/// A queued change and where its outcome goes.
+struct Queued {
+    change: Change,
+    outcome: tokio::sync::oneshot::Sender<Result<u64, MailboxError>>,
+}
+
+/// Write options of every mailbox write: synced.
+fn durable() -> rocksdb::WriteOptions {
+    let mut o = rocksdb::WriteOptions::default();
+    o.set_sync(true);
+    o
+}
+
 impl std::fmt::Debug for MailboxStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MailboxStore({})", self.db.path().display())
+        write!(f, "MailboxStore({})", self.core.db.path().display())
     }
 }
 
@@ -104,12 +150,136 @@ impl MailboxStore {
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(MailboxStore {
+        let core = Arc::new(Core {
             db,
             write: Mutex::new(()),
             max_stored,
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<Queued>();
+        let writer = {
+            let core = core.clone();
+            std::thread::Builder::new()
+                .name("mailbox-writer".into())
+                .spawn(move || {
+                    // One group per turn: the first change waited for,
+                    // then everything else already queued.
+                    while let Ok(first) = rx.recv() {
+                        let mut group = vec![first];
+                        group.extend(rx.try_iter());
+                        core.apply(group);
+                    }
+                })
+                .map_err(|e| MailboxError::Corrupt(format!("cannot start the writer: {e}")))?
+        };
+        Ok(MailboxStore {
+            core,
+            tx: Some(tx),
+            writer: Some(writer),
         })
     }
+
+    /// The mailbox's metadata, if it exists.
+    pub fn meta(&self, id: &Hash) -> Result<Option<MailboxMeta>, MailboxError> {
+        self.core.meta(id)
+    }
+
+    /// Create mailbox `id` for `owner`. Returns `false` when it already
+    /// existed for the same owner.
+    pub fn create(&self, id: &Hash, owner: &Name) -> Result<bool, MailboxError> {
+        self.core.create(id, owner)
+    }
+
+    /// Append an envelope; returns its sequence number once it is durable.
+    /// The envelope and the new metadata go in one `WriteBatch` (shared
+    /// with the other changes of its group commit). From async code use
+    /// [`MailboxStore::append_async`].
+    pub fn append(&self, id: &Hash, envelope: &[u8]) -> Result<u64, MailboxError> {
+        self.queue(Change::Append {
+            id: *id,
+            envelope: envelope.to_vec(),
+        })?
+        .blocking_recv()
+        .map_err(|_| writer_gone())?
+    }
+
+    /// [`MailboxStore::append`], awaiting the group commit.
+    pub async fn append_async(&self, id: &Hash, envelope: &[u8]) -> Result<u64, MailboxError> {
+        self.queue(Change::Append {
+            id: *id,
+            envelope: envelope.to_vec(),
+        })?
+        .await
+        .map_err(|_| writer_gone())?
+    }
+
+    /// Delete the envelopes up to and including `up_to` (a prefix: see
+    /// [`MailboxStore::ack_async`]); returns how many, once durable. From
+    /// async code use [`MailboxStore::ack_async`].
+    pub fn ack(&self, id: &Hash, up_to: u64) -> Result<u64, MailboxError> {
+        self.queue(Change::Ack { id: *id, up_to })?
+            .blocking_recv()
+            .map_err(|_| writer_gone())?
+    }
+
+    /// Delete envelopes up to and including `up_to`, awaiting the group
+    /// commit.
+    ///
+    /// Acknowledgements remove a prefix, so the stored envelopes are always
+    /// `next_seq - stored .. next_seq`: the range to delete is known without
+    /// reading, and each key gets a point delete (range tombstones pile up
+    /// and slow every later read of the column family).
+    pub async fn ack_async(&self, id: &Hash, up_to: u64) -> Result<u64, MailboxError> {
+        self.queue(Change::Ack { id: *id, up_to })?
+            .await
+            .map_err(|_| writer_gone())?
+    }
+
+    fn queue(
+        &self,
+        change: Change,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, MailboxError>>, MailboxError> {
+        let (outcome, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(Queued { change, outcome })
+            .map_err(|_| writer_gone())?;
+        Ok(rx)
+    }
+
+    /// Envelopes after sequence number `after`, in order, at most `limit`
+    /// of them and about `max_bytes` in total (at least one).
+    pub fn read(
+        &self,
+        id: &Hash,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, MailboxError> {
+        self.core.read(id, after, limit, max_bytes)
+    }
+
+    /// Store a user's device's medium-term key (durably).
+    pub fn put_medium_key(
+        &self,
+        user: &Name,
+        device: &PublicKey,
+        key: &[u8],
+    ) -> Result<(), MailboxError> {
+        self.core.put_medium_key(user, device, key)
+    }
+
+    /// Up to `limit` medium-term keys of `user`.
+    pub fn medium_keys(&self, user: &Name, limit: usize) -> Result<Vec<Vec<u8>>, MailboxError> {
+        self.core.medium_keys(user, limit)
+    }
+}
+
+fn writer_gone() -> MailboxError {
+    MailboxError::Corrupt("the mailbox writer stopped".into())
+}
+
+impl Core {
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, MailboxError> {
         self.db
@@ -118,7 +288,7 @@ impl MailboxStore {
     }
 
     /// The mailbox's metadata, if it exists.
-    pub fn meta(&self, id: &Hash) -> Result<Option<MailboxMeta>, MailboxError> {
+    fn meta(&self, id: &Hash) -> Result<Option<MailboxMeta>, MailboxError> {
         match self.db.get_cf(self.cf(CF_MAILBOXES)?, id.0)? {
             None => Ok(None),
             Some(b) => decode(&b)
@@ -129,7 +299,7 @@ impl MailboxStore {
 
     /// Create mailbox `id` for `owner`. Returns `false` when it already
     /// existed for the same owner.
-    pub fn create(&self, id: &Hash, owner: &Name) -> Result<bool, MailboxError> {
+    fn create(&self, id: &Hash, owner: &Name) -> Result<bool, MailboxError> {
         let _w = self.write.lock();
         match self.meta(id)? {
             Some(m) if &m.owner == owner => Ok(false),
@@ -143,35 +313,94 @@ impl MailboxStore {
                     next_seq: 1,
                     stored: 0,
                 };
-                self.db
-                    .put_cf(self.cf(CF_MAILBOXES)?, id.0, encode(&meta))?;
+                self.db.put_cf_opt(
+                    self.cf(CF_MAILBOXES)?,
+                    id.0,
+                    encode(&meta),
+                    &durable(),
+                )?;
                 Ok(true)
             }
         }
     }
 
-    /// Append an envelope; returns its sequence number. The envelope and the
-    /// new metadata are one `WriteBatch`.
-    pub fn append(&self, id: &Hash, envelope: &[u8]) -> Result<u64, MailboxError> {
+    /// Apply a group of changes in one synced `WriteBatch`, in queue order,
+    /// and fill each outcome. A change that cannot apply (no such mailbox,
+    /// full) fails alone; a failed write fails the whole group.
+    fn apply(&self, group: Vec<Queued>) {
         let _w = self.write.lock();
-        let mut meta = self.meta(id)?.ok_or(MailboxError::NotFound(*id))?;
-        // u64::MAX stays unassigned: it bounds `read`'s iterator.
-        if meta.stored >= self.max_stored || meta.next_seq == u64::MAX {
-            return Err(MailboxError::Full(*id));
-        }
-        let seq = meta.next_seq;
-        meta.next_seq += 1;
-        meta.stored += 1;
+        let mut metas: HashMap<Hash, MailboxMeta> = HashMap::new();
         let mut wb = WriteBatch::default();
-        wb.put_cf(self.cf(CF_MESSAGES)?, message_key(id, seq), envelope);
-        wb.put_cf(self.cf(CF_MAILBOXES)?, id.0, encode(&meta));
-        self.db.write(wb)?;
-        Ok(seq)
+        let mut results: Vec<Result<u64, MailboxError>> = Vec::with_capacity(group.len());
+        for q in &group {
+            results.push(self.stage(&q.change, &mut metas, &mut wb));
+        }
+        let written = (|| {
+            let cf = self.cf(CF_MAILBOXES)?;
+            for (id, meta) in &metas {
+                wb.put_cf(cf, id.0, encode(meta));
+            }
+            self.db.write_opt(wb, &durable())?;
+            Ok::<(), MailboxError>(())
+        })();
+        for (q, r) in group.into_iter().zip(results) {
+            let r = match (&written, r) {
+                (Err(e), Ok(_)) => Err(e.clone()),
+                (_, r) => r,
+            };
+            // The caller may have gone (a dropped request): nothing to tell.
+            let _ = q.outcome.send(r);
+        }
+    }
+
+    /// Add `change` to `wb`, reading and updating metadata through `metas`.
+    fn stage(
+        &self,
+        change: &Change,
+        metas: &mut HashMap<Hash, MailboxMeta>,
+        wb: &mut WriteBatch,
+    ) -> Result<u64, MailboxError> {
+        let id = match change {
+            Change::Append { id, .. } | Change::Ack { id, .. } => *id,
+        };
+        let meta = match metas.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.meta(&id)?.ok_or(MailboxError::NotFound(id))?)
+            }
+        };
+        match change {
+            Change::Append { envelope, .. } => {
+                // u64::MAX stays unassigned: it bounds `read`'s iterator.
+                if meta.stored >= self.max_stored || meta.next_seq == u64::MAX {
+                    return Err(MailboxError::Full(id));
+                }
+                let seq = meta.next_seq;
+                meta.next_seq += 1;
+                meta.stored += 1;
+                wb.put_cf(self.cf(CF_MESSAGES)?, message_key(&id, seq), envelope);
+                Ok(seq)
+            }
+            Change::Ack { up_to, .. } => {
+                let first = meta.next_seq.saturating_sub(meta.stored);
+                let last = (*up_to).min(meta.next_seq.saturating_sub(1));
+                if last < first {
+                    return Ok(0);
+                }
+                let n = last - first + 1;
+                let cf = self.cf(CF_MESSAGES)?;
+                for seq in first..=last {
+                    wb.delete_cf(cf, message_key(&id, seq));
+                }
+                meta.stored -= n;
+                Ok(n)
+            }
+        }
     }
 
     /// Envelopes after sequence number `after`, in order, at most `limit`
     /// of them and about `max_bytes` in total (at least one).
-    pub fn read(
+    fn read(
         &self,
         id: &Hash,
         after: u64,
@@ -214,7 +443,7 @@ impl MailboxStore {
 
     /// Store `key` (encoded, already checked by the caller) as the latest
     /// medium-term key of `user`'s `device`.
-    pub fn put_medium_key(
+    fn put_medium_key(
         &self,
         user: &Name,
         device: &PublicKey,
@@ -223,13 +452,13 @@ impl MailboxStore {
         let mut k = [0u8; 64];
         k[..32].copy_from_slice(&user.key_hash().0);
         k[32..].copy_from_slice(&device.0);
-        self.db.put_cf(self.cf(CF_KEYS)?, k, key)?;
+        self.db.put_cf_opt(self.cf(CF_KEYS)?, k, key, &durable())?;
         Ok(())
     }
 
     /// The medium-term keys stored for `user` (one per device, at most
     /// `limit`).
-    pub fn medium_keys(&self, user: &Name, limit: usize) -> Result<Vec<Vec<u8>>, MailboxError> {
+    fn medium_keys(&self, user: &Name, limit: usize) -> Result<Vec<Vec<u8>>, MailboxError> {
         let prefix = user.key_hash().0;
         let mut out = Vec::new();
         for item in self.db.iterator_cf(
@@ -245,32 +474,6 @@ impl MailboxStore {
         Ok(out)
     }
 
-    /// Delete every envelope up to and including `up_to`; returns how many
-    /// were deleted. One `WriteBatch`.
-    ///
-    /// Acknowledgements remove a prefix, so the stored envelopes are always
-    /// `next_seq - stored .. next_seq`: the range to delete is known without
-    /// reading, and each key gets a point delete (range tombstones pile up
-    /// and slow every later read of the column family).
-    pub fn ack(&self, id: &Hash, up_to: u64) -> Result<u64, MailboxError> {
-        let _w = self.write.lock();
-        let mut meta = self.meta(id)?.ok_or(MailboxError::NotFound(*id))?;
-        let first = meta.next_seq.saturating_sub(meta.stored);
-        let last = up_to.min(meta.next_seq.saturating_sub(1));
-        if last < first {
-            return Ok(0);
-        }
-        let n = last - first + 1;
-        let mut wb = WriteBatch::default();
-        let cf = self.cf(CF_MESSAGES)?;
-        for seq in first..=last {
-            wb.delete_cf(cf, message_key(id, seq));
-        }
-        meta.stored -= n;
-        wb.put_cf(self.cf(CF_MAILBOXES)?, id.0, encode(&meta));
-        self.db.write(wb)?;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

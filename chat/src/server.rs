@@ -553,7 +553,11 @@ impl ConciergeApiServer for Rpc {
         })
     }
 
-    fn mailbox_deposit(&self, recipient: String, envelope: String) -> RpcResult<api::Receipt> {
+    async fn mailbox_deposit(
+        &self,
+        recipient: String,
+        envelope: String,
+    ) -> RpcResult<api::Receipt> {
         let c = &self.0;
         let recipient = parse_user(&recipient)?;
         let bytes = parse_hex_capped("envelope", &envelope, c.limits.max_envelope)?;
@@ -562,7 +566,7 @@ impl ConciergeApiServer for Rpc {
             .map_err(|e| invalid(format!("not an envelope: {e}")))?;
         let id = api::mailbox_id(&recipient);
         c.rate_check(&id)?;
-        let seq = c.store.append(&id, &bytes).map_err(|e| match e {
+        let seq = c.store.append_async(&id, &bytes).await.map_err(|e| match e {
             MailboxError::NotFound(_) => err(
                 code::NOT_FOUND,
                 format!("{recipient} has no mailbox on {}", c.name),
@@ -625,7 +629,7 @@ impl ConciergeApiServer for Rpc {
         }
     }
 
-    fn mailbox_ack(&self, token: String, mailbox: String, up_to: u64) -> RpcResult<u64> {
+    async fn mailbox_ack(&self, token: String, mailbox: String, up_to: u64) -> RpcResult<u64> {
         let c = &self.0;
         let (user, _) = c.session(&token)?;
         let id = Hash(parse_hex32("mailbox", &mailbox)?);
@@ -634,7 +638,7 @@ impl ConciergeApiServer for Rpc {
             Some(m) if m.owner != user => {
                 Err(err(code::FORBIDDEN, format!("mailbox {id} is not yours")))
             }
-            Some(_) => c.store.ack(&id, up_to).map_err(store_err),
+            Some(_) => c.store.ack_async(&id, up_to).await.map_err(store_err),
         }
     }
 

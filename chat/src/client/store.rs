@@ -296,7 +296,11 @@ impl Batch<'_> {
 
     /// Apply every change at once.
     pub fn commit(self) -> Result<(), StoreError> {
-        self.store.db.write(self.wb)?;
+        // Synced: what the client acknowledges to a server afterwards, or
+        // queues to send, must survive a power loss.
+        let mut o = rocksdb::WriteOptions::default();
+        o.set_sync(true);
+        self.store.db.write_opt(self.wb, &o)?;
         Ok(())
     }
 }

@@ -411,7 +411,7 @@ impl ConciergeApiServer for KeyForger {
             None::<()>,
         ))
     }
-    fn mailbox_deposit(&self, _: String, _: String) -> RpcResult<Receipt> {
+    async fn mailbox_deposit(&self, _: String, _: String) -> RpcResult<Receipt> {
         Err(jsonrpsee::types::ErrorObjectOwned::owned(
             -32000,
             "use the async path",
@@ -425,7 +425,7 @@ impl ConciergeApiServer for KeyForger {
             None::<()>,
         ))
     }
-    fn mailbox_ack(&self, _: String, _: String, _: u64) -> RpcResult<u64> {
+    async fn mailbox_ack(&self, _: String, _: String, _: u64) -> RpcResult<u64> {
         Err(jsonrpsee::types::ErrorObjectOwned::owned(
             -32000,
             "not forwarded",
