@@ -57,6 +57,38 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// From now on, files and directories this process creates are private to
+/// its user (umask `077`: files `0600`, directories `0700`), whatever the
+/// caller's umask. The chat binaries call it first: their data directories
+/// hold keys, message history and databases whose files other libraries
+/// (RocksDB) create with default modes.
+pub fn private_files() {
+    #[cfg(unix)]
+    {
+        let _ = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    }
+}
+
+/// Create `dir` (and its parents) if needed, and make it `0700`: only its
+/// owner may list or enter it, so nothing inside is reachable by others
+/// whatever the modes of the files in it.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Write a file only its owner can read (keys), replacing it atomically.
 pub fn write_secret_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

@@ -280,7 +280,6 @@ fn writer_gone() -> MailboxError {
 }
 
 impl Core {
-
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, MailboxError> {
         self.db
             .cf_handle(name)
@@ -313,12 +312,8 @@ impl Core {
                     next_seq: 1,
                     stored: 0,
                 };
-                self.db.put_cf_opt(
-                    self.cf(CF_MAILBOXES)?,
-                    id.0,
-                    encode(&meta),
-                    &durable(),
-                )?;
+                self.db
+                    .put_cf_opt(self.cf(CF_MAILBOXES)?, id.0, encode(&meta), &durable())?;
                 Ok(true)
             }
         }
@@ -473,7 +468,6 @@ impl Core {
         }
         Ok(out)
     }
-
 }
 
 #[cfg(test)]

@@ -566,13 +566,17 @@ impl ConciergeApiServer for Rpc {
             .map_err(|e| invalid(format!("not an envelope: {e}")))?;
         let id = api::mailbox_id(&recipient);
         c.rate_check(&id)?;
-        let seq = c.store.append_async(&id, &bytes).await.map_err(|e| match e {
-            MailboxError::NotFound(_) => err(
-                code::NOT_FOUND,
-                format!("{recipient} has no mailbox on {}", c.name),
-            ),
-            other => store_err(other),
-        })?;
+        let seq = c
+            .store
+            .append_async(&id, &bytes)
+            .await
+            .map_err(|e| match e {
+                MailboxError::NotFound(_) => err(
+                    code::NOT_FOUND,
+                    format!("{recipient} has no mailbox on {}", c.name),
+                ),
+                other => store_err(other),
+            })?;
         c.waiter(&id).notify_waiters();
         let sig = c.keys.server.sign(
             api::RECEIPT_TAG,
@@ -716,7 +720,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     if config.name.kind() != NameKind::Server {
         return Err(ServerError::NotServerName(config.name));
     }
-    std::fs::create_dir_all(&config.datadir)
+    crate::create_private_dir(&config.datadir)
         .map_err(io(format!("create {}", config.datadir.display())))?;
     let keys = ServerKeys::load_or_create(&config.datadir)?;
     let store = MailboxStore::open(&config.datadir.join("mailboxes"), config.limits.max_stored)?;

@@ -300,9 +300,16 @@ pub(crate) async fn spawn_until_files(
     }
     std::fs::create_dir_all(datadir).map_err(io(format!("create {}", datadir.display())))?;
     let log_path = datadir.join(log_name);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
+    let mut log_opts = std::fs::OpenOptions::new();
+    log_opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        // Logs name users and devices: private, like the rest of the
+        // data directory.
+        use std::os::unix::fs::OpenOptionsExt;
+        log_opts.mode(0o600);
+    }
+    let log = log_opts
         .open(&log_path)
         .map_err(io(format!("open {}", log_path.display())))?;
     let log2 = log.try_clone().map_err(io("clone the log handle"))?;

@@ -32,6 +32,12 @@ struct Cli {
     /// Blocks under the verified tip lookups are proven at.
     #[arg(long, global = true)]
     depth: Option<u64>,
+    /// The root key file (owner of the name; default DATADIR/root.key).
+    /// `init` creates it there; `register` and `move` need it. Keep it
+    /// apart from the device (another machine, a USB stick) and pass it
+    /// only for those: sending and receiving never read it.
+    #[arg(long = "root-key", global = true)]
+    root_key: Option<PathBuf>,
     /// Log filter (tracing).
     #[arg(long, default_value = "warn", global = true)]
     log: String,
@@ -85,6 +91,8 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // Keys, history and databases: private to the user.
+    xirtam_chat::private_files();
     let cli = Cli::parse();
     let log = cli.log.clone();
     match common::block_on(&log, false, run(cli)) {
@@ -177,14 +185,16 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let mut config = ClientConfig::new(params, nodes.clone());
     config.depth = cli.depth;
+    config.root_key_file = cli.root_key.clone();
     if let Cmd::Init = cli.cmd {
         let c = ChatClient::init(&dir, config)?;
         std::fs::write(&nodes_file, nodes.join("\n"))
             .with_context(|| format!("write {}", nodes_file.display()))?;
         println!(
-            "new identity in {}\n  root key   {}\n  device key {}",
+            "new identity in {}\n  root key   {} (secret in {}: needed only to register, move or change devices; keep it apart from this device and pass --root-key FILE for those)\n  device key {}",
             dir.display(),
             c.root_key(),
+            c.root_key_path().display(),
             c.device().sign
         );
         return Ok(());

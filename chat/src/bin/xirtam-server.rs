@@ -62,6 +62,8 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // Keys, history and databases: private to the user.
+    xirtam_chat::private_files();
     let cli = Cli::parse();
     let log = cli.log.clone();
     common::block_on(&log, true, run(cli))

@@ -50,6 +50,11 @@ pub struct ClientConfig {
     pub record_ttl: Duration,
     /// How long the previous server is still polled after a move.
     pub grace: Duration,
+    /// Where the root key is (a file of 64 hex digits, mode 0600); default
+    /// `DATADIR/root.key`. It is needed only to register, move or change
+    /// devices, so it can be kept apart (another device, a USB stick) and
+    /// given only for those.
+    pub root_key_file: Option<PathBuf>,
     /// How long to wait for an own record write to be confirmed.
     pub confirm_timeout: Duration,
     /// Timeout of one server call (long-polls add their wait).
@@ -70,6 +75,7 @@ impl ClientConfig {
             params,
             nodes,
             depth: None,
+            root_key_file: None,
             record_ttl: Duration::from_secs(30),
             grace: Duration::from_secs(7 * 24 * 3600),
             confirm_timeout: Duration::from_secs(120),
@@ -112,6 +118,14 @@ pub enum ClientError {
         /// Ours.
         ours: String,
     },
+    /// The root key is needed and not where it was looked for.
+    #[error(
+        "the root key (owner of this identity's name) is not at {0}: pass --root-key FILE where you keep it; it is needed only to register, move or change devices"
+    )]
+    NoRootKey(PathBuf),
+    /// The root key file holds another key, or no key.
+    #[error("{0} does not hold this identity's root key")]
+    WrongRootKey(PathBuf),
     /// Not registered yet.
     #[error("this device has no name yet; run `xirtam-chat register @name --server ~server`")]
     NotRegistered,
@@ -225,7 +239,6 @@ pub struct ChatClient {
     store: LocalStore,
     lc: LightClient<HttpSource>,
     identity: Identity,
-    root: SecretKey,
     device: DeviceKeys,
     mediums: Vec<MediumSecret>,
     /// Remembers recipients' keys: repeat wraps to them are cheaper.
@@ -349,7 +362,7 @@ impl ChatClient {
         dir: &Path,
         config: &ClientConfig,
     ) -> Result<(LocalStore, LightClient<HttpSource>)> {
-        std::fs::create_dir_all(dir)
+        crate::create_private_dir(dir)
             .map_err(|e| ClientError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
         let store = LocalStore::open(&dir.join("store"))?;
         let lc = crate::light_client(
@@ -367,9 +380,22 @@ impl ChatClient {
         if store.state::<Identity>("identity")?.is_some() {
             return Err(ClientError::Exists(dir.to_path_buf()));
         }
+        let root_path = Self::root_path(dir, &config);
+        if root_path.exists() {
+            return Err(ClientError::Exists(root_path));
+        }
+        let root_seed = random32()?;
+        if let Some(parent) = root_path.parent() {
+            crate::create_private_dir(parent).map_err(|e| {
+                ClientError::Invalid(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        crate::write_secret_file(&root_path, hex::encode(root_seed).as_bytes()).map_err(|e| {
+            ClientError::Invalid(format!("cannot write {}: {e}", root_path.display()))
+        })?;
         let identity = Identity {
             network: config.params.name.to_string(),
-            root_seed: random32()?,
+            root: SecretKey::from_seed(root_seed).public(),
             device_seed: random32()?,
             name: None,
         };
@@ -406,7 +432,6 @@ impl ChatClient {
             .map(|m| MediumSecret::from_parts(m.key, m.secret))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ChatClient {
-            root: SecretKey::from_seed(identity.root_seed),
             device: DeviceKeys::from_seed(identity.device_seed),
             config,
             dir: dir.to_path_buf(),
@@ -432,7 +457,45 @@ impl ChatClient {
 
     /// The root key's public half (owner of the record).
     pub fn root_key(&self) -> xirtam_proofs::PublicKey {
-        self.root.public()
+        self.identity.root
+    }
+
+    /// Where this client looks for its root key file.
+    pub fn root_key_path(&self) -> PathBuf {
+        Self::root_path(&self.dir, &self.config)
+    }
+
+    /// Where the root key file is looked for.
+    fn root_path(dir: &Path, config: &ClientConfig) -> PathBuf {
+        config
+            .root_key_file
+            .clone()
+            .unwrap_or_else(|| dir.join("root.key"))
+    }
+
+    /// The root key, read from its file when an operation needs it (and
+    /// checked against the identity's public root key).
+    fn root(&self) -> Result<SecretKey> {
+        let path = Self::root_path(&self.dir, &self.config);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClientError::NoRootKey(path));
+            }
+            Err(e) => {
+                return Err(ClientError::Invalid(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        let key = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(SecretKey::from_seed)
+            .filter(|k| k.public() == self.identity.root)
+            .ok_or_else(|| ClientError::WrongRootKey(path.clone()))?;
+        Ok(key)
     }
 
     /// The servers this device reads from.
@@ -508,6 +571,7 @@ impl ChatClient {
     /// device in its record, wait for confirmation, then set up a mailbox
     /// and a medium-term key on the server.
     pub async fn register(&mut self, name: &Name, server: &Name) -> Result<VerifiedUser> {
+        let root = self.root()?;
         if name.kind() != NameKind::User {
             return Err(ClientError::Invalid(format!(
                 "{name} is not a user name (user names start with @)"
@@ -528,9 +592,7 @@ impl ChatClient {
         let value = record.to_value().map_err(ClientError::Invalid)?;
         let latest = self.lc.resolve_latest(name).await?;
         if latest.record().is_none_or(|r| r.value.as_bytes() != value) {
-            self.lc
-                .publish(&self.root, name, value.clone(), None)
-                .await?;
+            self.lc.publish(&root, name, value.clone(), None).await?;
         }
         let v = self.wait_value(name, &value).await?;
         self.identity.name = Some(name.clone());
@@ -552,6 +614,7 @@ impl ChatClient {
     /// record, and keep reading the old server for the grace period.
     pub async fn move_to(&mut self, server: &Name) -> Result<VerifiedUser> {
         let me = self.me()?;
+        let root = self.root()?;
         let mut servers = self.servers()?;
         if servers.current.as_ref() == Some(server) {
             return Err(ClientError::Invalid(format!("{me} is already on {server}")));
@@ -564,9 +627,7 @@ impl ChatClient {
             devices: mine.record().devices.clone(),
         };
         let value = record.to_value().map_err(ClientError::Invalid)?;
-        self.lc
-            .publish(&self.root, &me, value.clone(), None)
-            .await?;
+        self.lc.publish(&root, &me, value.clone(), None).await?;
         // Start reading the new server at once: senders switch as soon as
         // they see the new record.
         let until = unix_ms() / 1000 + self.config.grace.as_secs();

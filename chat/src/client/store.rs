@@ -40,8 +40,11 @@ pub enum StoreError {
 pub struct Identity {
     /// Network name.
     pub network: String,
-    /// Seed of the root key (owns the `@name` record).
-    pub root_seed: [u8; 32],
+    /// The root key (owns the `@name` record). Only its public half is in
+    /// the store: the secret is in a key file of its own
+    /// ([`super::ClientConfig::root_key_file`]), which may live apart from
+    /// the device.
+    pub root: xirtam_proofs::PublicKey,
     /// Seed of the device keys.
     pub device_seed: [u8; 32],
     /// The registered name, once registered.

@@ -803,6 +803,150 @@ async fn a_challenge_flood_does_not_stop_logins() {
     assert!(e.to_string().contains("challenge"), "{e}");
 }
 
+/// Paths under `dir` (itself included) that someone other than the owner
+/// could read, write or enter, with their modes.
+fn shared_paths(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue; // removed meanwhile (a RocksDB temporary file)
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            out.push(format!("{} {mode:o}", p.display()));
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).expect("read dir").flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Attack 8: the client's and the server's data directories (keys, history,
+/// databases) were created 0755 with 0644 files. Now nothing in them is
+/// readable by other users.
+#[tokio::test]
+async fn data_directories_are_private() {
+    let net = chat_net(1, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let bin =
+        xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
+    let dir = root.join("private");
+    let mut args = vec![
+        "--network".to_string(),
+        "regtest".into(),
+        "--datadir".into(),
+        dir.display().to_string(),
+    ];
+    for u in net.node_urls() {
+        args.push("--node".into());
+        args.push(u);
+    }
+    args.push("init".into());
+    let out = std::process::Command::new(&bin)
+        .args(&args)
+        .output()
+        .expect("run xirtam-chat");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(shared_paths(&dir), Vec::<String>::new(), "client");
+    assert_eq!(
+        shared_paths(&net.server(0).datadir),
+        Vec::<String>::new(),
+        "server"
+    );
+}
+
+/// Attack 8, second half: the root key, which owns the name, lived in the
+/// device's store. It can now live apart: `init --root-key FILE` writes it
+/// there, the data directory never holds it, day-to-day commands work
+/// without it, and `move` without it says what to pass.
+// Multi-threaded: the CLI runs as a blocking child process while the
+// network's auto-miner (a task on this runtime) must keep mining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_key_can_live_apart_from_the_device() {
+    let net = chat_net(1, &["~s1", "~s2"]).await;
+    let root = net.root().to_path_buf();
+    let bin =
+        xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
+    let dir = root.join("device");
+    let usb = root.join("usb").join("dave.root");
+    let run = |args: &[&str]| {
+        let mut full = vec![
+            "--network".to_string(),
+            "regtest".into(),
+            "--datadir".into(),
+            dir.display().to_string(),
+        ];
+        for u in net.node_urls() {
+            full.push("--node".into());
+            full.push(u);
+        }
+        full.extend(args.iter().map(|s| s.to_string()));
+        let out = std::process::Command::new(&bin)
+            .args(&full)
+            .output()
+            .expect("run xirtam-chat");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let usb_arg = usb.display().to_string();
+    let (ok, _, err) = run(&["--root-key", &usb_arg, "init"]);
+    assert!(ok, "{err}");
+    let secret = std::fs::read_to_string(&usb).expect("the root key is where asked");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&usb).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let seed = hex::decode(secret.trim()).expect("hex");
+    assert!(
+        !dir_contains(&dir, &seed),
+        "the root seed is in the data directory"
+    );
+    assert!(
+        !dir_contains(&dir, secret.trim().as_bytes()),
+        "the root key's hex is in the data directory"
+    );
+
+    // Register needs it, and finds it where it is said to be.
+    let (ok, _, err) = run(&["register", "@dave", "--server", "~s1"]);
+    assert!(!ok, "register without the root key");
+    assert!(err.contains("--root-key"), "{err}");
+    let (ok, _, err) = run(&[
+        "--root-key",
+        &usb_arg,
+        "register",
+        "@dave",
+        "--server",
+        "~s1",
+    ]);
+    assert!(ok, "{err}");
+    // Day to day, no root key: whois, inbox, send to oneself.
+    let (ok, out, err) = run(&["whois", "@dave"]);
+    assert!(ok && out.contains("~s1"), "{out}{err}");
+    let (ok, _, err) = run(&["inbox"]);
+    assert!(ok, "{err}");
+    // Moving needs it again.
+    let (ok, _, err) = run(&["move", "--server", "~s2"]);
+    assert!(!ok, "move without the root key");
+    assert!(
+        err.contains("root key") && err.contains("--root-key"),
+        "{err}"
+    );
+    assert!(!dir_contains(&dir, &seed), "nor after registering");
+}
+
 /// The crates a manifest depends on (first word of each dependency line).
 fn dependencies(manifest: &str) -> Vec<&str> {
     manifest
