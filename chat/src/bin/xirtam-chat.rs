@@ -139,6 +139,13 @@ fn show_flush(f: &FlushReport) {
             "delivered to {} via {} (seq {}, recipient record verified at height {}, {} device(s))",
             d.to, d.server, d.seq, d.record_height, d.devices
         );
+        if !d.long_term.is_empty() {
+            println!(
+                "  no forward secrecy for {} device(s) of {}: no medium-term key of theirs was ever seen, so it went to the long-term key from the record",
+                d.long_term.len(),
+                d.to
+            );
+        }
         for r in &d.refused_keys {
             println!("  refused key: {}", display::escape_line(&r.to_string()));
         }

@@ -126,6 +126,19 @@ pub enum ClientError {
     /// The root key file holds another key, or no key.
     #[error("{0} does not hold this identity's root key")]
     WrongRootKey(PathBuf),
+    /// A device's medium-term key was seen before but none is valid now:
+    /// sending to its long-term key would silently lose forward secrecy.
+    #[error(
+        "no valid medium-term key for device {device} of {user} from {server} (the last one seen expired or is no longer valid; the server may be withholding new ones): the message stays queued rather than lose forward secrecy"
+    )]
+    NoForwardSecrecy {
+        /// The recipient.
+        user: Name,
+        /// Its device.
+        device: xirtam_proofs::PublicKey,
+        /// The server asked.
+        server: Name,
+    },
     /// Not registered yet.
     #[error("this device has no name yet; run `xirtam-chat register @name --server ~server`")]
     NotRegistered,
@@ -193,9 +206,24 @@ pub struct Delivery {
     pub server_height: u64,
     /// Devices the key was wrapped to.
     pub devices: usize,
-    /// Medium-term keys refused (forged, stale, or for unknown devices);
-    /// their devices got the long-term key from the verified record.
+    /// Medium-term keys refused (forged, stale, or for unknown devices).
     pub refused_keys: Vec<String>,
+    /// Devices wrapped to with their long-term key, because no medium-term
+    /// key of theirs was ever seen: this message has no forward secrecy
+    /// for them (a UI should say so).
+    pub long_term: Vec<xirtam_proofs::PublicKey>,
+}
+
+/// The devices to wrap to, and what was learnt choosing their keys.
+struct Recipients {
+    to: Vec<Recipient>,
+    refused: Vec<String>,
+    long_term: Vec<xirtam_proofs::PublicKey>,
+}
+
+/// State key of the last valid medium-term key seen for `user`'s `device`.
+fn medium_key_name(user: &Name, device: &xirtam_proofs::PublicKey) -> String {
+    format!("medium/{user}/{device}")
 }
 
 /// Result of [`ChatClient::flush`].
@@ -905,7 +933,7 @@ impl ChatClient {
         user: &VerifiedUser,
         server: &Name,
         skip: Option<&xirtam_proofs::PublicKey>,
-    ) -> Result<(Vec<Recipient>, Vec<String>)> {
+    ) -> Result<Recipients> {
         let name = user.lookup().name().clone();
         let conn = self.conn(server).await?;
         let (rpc, url) = (conn.rpc.clone(), conn.url.clone());
@@ -940,17 +968,49 @@ impl ChatClient {
         if !refused.is_empty() {
             tracing::warn!(target: "client::send", %server, refused = ?refused, "refused medium-term keys");
         }
-        let to = user
+        // Forward secrecy is never lost silently: a device's last valid
+        // medium-term key is remembered, and used while it is valid if the
+        // server offers none; a device whose key was seen but is no longer
+        // valid gets nothing (the message stays queued); only a device
+        // whose key was never seen gets its long-term key, and the
+        // delivery says so.
+        let mut to = Vec::new();
+        let mut long_term = Vec::new();
+        let mut b = self.store.batch();
+        for d in user
             .record()
             .devices
             .iter()
             .filter(|d| Some(&d.sign) != skip)
-            .map(|d| Recipient {
-                device: d.sign,
-                kx: best.get(&d.sign).map_or(d.kx, |k| k.kx),
-            })
-            .collect();
-        Ok((to, refused))
+        {
+            let key_name = medium_key_name(&name, &d.sign);
+            let remembered: Option<MediumKey> = self.store.state(&key_name)?;
+            let kx = if let Some(k) = best.get(&d.sign) {
+                if remembered.as_ref().is_none_or(|r| r.created < k.created) {
+                    b.state(&key_name, k)?;
+                }
+                k.kx
+            } else if let Some(k) = remembered {
+                if k.check(&name, user.record(), now).is_err() {
+                    return Err(ClientError::NoForwardSecrecy {
+                        user: name,
+                        device: d.sign,
+                        server: server.clone(),
+                    });
+                }
+                k.kx
+            } else {
+                long_term.push(d.sign);
+                d.kx
+            };
+            to.push(Recipient { device: d.sign, kx });
+        }
+        b.commit()?;
+        Ok(Recipients {
+            to,
+            refused,
+            long_term,
+        })
     }
 
     async fn deposit(&mut self, server: &Name, to: &Name, bytes: &[u8]) -> Result<api::Receipt> {
@@ -979,7 +1039,11 @@ impl ChatClient {
         if p.attempts > 0 {
             self.conns.remove(&server);
         }
-        let (to, refused) = self.recipients(&user, &server, None).await?;
+        let Recipients {
+            to,
+            refused,
+            long_term,
+        } = self.recipients(&user, &server, None).await?;
         let envelope = self.sealer.seal(&event, &to)?;
         let bytes = encode(&envelope);
         let receipt = self.deposit(&server, &p.to, &bytes).await?;
@@ -994,7 +1058,7 @@ impl ChatClient {
             let own_server = mine.record().server.clone();
             let skip = self.device.device().sign;
             let copy = async {
-                let (own, _) = self.recipients(&mine, &own_server, Some(&skip)).await?;
+                let own = self.recipients(&mine, &own_server, Some(&skip)).await?.to;
                 let env = self.sealer.seal(&event, &own)?;
                 self.deposit(&own_server, &me, &encode(&env)).await
             };
@@ -1011,6 +1075,7 @@ impl ChatClient {
             server_height,
             devices: to.len(),
             refused_keys: refused,
+            long_term,
         })
     }
 

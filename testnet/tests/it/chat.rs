@@ -379,6 +379,8 @@ fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
 struct KeyForger {
     inner: HttpClient,
     extra: Vec<String>,
+    /// When set, `keys_fetch` answers this instead of `extra`.
+    answer: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 #[async_trait]
@@ -440,7 +442,10 @@ impl ConciergeApiServer for KeyForger {
         ))
     }
     fn keys_fetch(&self, _user: String) -> RpcResult<Vec<String>> {
-        Ok(self.extra.clone())
+        Ok(match &self.answer {
+            Some(a) => a.lock().expect("lock").clone(),
+            None => self.extra.clone(),
+        })
     }
 }
 
@@ -480,6 +485,7 @@ async fn forged_and_stale_medium_keys_are_refused() {
     let mut module = KeyForger {
         inner: inner.clone(),
         extra,
+        answer: None,
     }
     .into_rpc();
     // Forward deposits and logins to the real server.
@@ -543,6 +549,132 @@ async fn forged_and_stale_medium_keys_are_refused() {
     );
     let ev = open(&env, &carol, &[]).expect("carol decrypts");
     assert_eq!(ev.event.body, b"for carol only");
+    evil.stop().await;
+}
+
+/// Attack 5: a server that stops returning medium-term keys made senders
+/// wrap to the long-term device key without a word. Now a sender uses the
+/// last valid key it saw, refuses (keeps the message queued) once that one
+/// is no longer valid, and says so when it wraps to a long-term key
+/// because no medium-term key was ever seen.
+#[tokio::test]
+async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
+    let net = chat_net(2, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let mut dave = user(&net, &root.join("dave"), "@dave", "~s1").await;
+    let front = Server::builder()
+        .build("127.0.0.1:0")
+        .await
+        .expect("bind the front");
+    let front_url = format!("http://{}", front.local_addr().expect("addr"));
+    let evil = xirtam_chat::server::start(ServerConfig {
+        name: n("~blank"),
+        params: net.params().expect("params"),
+        datadir: root.join("blank"),
+        nodes: net.node_urls(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: Some(front_url.clone()),
+        depth: None,
+        limits: Limits::default(),
+    })
+    .await
+    .expect("server");
+    let carol = DeviceKeys::from_seed([11; 32]);
+    let now = xirtam_chat::unix_now();
+    // Valid for 15 s: long enough for the first two sends, short enough
+    // to see what happens once the only key alice saw has expired.
+    let medium = carol.medium_key(now, 15).expect("key").key;
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(vec![hex::encode(encode(&medium))]));
+    let inner = rpc(&format!("http://{}", evil.addr));
+    let mut module = KeyForger {
+        inner: inner.clone(),
+        extra: Vec::new(),
+        answer: Some(answer.clone()),
+    }
+    .into_rpc();
+    module.remove_method("mailbox_deposit");
+    module
+        .register_async_method("mailbox_deposit", |params, ctx, _| async move {
+            let (to, env): (String, String) = params.parse()?;
+            ctx.inner.mailbox_deposit(to, env).await.map_err(|e| {
+                jsonrpsee::types::ErrorObjectOwned::owned(-32000, e.to_string(), None::<()>)
+            })
+        })
+        .expect("register");
+    let _front = front.start(module);
+    manual_user(&net, "@carol", "~blank", &carol, 110).await;
+    let token = login(&inner, "~blank", "@carol", &carol).await;
+    inner.mailbox_create(token.clone()).await.expect("mailbox");
+    let deadline = Instant::now() + WAIT;
+    while inner
+        .server_info()
+        .await
+        .expect("info")
+        .registered_at
+        .is_none()
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wraps = |seq: usize| {
+        let inner = inner.clone();
+        let token = token.clone();
+        async move {
+            let batches = inner
+                .mailbox_receive(
+                    token,
+                    vec![Cursor {
+                        mailbox: api::mailbox_id(&n("@carol")).to_hex(),
+                        after: 0,
+                    }],
+                    5_000,
+                )
+                .await
+                .expect("receive");
+            let env: Envelope =
+                decode(&hex::decode(&batches[0].messages[seq].envelope).expect("hex"))
+                    .expect("envelope");
+            env.wraps.iter().map(|w| w.kx).collect::<Vec<_>>()
+        }
+    };
+
+    // Alice sees carol's medium-term key: wrapped to it.
+    let (_, r) = alice.send(&n("@carol"), "one").await.expect("send");
+    assert_eq!(r.delivered.len(), 1, "{r:?}");
+    assert!(r.delivered[0].long_term.is_empty());
+    assert_eq!(wraps(0).await, vec![medium.kx]);
+
+    // The server blanks its answer: alice still wraps to the key she saw.
+    answer.lock().expect("lock").clear();
+    let (_, r) = alice.send(&n("@carol"), "two").await.expect("send");
+    assert_eq!(r.delivered.len(), 1, "{r:?}");
+    assert!(r.delivered[0].long_term.is_empty());
+    assert_eq!(
+        wraps(1).await,
+        vec![medium.kx],
+        "not the long-term key {:?}",
+        carol.device().kx
+    );
+
+    // Dave never saw a key of carol's: the long-term key, and he is told.
+    let (_, r) = dave.send(&n("@carol"), "three").await.expect("send");
+    assert_eq!(r.delivered.len(), 1, "{r:?}");
+    assert_eq!(r.delivered[0].long_term, vec![carol.device().sign]);
+    assert_eq!(wraps(2).await, vec![carol.device().kx]);
+
+    // Once the key alice saw has expired and the server still offers
+    // none, alice does not fall back: the message stays queued, and says
+    // why.
+    let expiry = std::time::UNIX_EPOCH + Duration::from_secs(medium.expires + 1);
+    if let Ok(left) = expiry.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await; // wall-clock expiry, not a sync
+    }
+    let (m, r) = alice.send(&n("@carol"), "four").await.expect("send");
+    assert!(r.delivered.is_empty(), "{r:?}");
+    assert_eq!(r.queued.len(), 1, "{r:?}");
+    assert!(r.queued[0].2.contains("forward secrecy"), "{r:?}");
+    assert!(!m.delivered);
     evil.stop().await;
 }
 
