@@ -178,7 +178,7 @@ pub trait ConciergeApi {
 
     /// Create the token holder's mailbox (idempotent).
     #[method(name = "mailbox_create")]
-    fn mailbox_create(&self, token: String) -> RpcResult<MailboxInfo>;
+    async fn mailbox_create(&self, token: String) -> RpcResult<MailboxInfo>;
 
     /// Deposit an envelope (hex) for `recipient`; anyone may, within size
     /// and rate limits. Answered once the envelope is durable.
@@ -202,7 +202,7 @@ pub trait ConciergeApi {
 
     /// Publish a signed medium-term key (hex) of the token's device.
     #[method(name = "keys_publish")]
-    fn keys_publish(&self, token: String, key: String) -> RpcResult<bool>;
+    async fn keys_publish(&self, token: String, key: String) -> RpcResult<bool>;
 
     /// The medium-term keys published for `user`'s devices (hex); the caller
     /// checks them against the verified record.

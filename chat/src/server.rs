@@ -335,6 +335,27 @@ impl Concierge {
         }
     }
 
+    /// [`Concierge::session`], and the session's device is still in the
+    /// user's verified record (cached for `record_ttl`): a device removed
+    /// from the record loses its session on its next call after that.
+    async fn live_session(&self, token: &str) -> RpcResult<(Name, PublicKey)> {
+        let (user, device) = self.session(token)?;
+        let v = self.user(&user).await?;
+        if v.record().device(&device).is_none() {
+            if let Ok(t) = parse_hex32("token", token) {
+                self.sessions.lock().remove(&t);
+            }
+            return Err(err(
+                code::UNAUTHORIZED,
+                format!(
+                    "device {device} is no longer in {user}'s verified record (height {}); log in from a listed device",
+                    v.lookup().height()
+                ),
+            ));
+        }
+        Ok((user, device))
+    }
+
     fn waiter(&self, id: &Hash) -> Arc<Notify> {
         self.waiters.lock().entry(*id).or_default().clone()
     }
@@ -533,9 +554,9 @@ impl ConciergeApiServer for Rpc {
         })
     }
 
-    fn mailbox_create(&self, token: String) -> RpcResult<api::MailboxInfo> {
+    async fn mailbox_create(&self, token: String) -> RpcResult<api::MailboxInfo> {
         let c = &self.0;
-        let (user, _) = c.session(&token)?;
+        let (user, _) = c.live_session(&token).await?;
         let id = api::mailbox_id(&user);
         let created = c.store.create(&id, &user).map_err(store_err)?;
         let meta = c
@@ -565,6 +586,14 @@ impl ConciergeApiServer for Rpc {
         decode::<crate::crypto::Envelope>(&bytes)
             .map_err(|e| invalid(format!("not an envelope: {e}")))?;
         let id = api::mailbox_id(&recipient);
+        // Rate-limit state only for mailboxes that exist: deposits to
+        // made-up names cannot grow the table.
+        if c.store.meta(&id).map_err(store_err)?.is_none() {
+            return Err(err(
+                code::NOT_FOUND,
+                format!("{recipient} has no mailbox on {}", c.name),
+            ));
+        }
         c.rate_check(&id)?;
         let seq = c
             .store
@@ -596,7 +625,7 @@ impl ConciergeApiServer for Rpc {
         wait_ms: u64,
     ) -> RpcResult<Vec<Batch>> {
         let c = &self.0;
-        let (user, _) = c.session(&token)?;
+        let (user, _) = c.live_session(&token).await?;
         if cursors.is_empty() || cursors.len() > api::MAX_CURSORS {
             return Err(invalid(format!(
                 "between 1 and {} cursors",
@@ -606,6 +635,9 @@ impl ConciergeApiServer for Rpc {
         let mut ids = Vec::with_capacity(cursors.len());
         for cur in &cursors {
             let id = Hash(parse_hex32("mailbox", &cur.mailbox)?);
+            if ids.iter().any(|(seen, _)| *seen == id) {
+                return Err(invalid(format!("mailbox {id} is named twice")));
+            }
             match c.store.meta(&id).map_err(store_err)? {
                 None => return Err(err(code::NOT_FOUND, format!("no mailbox {id}"))),
                 Some(m) if m.owner != user => {
@@ -635,7 +667,7 @@ impl ConciergeApiServer for Rpc {
 
     async fn mailbox_ack(&self, token: String, mailbox: String, up_to: u64) -> RpcResult<u64> {
         let c = &self.0;
-        let (user, _) = c.session(&token)?;
+        let (user, _) = c.live_session(&token).await?;
         let id = Hash(parse_hex32("mailbox", &mailbox)?);
         match c.store.meta(&id).map_err(store_err)? {
             None => Err(err(code::NOT_FOUND, format!("no mailbox {id}"))),
@@ -646,9 +678,9 @@ impl ConciergeApiServer for Rpc {
         }
     }
 
-    fn keys_publish(&self, token: String, key: String) -> RpcResult<bool> {
+    async fn keys_publish(&self, token: String, key: String) -> RpcResult<bool> {
         let c = &self.0;
-        let (user, device) = c.session(&token)?;
+        let (user, device) = c.live_session(&token).await?;
         let bytes = parse_hex_capped("key", &key, 512)?;
         let mk: MediumKey =
             decode(&bytes).map_err(|e| invalid(format!("not a medium-term key: {e}")))?;

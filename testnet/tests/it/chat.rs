@@ -406,7 +406,7 @@ impl ConciergeApiServer for KeyForger {
             None::<()>,
         ))
     }
-    fn mailbox_create(&self, _token: String) -> RpcResult<MailboxInfo> {
+    async fn mailbox_create(&self, _token: String) -> RpcResult<MailboxInfo> {
         Err(jsonrpsee::types::ErrorObjectOwned::owned(
             -32000,
             "not forwarded",
@@ -434,7 +434,7 @@ impl ConciergeApiServer for KeyForger {
             None::<()>,
         ))
     }
-    fn keys_publish(&self, _: String, _: String) -> RpcResult<bool> {
+    async fn keys_publish(&self, _: String, _: String) -> RpcResult<bool> {
         Err(jsonrpsee::types::ErrorObjectOwned::owned(
             -32000,
             "not forwarded",
@@ -676,6 +676,118 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
     assert!(r.queued[0].2.contains("forward secrecy"), "{r:?}");
     assert!(!m.delivered);
     evil.stop().await;
+}
+
+/// Publish `devices` as `name`'s record on `server` (root key from seed
+/// `root`) and wait until it is confirmed.
+async fn publish_devices(
+    net: &Testnet,
+    name: &str,
+    server: &str,
+    devices: &[&DeviceKeys],
+    root: u8,
+) {
+    let lc = LightClient::new(
+        LcConfig::new(net.params().expect("params")),
+        net.node_urls()
+            .iter()
+            .map(|u| HttpSource::new(u, Duration::from_secs(10)).expect("source"))
+            .collect(),
+    )
+    .expect("light client");
+    let value = UserRecord {
+        server: n(server),
+        devices: devices.iter().map(|d| d.device()).collect(),
+    }
+    .to_value()
+    .expect("record");
+    let key = SecretKey::from_seed([root; 32]);
+    lc.publish(&key, &n(name), value.clone(), None)
+        .await
+        .expect("published");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(l) = lc.resolve(&n(name)).await
+            && l.record().is_some_and(|r| r.value.as_bytes() == value)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} not confirmed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Attack 11: a device removed from the record kept its session until its
+/// token expired (an hour); one call could name a mailbox 16 times; a
+/// deposit to a made-up name created rate-limit state.
+#[tokio::test]
+async fn a_removed_device_loses_its_session_and_server_state_stays_bounded() {
+    let net = chat_net(1, &["~s1"]).await;
+    let (d1, d2) = (
+        DeviceKeys::from_seed([21; 32]),
+        DeviceKeys::from_seed([22; 32]),
+    );
+    publish_devices(&net, "@erin", "~s1", &[&d1, &d2], 120).await;
+    let s1 = rpc(&net.server(0).url);
+    let t1 = login(&s1, "~s1", "@erin", &d1).await;
+    let t2 = login(&s1, "~s1", "@erin", &d2).await;
+    s1.mailbox_create(t1.clone()).await.expect("mailbox");
+    let cursor = Cursor {
+        mailbox: api::mailbox_id(&n("@erin")).to_hex(),
+        after: 0,
+    };
+    s1.mailbox_receive(t2.clone(), vec![cursor.clone()], 0)
+        .await
+        .expect("device 2 reads");
+    let twice = s1
+        .mailbox_receive(t1.clone(), vec![cursor.clone(), cursor.clone()], 0)
+        .await
+        .expect_err("a mailbox named twice");
+    assert!(twice.to_string().contains("twice"), "{twice}");
+    let junk = seal(
+        &event(&d1, "@erin", "@nobody", "x"),
+        &[Recipient {
+            device: d1.device().sign,
+            kx: d1.device().kx,
+        }],
+    )
+    .expect("seal");
+    let nobody = s1
+        .mailbox_deposit("@nobody".into(), hex::encode(encode(&junk)))
+        .await
+        .expect_err("no mailbox");
+    assert!(nobody.to_string().contains("no mailbox"), "{nobody}");
+
+    // Device 2 is removed from the record: its next calls fail (within the
+    // server's record cache, 10 s), device 1 goes on.
+    publish_devices(&net, "@erin", "~s1", &[&d1], 120).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match s1
+            .mailbox_receive(t2.clone(), vec![cursor.clone()], 0)
+            .await
+        {
+            Err(e) => {
+                assert!(e.to_string().contains("no longer"), "{e}");
+                break;
+            }
+            Ok(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "device 2 still served after 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let again = s1
+        .mailbox_ack(t2, cursor.mailbox.clone(), 0)
+        .await
+        .expect_err("the session is gone");
+    assert!(again.to_string().contains("token"), "{again}");
+    s1.mailbox_receive(t1, vec![cursor], 0)
+        .await
+        .expect("device 1 still reads");
 }
 
 #[tokio::test]
