@@ -94,6 +94,14 @@ impl Testnet {
         }));
     }
 
+    /// Stop the background miner of [`Testnet::auto_mine`] (no block is
+    /// mined until it is started again).
+    pub fn stop_auto_mine(&mut self) {
+        if let Some(m) = self.miner.take() {
+            m.abort();
+        }
+    }
+
     /// Start a concierge server named `name` (e.g. `~s1`) using every node,
     /// and wait until its record is confirmed. Returns its index.
     pub async fn add_server(&mut self, name: &str, extra: &[&str]) -> Result<usize> {

@@ -313,6 +313,8 @@ fn head_key(peer: &Name) -> String {
 pub const MAX_HELD: usize = 256;
 /// Most rejections remembered for [`ChatClient::rejected`].
 pub const MAX_REJECTED_LOG: usize = 100;
+/// State key of a move whose record is not confirmed yet (the server).
+const MOVING_KEY: &str = "moving";
 /// State key of the envelopes held for verification.
 const HELD_KEY: &str = "held";
 /// State key of the rejection log.
@@ -643,7 +645,7 @@ impl ChatClient {
     pub async fn move_to(&mut self, server: &Name) -> Result<VerifiedUser> {
         let me = self.me()?;
         let root = self.root()?;
-        let mut servers = self.servers()?;
+        let servers = self.servers()?;
         if servers.current.as_ref() == Some(server) {
             return Err(ClientError::Invalid(format!("{me} is already on {server}")));
         }
@@ -655,14 +657,30 @@ impl ChatClient {
             devices: mine.record().devices.clone(),
         };
         let value = record.to_value().map_err(ClientError::Invalid)?;
+        // Read the new server at once (senders switch as soon as they see
+        // the new record), but switch to it only once the record is
+        // confirmed: until then the current server stays current, and a
+        // move that never confirms loses nothing.
+        self.store.put_state(MOVING_KEY, server)?;
         self.lc.publish(&root, &me, value.clone(), None).await?;
-        // Start reading the new server at once: senders switch as soon as
-        // they see the new record.
-        let until = unix_ms() / 1000 + self.config.grace.as_secs();
-        servers.previous = servers.current.take().map(|old| (old, until));
-        servers.current = Some(server.clone());
-        self.store.put_state("servers", &servers)?;
-        self.wait_value(&me, &value).await
+        let v = self.wait_value(&me, &value).await?;
+        self.switch_to(server)?;
+        Ok(v)
+    }
+
+    /// Make `server` current; the old one is still read for the grace
+    /// period. Clears a pending move.
+    fn switch_to(&mut self, server: &Name) -> Result<()> {
+        let mut servers = self.servers()?;
+        if servers.current.as_ref() != Some(server) {
+            let until = unix_ms() / 1000 + self.config.grace.as_secs();
+            servers.previous = servers.current.take().map(|old| (old, until));
+            servers.current = Some(server.clone());
+        }
+        let mut b = self.store.batch();
+        b.state("servers", &servers)?;
+        b.delete_state(MOVING_KEY)?;
+        Ok(b.commit()?)
     }
 
     async fn conn(&mut self, server: &Name) -> Result<&mut Conn> {
@@ -1095,12 +1113,35 @@ impl ChatClient {
             servers.previous = None;
             self.store.put_state("servers", &servers)?;
         }
-        let list: Vec<Name> = servers
+        // Our verified record decides which server is current: a move made
+        // by this device once it confirms, or by another device of ours.
+        let moving: Option<Name> = self.store.state(MOVING_KEY)?;
+        if let Ok(mine) = self.user(&me, false).await {
+            let named = mine.record().server.clone();
+            if servers.current.as_ref() != Some(&named) {
+                if moving.as_ref() != Some(&named)
+                    && let Err(e) = self.setup_server(&named).await
+                {
+                    report
+                        .errors
+                        .push(format!("following our record to {named}: {e}"));
+                }
+                self.switch_to(&named)?;
+                servers = self.servers()?;
+            }
+        }
+        let moving: Option<Name> = self.store.state(MOVING_KEY)?;
+        let mut list: Vec<Name> = servers
             .current
             .iter()
             .cloned()
             .chain(servers.previous.iter().map(|(s, _)| s.clone()))
             .collect();
+        if let Some(m) = moving
+            && !list.contains(&m)
+        {
+            list.push(m);
+        }
         if self.rotate_medium()? {
             for s in &list {
                 if let Err(e) = self.publish_medium(s).await {

@@ -297,6 +297,12 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// Remove a state value.
+    pub fn delete_state(&mut self, key: &str) -> Result<(), StoreError> {
+        self.wb.delete_cf(self.store.cf(CF_STATE)?, key.as_bytes());
+        Ok(())
+    }
+
     /// Apply every change at once.
     pub fn commit(self) -> Result<(), StoreError> {
         // Synced: what the client acknowledges to a server afterwards, or

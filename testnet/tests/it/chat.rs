@@ -790,6 +790,54 @@ async fn a_removed_device_loses_its_session_and_server_state_stays_bounded() {
         .expect("device 1 still reads");
 }
 
+/// Attack 10: a move switched the client to the new server before the new
+/// record was confirmed. Now the current server stays current (and is read)
+/// until the record is confirmed; the client then follows its record.
+#[tokio::test]
+async fn a_move_switches_only_once_the_record_is_confirmed() {
+    let mut net = chat_net(1, &["~s1", "~s2"]).await;
+    let root = net.root().to_path_buf();
+    let mut config = net.client_config().expect("config");
+    config.confirm_timeout = Duration::from_secs(3);
+    let mut alice = ChatClient::init(&root.join("alice"), config).expect("init");
+    alice
+        .register(&n("@alice"), &n("~s1"))
+        .await
+        .expect("register");
+    let mut bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
+
+    net.stop_auto_mine();
+    let e = alice
+        .move_to(&n("~s2"))
+        .await
+        .expect_err("no block, no confirmation");
+    assert!(e.to_string().contains("@alice"), "{e}");
+    assert_eq!(
+        alice.servers().expect("servers").current,
+        Some(n("~s1")),
+        "switched before the record was confirmed"
+    );
+    // Senders still use ~s1: nothing is lost.
+    bob.send(&n("@alice"), "during the move")
+        .await
+        .expect("send");
+    let (got, _, _) = receive(&mut alice, 1).await;
+    assert_eq!(got[0].text, "during the move");
+
+    // Blocks again: the record confirms and the client follows it.
+    net.auto_mine(0, Duration::from_millis(200));
+    let deadline = Instant::now() + WAIT;
+    while alice.servers().expect("servers").current != Some(n("~s2")) {
+        assert!(
+            Instant::now() < deadline,
+            "never followed the confirmed record"
+        );
+        alice.poll(Duration::from_millis(300)).await.expect("poll");
+    }
+    let previous = alice.servers().expect("servers").previous;
+    assert_eq!(previous.map(|(s, _)| s), Some(n("~s1")), "~s1 still read");
+}
+
 #[tokio::test]
 async fn cli_whois_and_clear_errors() {
     let net = chat_net(2, &["~s1"]).await;
