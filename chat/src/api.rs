@@ -47,6 +47,10 @@ pub mod code {
     pub const LOOKUP_FAILED: i32 = -32055;
     /// The mailbox belongs to another user.
     pub const FORBIDDEN: i32 = -32056;
+    /// The recipient's verified record names another server, and has for
+    /// longer than the server's grace period: look the record up again and
+    /// deposit there (`data.server` names it).
+    pub const MOVED: i32 = -32057;
 }
 
 /// The mailbox id of `user`'s direct messages on any server.

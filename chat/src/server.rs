@@ -53,6 +53,10 @@ pub struct Limits {
     pub max_connections: u32,
     /// How long a verified user record is reused for logins.
     pub record_ttl: Duration,
+    /// How long deposits are still taken for a user whose verified record
+    /// names another server (counted from when this server first sees it);
+    /// after that they are refused with `MOVED`.
+    pub moved_grace: Duration,
 }
 
 impl Default for Limits {
@@ -66,6 +70,7 @@ impl Default for Limits {
             max_wait: Duration::from_secs(30),
             max_connections: 10_000,
             record_ttl: Duration::from_secs(10),
+            moved_grace: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -210,6 +215,9 @@ struct Concierge {
     /// Challenges already used in a successful login, until they expire
     /// (only a device in a verified record can add one).
     used_challenges: Mutex<HashMap<[u8; 32], u64>>,
+    /// Users whose verified record names another server, since when this
+    /// server has seen that (bounded: only users with a mailbox here).
+    moved_since: Mutex<HashMap<Name, Instant>>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     users: Mutex<HashMap<Name, (Instant, VerifiedUser)>>,
     waiters: Mutex<HashMap<Hash, Arc<Notify>>>,
@@ -354,6 +362,32 @@ impl Concierge {
             ));
         }
         Ok((user, device))
+    }
+
+    /// Refuse a deposit for `user` once their verified record has named
+    /// another server for longer than `moved_grace`, so that senders look
+    /// the record up again instead of getting a receipt from a server the
+    /// user no longer reads. A lookup that fails accepts the deposit (the
+    /// mailbox exists; availability first).
+    async fn check_not_moved(&self, user: &Name) -> RpcResult<()> {
+        let Ok(v) = self.user(user).await else {
+            return Ok(());
+        };
+        let named = &v.record().server;
+        let mut moved = self.moved_since.lock();
+        if named == &self.name {
+            moved.remove(user);
+            return Ok(());
+        }
+        let since = *moved.entry(user.clone()).or_insert_with(Instant::now);
+        if since.elapsed() >= self.limits.moved_grace {
+            return Err(ErrorObjectOwned::owned(
+                code::MOVED,
+                format!("{user} moved to {named}; look the record up again and deposit there"),
+                Some(serde_json::json!({ "server": named.to_string() })),
+            ));
+        }
+        Ok(())
     }
 
     fn waiter(&self, id: &Hash) -> Arc<Notify> {
@@ -595,6 +629,7 @@ impl ConciergeApiServer for Rpc {
             ));
         }
         c.rate_check(&id)?;
+        c.check_not_moved(&recipient).await?;
         let seq = c
             .store
             .append_async(&id, &bytes)
@@ -796,6 +831,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             k
         },
         used_challenges: Mutex::new(HashMap::new()),
+        moved_since: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
         users: Mutex::new(HashMap::new()),
         waiters: Mutex::new(HashMap::new()),

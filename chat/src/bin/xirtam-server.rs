@@ -56,6 +56,10 @@ struct Cli {
     /// Login token lifetime (seconds).
     #[arg(long, default_value_t = 3600)]
     token_lifetime: u64,
+    /// Seconds deposits are still taken for a user whose record names
+    /// another server (then refused as "moved"); default 7 days.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    moved_grace: u64,
     /// Log filter (tracing), e.g. `info` or `server=debug`.
     #[arg(long, default_value = "info")]
     log: String,
@@ -86,6 +90,7 @@ async fn run(cli: Cli) -> Result<()> {
         deposit_rate: cli.deposit_rate,
         deposit_burst: cli.deposit_burst,
         token_lifetime: Duration::from_secs(cli.token_lifetime),
+        moved_grace: Duration::from_secs(cli.moved_grace),
         ..Limits::default()
     };
     let server = start(ServerConfig {

@@ -838,6 +838,65 @@ async fn a_move_switches_only_once_the_record_is_confirmed() {
     assert_eq!(previous.map(|(s, _)| s), Some(n("~s1")), "~s1 still read");
 }
 
+/// Attack 10, the server side: the old server kept taking deposits (with
+/// receipts) for a user who had moved away. After its grace period it now
+/// answers "moved", and a sender looks the record up again and delivers to
+/// the new server.
+#[tokio::test]
+async fn the_old_server_answers_moved_after_the_grace_period() {
+    let mut net = chat_net(1, &["~s2"]).await;
+    net.add_server("~m1", &["--moved-grace", "1"])
+        .await
+        .expect("server with a short grace");
+    let root = net.root().to_path_buf();
+    let mut alice = user(&net, &root.join("alice"), "@alice", "~m1").await;
+    let mut bob = user(&net, &root.join("bob"), "@bob", "~s2").await;
+    bob.send(&n("@alice"), "before").await.expect("send");
+    let (got, _, _) = receive(&mut alice, 1).await;
+    assert_eq!(got[0].text, "before");
+    alice.move_to(&n("~s2")).await.expect("move");
+
+    let m1 = rpc(&net.server(1).url);
+    let to_alice = devices_of(&mut bob, "@alice").await;
+    let env = hex::encode(encode(
+        &seal(
+            &event(&DeviceKeys::from_seed([5; 32]), "@x", "@alice", "x"),
+            &to_alice,
+        )
+        .expect("seal"),
+    ));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match m1.mailbox_deposit("@alice".into(), env.clone()).await {
+            Err(e) if e.to_string().contains("moved") => {
+                assert!(e.to_string().contains("~s2"), "{e}");
+                break;
+            }
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "~m1 still takes deposits for @alice: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    // A sender whose cached record still says ~m1 is refused there, looks
+    // the record up again and delivers to ~s2.
+    bob.send(&n("@alice"), "after the move")
+        .await
+        .expect("send");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = alice.poll(Duration::from_millis(300)).await.expect("poll");
+        if r.messages.iter().any(|m| m.text == "after the move") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never delivered after the move");
+        let _ = bob.flush().await;
+    }
+}
+
 #[tokio::test]
 async fn cli_whois_and_clear_errors() {
     let net = chat_net(2, &["~s1"]).await;
