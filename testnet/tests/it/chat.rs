@@ -189,34 +189,7 @@ async fn server_kill_9_loses_no_acknowledged_message_and_queued_ones_survive_cli
 
 /// Register `name` on `server` for a device whose keys the test holds.
 async fn manual_user(net: &Testnet, name: &str, server: &str, device: &DeviceKeys, root: u8) {
-    let lc = LightClient::new(
-        LcConfig::new(net.params().expect("params")),
-        net.node_urls()
-            .iter()
-            .map(|u| HttpSource::new(u, Duration::from_secs(10)).expect("source"))
-            .collect(),
-    )
-    .expect("light client");
-    let value = UserRecord {
-        server: n(server),
-        devices: vec![device.device()],
-    }
-    .to_value()
-    .expect("record");
-    let key = SecretKey::from_seed([root; 32]);
-    lc.publish(&key, &n(name), value.clone(), None)
-        .await
-        .expect("published");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(l) = lc.resolve(&n(name)).await
-            && l.record().is_some_and(|r| r.value.as_bytes() == value)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} not confirmed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_devices(net, name, server, &[device], root).await;
 }
 
 fn rpc(url: &str) -> HttpClient {
@@ -378,9 +351,8 @@ fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
 #[derive(Debug, Clone)]
 struct KeyForger {
     inner: HttpClient,
-    extra: Vec<String>,
-    /// When set, `keys_fetch` answers this instead of `extra`.
-    answer: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+    /// What `keys_fetch` answers (the test may change it).
+    answer: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 #[async_trait]
@@ -442,53 +414,52 @@ impl ConciergeApiServer for KeyForger {
         ))
     }
     fn keys_fetch(&self, _user: String) -> RpcResult<Vec<String>> {
-        Ok(match &self.answer {
-            Some(a) => a.lock().expect("lock").clone(),
-            None => self.extra.clone(),
-        })
+        Ok(self.answer.lock().expect("lock").clone())
     }
 }
 
-#[tokio::test]
-async fn forged_and_stale_medium_keys_are_refused() {
-    let net = chat_net(2, &["~s1"]).await;
-    let root = net.root().to_path_buf();
-    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
-    // ~evil: a real server whose published URL is a front that serves
-    // bad keys for @carol (deposits go straight through to the server,
-    // through jsonrpsee's method forwarding below).
+/// A real concierge server `server` whose published URL is a [`KeyForger`]
+/// front answering `keys_fetch` with `answer` (deposits go through to the
+/// server), with `user` (device `keys`, root seed `root`) registered on it,
+/// logged in and its mailbox created. Returns the server, a client of the
+/// server itself, the user's token and the front.
+async fn key_front(
+    net: &Testnet,
+    server: &str,
+    user: &str,
+    keys: &DeviceKeys,
+    root: u8,
+    answer: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> (
+    xirtam_chat::server::RunningServer,
+    HttpClient,
+    String,
+    jsonrpsee::server::ServerHandle,
+) {
     let front = Server::builder()
         .build("127.0.0.1:0")
         .await
         .expect("bind the front");
     let front_url = format!("http://{}", front.local_addr().expect("addr"));
-    let evil = xirtam_chat::server::start(ServerConfig {
-        name: n("~evil"),
+    let real = xirtam_chat::server::start(ServerConfig {
+        name: n(server),
         params: net.params().expect("params"),
-        datadir: root.join("evil"),
+        datadir: net.root().join(server.trim_start_matches('~')),
         nodes: net.node_urls(),
         listen: "127.0.0.1:0".parse().expect("addr"),
-        public_url: Some(front_url.clone()),
+        public_url: Some(front_url),
         depth: None,
         limits: Limits::default(),
     })
     .await
-    .expect("evil server");
-    let carol = DeviceKeys::from_seed([9; 32]);
-    let now = xirtam_chat::unix_now();
-    let stale = carol.medium_key(now - 7200, 3600).expect("key").key;
-    let other = DeviceKeys::from_seed([10; 32]);
-    let mut forged = other.medium_key(now, 3600).expect("key").key;
-    forged.device = carol.device().sign; // claims to be carol's device
-    let extra = vec![hex::encode(encode(&stale)), hex::encode(encode(&forged))];
-    let inner = rpc(&format!("http://{}", evil.addr));
+    .expect("server");
+    let inner = rpc(&format!("http://{}", real.addr));
     let mut module = KeyForger {
         inner: inner.clone(),
-        extra,
-        answer: None,
+        answer,
     }
     .into_rpc();
-    // Forward deposits and logins to the real server.
+    // Forward deposits to the real server.
     module.remove_method("mailbox_deposit");
     module
         .register_async_method("mailbox_deposit", |params, ctx, _| async move {
@@ -498,11 +469,11 @@ async fn forged_and_stale_medium_keys_are_refused() {
             })
         })
         .expect("register");
-    let _front = front.start(module);
-    manual_user(&net, "@carol", "~evil", &carol, 90).await;
-    let token = login(&inner, "~evil", "@carol", &carol).await;
+    let handle = front.start(module);
+    manual_user(net, user, server, keys, root).await;
+    let token = login(&inner, server, user, keys).await;
     inner.mailbox_create(token.clone()).await.expect("mailbox");
-    // The server must be confirmed before alice can reach it.
+    // The server must be confirmed before senders can reach it.
     let deadline = Instant::now() + WAIT;
     while inner
         .server_info()
@@ -514,6 +485,27 @@ async fn forged_and_stale_medium_keys_are_refused() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (real, inner, token, handle)
+}
+
+#[tokio::test]
+async fn forged_and_stale_medium_keys_are_refused() {
+    let net = chat_net(2, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    // ~evil: a real server whose published URL is a front that serves
+    // bad keys for @carol.
+    let carol = DeviceKeys::from_seed([9; 32]);
+    let now = xirtam_chat::unix_now();
+    let stale = carol.medium_key(now - 7200, 3600).expect("key").key;
+    let other = DeviceKeys::from_seed([10; 32]);
+    let mut forged = other.medium_key(now, 3600).expect("key").key;
+    forged.device = carol.device().sign; // claims to be carol's device
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        hex::encode(encode(&stale)),
+        hex::encode(encode(&forged)),
+    ]));
+    let (evil, inner, token, _front) = key_front(&net, "~evil", "@carol", &carol, 90, answer).await;
 
     let (_, r) = alice
         .send(&n("@carol"), "for carol only")
@@ -563,60 +555,14 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
     let root = net.root().to_path_buf();
     let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
     let mut dave = user(&net, &root.join("dave"), "@dave", "~s1").await;
-    let front = Server::builder()
-        .build("127.0.0.1:0")
-        .await
-        .expect("bind the front");
-    let front_url = format!("http://{}", front.local_addr().expect("addr"));
-    let evil = xirtam_chat::server::start(ServerConfig {
-        name: n("~blank"),
-        params: net.params().expect("params"),
-        datadir: root.join("blank"),
-        nodes: net.node_urls(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        public_url: Some(front_url.clone()),
-        depth: None,
-        limits: Limits::default(),
-    })
-    .await
-    .expect("server");
     let carol = DeviceKeys::from_seed([11; 32]);
     let now = xirtam_chat::unix_now();
     // Valid for 15 s: long enough for the first two sends, short enough
     // to see what happens once the only key alice saw has expired.
     let medium = carol.medium_key(now, 15).expect("key").key;
     let answer = std::sync::Arc::new(std::sync::Mutex::new(vec![hex::encode(encode(&medium))]));
-    let inner = rpc(&format!("http://{}", evil.addr));
-    let mut module = KeyForger {
-        inner: inner.clone(),
-        extra: Vec::new(),
-        answer: Some(answer.clone()),
-    }
-    .into_rpc();
-    module.remove_method("mailbox_deposit");
-    module
-        .register_async_method("mailbox_deposit", |params, ctx, _| async move {
-            let (to, env): (String, String) = params.parse()?;
-            ctx.inner.mailbox_deposit(to, env).await.map_err(|e| {
-                jsonrpsee::types::ErrorObjectOwned::owned(-32000, e.to_string(), None::<()>)
-            })
-        })
-        .expect("register");
-    let _front = front.start(module);
-    manual_user(&net, "@carol", "~blank", &carol, 110).await;
-    let token = login(&inner, "~blank", "@carol", &carol).await;
-    inner.mailbox_create(token.clone()).await.expect("mailbox");
-    let deadline = Instant::now() + WAIT;
-    while inner
-        .server_info()
-        .await
-        .expect("info")
-        .registered_at
-        .is_none()
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (evil, inner, token, _front) =
+        key_front(&net, "~blank", "@carol", &carol, 110, answer.clone()).await;
     let wraps = |seq: usize| {
         let inner = inner.clone();
         let token = token.clone();
