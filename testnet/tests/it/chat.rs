@@ -199,26 +199,37 @@ fn rpc(url: &str) -> HttpClient {
         .expect("client")
 }
 
-/// Log `device` in as `user` on the server at `url` (named `server`).
+/// Log `device` in as `user` on the server at `url` (named `server`). The
+/// record was confirmed for the test's own light client; the server's may
+/// still be a block behind, so "not registered" is retried for a while.
 async fn login(c: &HttpClient, server: &str, user: &str, device: &DeviceKeys) -> String {
-    let ch = c.auth_challenge(user.into()).await.expect("challenge");
-    let bytes: [u8; 32] = hex::decode(&ch.challenge)
-        .expect("hex")
-        .try_into()
-        .expect("32");
-    let sig = device.sign(
-        api::AUTH_TAG,
-        &api::auth_payload(&n(server), &n(user), &bytes),
-    );
-    c.auth_login(
-        user.into(),
-        device.device().sign.to_hex(),
-        ch.challenge,
-        hex::encode(sig.0),
-    )
-    .await
-    .expect("login")
-    .token
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ch = c.auth_challenge(user.into()).await.expect("challenge");
+        let bytes: [u8; 32] = hex::decode(&ch.challenge)
+            .expect("hex")
+            .try_into()
+            .expect("32");
+        let sig = device.sign(
+            api::AUTH_TAG,
+            &api::auth_payload(&n(server), &n(user), &bytes),
+        );
+        match c
+            .auth_login(
+                user.into(),
+                device.device().sign.to_hex(),
+                ch.challenge,
+                hex::encode(sig.0),
+            )
+            .await
+        {
+            Ok(t) => return t.token,
+            Err(e) if e.to_string().contains("not registered") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("login: {e}"),
+        }
+    }
 }
 
 fn event(keys: &DeviceKeys, sender: &str, to: &str, body: &str) -> SignedEvent {
@@ -556,13 +567,17 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
     let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
     let mut dave = user(&net, &root.join("dave"), "@dave", "~s1").await;
     let carol = DeviceKeys::from_seed([11; 32]);
-    let now = xirtam_chat::unix_now();
-    // Valid for 15 s: long enough for the first two sends, short enough
-    // to see what happens once the only key alice saw has expired.
-    let medium = carol.medium_key(now, 15).expect("key").key;
-    let answer = std::sync::Arc::new(std::sync::Mutex::new(vec![hex::encode(encode(&medium))]));
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (evil, inner, token, _front) =
         key_front(&net, "~blank", "@carol", &carol, 110, answer.clone()).await;
+    // Valid for 15 s from now (after the setup): long enough for the first
+    // two sends, short enough to see what happens once the only key alice
+    // saw has expired.
+    let medium = carol
+        .medium_key(xirtam_chat::unix_now(), 15)
+        .expect("key")
+        .key;
+    *answer.lock().expect("lock") = vec![hex::encode(encode(&medium))];
     let wraps = |seq: usize| {
         let inner = inner.clone();
         let token = token.clone();
