@@ -187,6 +187,28 @@ async fn server_kill_9_loses_no_acknowledged_message_and_queued_ones_survive_cli
     assert_eq!(texts, want);
 }
 
+/// Run `xirtam-chat` on regtest with every node of `net` and data
+/// directory `dir`, then `args`.
+fn chat_cli(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Output {
+    let bin =
+        xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
+    let mut full = vec![
+        "--network".to_string(),
+        "regtest".into(),
+        "--datadir".into(),
+        dir.display().to_string(),
+    ];
+    for u in net.node_urls() {
+        full.push("--node".into());
+        full.push(u);
+    }
+    full.extend(args.iter().map(|s| s.to_string()));
+    std::process::Command::new(&bin)
+        .args(&full)
+        .output()
+        .expect("run xirtam-chat")
+}
+
 /// Register `name` on `server` for a device whose keys the test holds.
 async fn manual_user(net: &Testnet, name: &str, server: &str, device: &DeviceKeys, root: u8) {
     publish_devices(net, name, server, &[device], root).await;
@@ -863,26 +885,8 @@ async fn cli_whois_and_clear_errors() {
     let net = chat_net(2, &["~s1"]).await;
     let root = net.root().to_path_buf();
     let _alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
-    let bin =
-        xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
     let dir = root.join("cli");
-    let run = |args: &[&str]| {
-        let mut full: Vec<String> = vec![
-            "--network".into(),
-            "regtest".into(),
-            "--datadir".into(),
-            dir.display().to_string(),
-        ];
-        for u in net.node_urls() {
-            full.push("--node".into());
-            full.push(u);
-        }
-        full.extend(args.iter().map(|s| s.to_string()));
-        std::process::Command::new(&bin)
-            .args(&full)
-            .output()
-            .expect("run xirtam-chat")
-    };
+    let run = |args: &[&str]| chat_cli(&net, &dir, args);
     let out = run(&["init"]);
     assert!(
         out.status.success(),
@@ -1001,23 +1005,7 @@ async fn the_cli_escapes_what_a_peer_wrote() {
     let (got, _, _) = receive(&mut bob, 1).await;
     assert_eq!(got[0].text, spoof, "stored as sent");
     drop(bob);
-    let bin =
-        xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
-    let mut args: Vec<String> = vec![
-        "--network".into(),
-        "regtest".into(),
-        "--datadir".into(),
-        bob_dir.display().to_string(),
-    ];
-    for u in net.node_urls() {
-        args.push("--node".into());
-        args.push(u);
-    }
-    args.push("inbox".into());
-    let out = std::process::Command::new(&bin)
-        .args(&args)
-        .output()
-        .expect("run xirtam-chat");
+    let out = chat_cli(&net, &bob_dir, &["inbox"]);
     assert!(
         out.status.success(),
         "{}",
@@ -1145,24 +1133,8 @@ fn shared_paths(dir: &Path) -> Vec<String> {
 async fn data_directories_are_private() {
     let net = chat_net(1, &["~s1"]).await;
     let root = net.root().to_path_buf();
-    let bin =
-        xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
     let dir = root.join("private");
-    let mut args = vec![
-        "--network".to_string(),
-        "regtest".into(),
-        "--datadir".into(),
-        dir.display().to_string(),
-    ];
-    for u in net.node_urls() {
-        args.push("--node".into());
-        args.push(u);
-    }
-    args.push("init".into());
-    let out = std::process::Command::new(&bin)
-        .args(&args)
-        .output()
-        .expect("run xirtam-chat");
+    let out = chat_cli(&net, &dir, &["init"]);
     assert!(
         out.status.success(),
         "{}",
@@ -1186,26 +1158,10 @@ async fn data_directories_are_private() {
 async fn the_root_key_can_live_apart_from_the_device() {
     let net = chat_net(1, &["~s1", "~s2"]).await;
     let root = net.root().to_path_buf();
-    let bin =
-        xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
     let dir = root.join("device");
     let usb = root.join("usb").join("dave.root");
     let run = |args: &[&str]| {
-        let mut full = vec![
-            "--network".to_string(),
-            "regtest".into(),
-            "--datadir".into(),
-            dir.display().to_string(),
-        ];
-        for u in net.node_urls() {
-            full.push("--node".into());
-            full.push(u);
-        }
-        full.extend(args.iter().map(|s| s.to_string()));
-        let out = std::process::Command::new(&bin)
-            .args(&full)
-            .output()
-            .expect("run xirtam-chat");
+        let out = chat_cli(&net, &dir, args);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
