@@ -13,8 +13,18 @@ use xirtam_proofs::{Hash, Name, PublicKey, encode};
 pub const AUTH_TAG: &str = "xirtam/chat/auth/v1";
 /// Domain tag of a server's deposit receipt.
 pub const RECEIPT_TAG: &str = "xirtam/chat/receipt/v1";
-/// Domain tag of a user's mailbox id.
+/// Domain tag of a user's mailbox id (the contacts lane).
 pub const MAILBOX_TAG: &str = "xirtam/chat/mailbox/v1";
+/// Domain tag of a user's requests mailbox id (the lane for first
+/// contact, open to anyone with postage).
+pub const REQUESTS_TAG: &str = "xirtam/chat/requests/v1";
+/// Domain tag of a contact pass's hash.
+pub const PASS_TAG: &str = "xirtam/chat/pass/v1";
+/// Domain tag of postage (the proof of work on a first-contact deposit).
+pub const POSTAGE_TAG: &str = "xirtam/chat/postage/v1";
+/// Most postage difficulty a client accepts to pay (bits), whatever a
+/// server asks.
+pub const MAX_POSTAGE_BITS: u32 = 28;
 
 /// Most cursors one `mailbox_receive` call may watch.
 pub const MAX_CURSORS: usize = 16;
@@ -51,11 +61,60 @@ pub mod code {
     /// longer than the server's grace period: look the record up again and
     /// deposit there (`data.server` names it).
     pub const MOVED: i32 = -32057;
+    /// The contact pass is not registered for the recipient's mailbox
+    /// (never given, withdrawn, or not carried over after a move): deposit
+    /// into the requests lane with postage instead.
+    pub const PASS_REFUSED: i32 = -32058;
+    /// A deposit without a contact pass needs postage (`data.bits`,
+    /// `data.window`), and the postage given is missing, too weak, names a
+    /// block that is not recent on the server's chain, or was used before.
+    pub const POSTAGE_REQUIRED: i32 = -32059;
 }
 
 /// The mailbox id of `user`'s direct messages on any server.
 pub fn mailbox_id(user: &Name) -> Hash {
     xirtam_proofs::hash::hash_tagged(MAILBOX_TAG, user.as_str().as_bytes())
+}
+
+/// The id of `user`'s requests mailbox: first contact from strangers, with
+/// postage, kept apart from the contacts lane ([`mailbox_id`]).
+pub fn requests_id(user: &Name) -> Hash {
+    xirtam_proofs::hash::hash_tagged(REQUESTS_TAG, user.as_str().as_bytes())
+}
+
+/// The hash a server keeps of a contact pass.
+pub fn pass_hash(pass: &[u8; 32]) -> Hash {
+    xirtam_proofs::hash::hash_tagged(PASS_TAG, pass)
+}
+
+/// The postage digest: `H(POSTAGE_TAG, mailbox ‖ envelope hash ‖ block
+/// hash ‖ u64be(nonce))`. Postage is valid with at least `bits` leading
+/// zero bits.
+pub fn postage_digest(mailbox: &Hash, envelope: &Hash, block: &Hash, nonce: u64) -> Hash {
+    xirtam_proofs::hash::hash_parts(
+        POSTAGE_TAG,
+        &[&mailbox.0, &envelope.0, &block.0, &nonce.to_be_bytes()],
+    )
+}
+
+/// Leading zero bits of a hash (read big-endian).
+pub fn leading_zero_bits(h: &Hash) -> u32 {
+    let mut n = 0;
+    for b in h.0 {
+        n += b.leading_zeros();
+        if b != 0 {
+            break;
+        }
+    }
+    n
+}
+
+/// Find a nonce making [`postage_digest`] carry `bits` leading zero bits
+/// (expected `2^bits` hashes).
+pub fn solve_postage(mailbox: &Hash, envelope: &Hash, block: &Hash, bits: u32) -> u64 {
+    (0..=u64::MAX)
+        .find(|n| leading_zero_bits(&postage_digest(mailbox, envelope, block, *n)) >= bits)
+        .unwrap_or(u64::MAX)
 }
 
 /// The bytes a device signs to answer a login challenge.
@@ -87,6 +146,11 @@ pub struct ServerInfo {
     /// Height at which the light client saw the server's own record match
     /// its configuration (confirmed), or `null` while not yet.
     pub registered_at: Option<u64>,
+    /// Postage difficulty (leading zero bits) of a deposit without a
+    /// contact pass.
+    pub postage_bits: u32,
+    /// How many blocks old the block postage names may be.
+    pub postage_window: u64,
 }
 
 /// `auth_challenge`.
@@ -118,6 +182,22 @@ pub struct MailboxInfo {
     pub created: bool,
     /// Sequence number the next envelope gets.
     pub next_seq: u64,
+    /// The requests mailbox id (hex).
+    pub requests: String,
+}
+
+/// Postage on a deposit without a contact pass: a nonce making
+/// [`postage_digest`] of the requests mailbox, the envelope's hash
+/// ([`envelope_hash`]) and a recent block carry the server's
+/// `postage_bits` leading zero bits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Postage {
+    /// Height of the block.
+    pub height: u64,
+    /// Its hash (hex).
+    pub block: String,
+    /// The nonce.
+    pub nonce: u64,
 }
 
 /// `mailbox_deposit`.
@@ -184,10 +264,29 @@ pub trait ConciergeApi {
     #[method(name = "mailbox_create")]
     async fn mailbox_create(&self, token: String) -> RpcResult<MailboxInfo>;
 
-    /// Deposit an envelope (hex) for `recipient`; anyone may, within size
-    /// and rate limits. Answered once the envelope is durable.
+    /// Deposit an envelope (hex) for `recipient`, within size and rate
+    /// limits: with a contact `pass` (hex, registered by the recipient)
+    /// into the contacts lane, or with `postage` into the requests lane.
+    /// Answered once the envelope is durable.
     #[method(name = "mailbox_deposit")]
-    async fn mailbox_deposit(&self, recipient: String, envelope: String) -> RpcResult<Receipt>;
+    async fn mailbox_deposit(
+        &self,
+        recipient: String,
+        envelope: String,
+        pass: Option<String>,
+        postage: Option<Postage>,
+    ) -> RpcResult<Receipt>;
+
+    /// Register (`add`) and withdraw (`remove`) hashes of contact passes
+    /// (hex, [`pass_hash`]) for the token holder's mailbox; returns how
+    /// many are registered.
+    #[method(name = "mailbox_passes")]
+    async fn mailbox_passes(
+        &self,
+        token: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> RpcResult<u64>;
 
     /// Envelopes after each cursor; waits up to `wait_ms` for one to
     /// arrive (long-poll).
@@ -199,8 +298,9 @@ pub trait ConciergeApi {
         wait_ms: u64,
     ) -> RpcResult<Vec<Batch>>;
 
-    /// Delete envelopes up to and including `up_to`; returns how many,
-    /// once the deletion is durable.
+    /// The token's device has processed the envelopes up to and including
+    /// `up_to`; those every device of the user's verified record has
+    /// acknowledged are deleted. Returns how many were, once durable.
     #[method(name = "mailbox_ack")]
     async fn mailbox_ack(&self, token: String, mailbox: String, up_to: u64) -> RpcResult<u64>;
 

@@ -8,9 +8,17 @@
 //! together), written through the WAL before it is acknowledged, so a
 //! `kill -9` loses nothing that was acknowledged.
 //!
-//! Column families: `mailboxes` (id → [`MailboxMeta`]) and `messages`
-//! (id ‖ u64be(seq) → envelope bytes), and `keys` (key hash of the user's
-//! name ‖ device signing key → the device's latest signed medium-term key).
+//! Every device of the owner acknowledges on its own: the mailbox keeps each
+//! device's acknowledged sequence number, and an envelope is deleted only
+//! once every device listed in the owner's verified record (the caller
+//! passes that list) has acknowledged it, or once it is older than the
+//! store's retention.
+//!
+//! Column families: `mailboxes` (id → [`MailboxMeta`]), `messages`
+//! (id ‖ u64be(seq) → u64be(deposit time, Unix s) ‖ envelope bytes), `keys`
+//! (key hash of the user's name ‖ device signing key → the device's latest
+//! signed medium-term key) and `passes` (id ‖ pass hash → empty: the
+//! contact passes that open the mailbox to deposits, see docs/chat.md).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,6 +34,9 @@ use xirtam_proofs::{Hash, Name, PublicKey, decode, encode};
 const CF_MAILBOXES: &str = "mailboxes";
 const CF_MESSAGES: &str = "messages";
 const CF_KEYS: &str = "keys";
+const CF_PASSES: &str = "passes";
+/// Most envelopes one acknowledgement expires (the rest at the next).
+const EXPIRE_BATCH: usize = 1024;
 
 /// A mailbox's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -34,8 +45,25 @@ pub struct MailboxMeta {
     pub owner: Name,
     /// Sequence number the next envelope gets.
     pub next_seq: u64,
-    /// Envelopes stored (not yet acknowledged).
+    /// Envelopes stored (not yet acknowledged by every device).
     pub stored: u64,
+    /// Most envelopes it holds.
+    pub cap: u64,
+    /// Each device's acknowledged sequence number (only devices listed in
+    /// the owner's record at the last acknowledgement).
+    pub acks: Vec<(PublicKey, u64)>,
+    /// Contact passes registered.
+    pub passes: u64,
+}
+
+impl MailboxMeta {
+    /// The sequence number `device` acknowledged (0: none).
+    pub fn acked(&self, device: &PublicKey) -> u64 {
+        self.acks
+            .iter()
+            .find(|(d, _)| d == device)
+            .map_or(0, |(_, a)| *a)
+    }
 }
 
 /// A mailbox operation failed.
@@ -62,6 +90,9 @@ pub enum MailboxError {
     /// The mailbox holds too many envelopes.
     #[error("mailbox {0} is full")]
     Full(Hash),
+    /// The mailbox has as many contact passes as it may.
+    #[error("mailbox {0} has too many contact passes")]
+    TooManyPasses(Hash),
 }
 
 /// One stored envelope.
@@ -94,7 +125,9 @@ struct Core {
     db: DB,
     /// Held by whoever writes metadata (the writer thread, `create`).
     write: Mutex<()>,
-    max_stored: u64,
+    /// Envelopes older than this (seconds) are deleted even if a device
+    /// never acknowledged them (a lost device must not fill the mailbox).
+    retention: u64,
 }
 
 impl Drop for MailboxStore {
@@ -108,8 +141,27 @@ impl Drop for MailboxStore {
 
 /// A change to a mailbox, applied in a group commit.
 enum Change {
-    Append { id: Hash, envelope: Vec<u8> },
-    Ack { id: Hash, up_to: u64 },
+    Append {
+        id: Hash,
+        envelope: Vec<u8>,
+    },
+    Ack {
+        id: Hash,
+        device: PublicKey,
+        listed: Vec<PublicKey>,
+        up_to: u64,
+    },
+}
+
+impl Change {
+    fn ack(id: &Hash, device: &PublicKey, listed: &[PublicKey], up_to: u64) -> Self {
+        Change::Ack {
+            id: *id,
+            device: *device,
+            listed: listed.to_vec(),
+            up_to,
+        }
+    }
 }
 
 /// A queued change and where its outcome goes.
@@ -131,6 +183,13 @@ impl std::fmt::Debug for MailboxStore {
     }
 }
 
+fn pass_key(id: &Hash, pass: &Hash) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(&id.0);
+    k[32..].copy_from_slice(&pass.0);
+    k
+}
+
 fn message_key(id: &Hash, seq: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..32].copy_from_slice(&id.0);
@@ -139,21 +198,21 @@ fn message_key(id: &Hash, seq: u64) -> [u8; 40] {
 }
 
 impl MailboxStore {
-    /// Open (or create) the store at `path`; a mailbox holds at most
-    /// `max_stored` unacknowledged envelopes.
-    pub fn open(path: &Path, max_stored: u64) -> Result<Self, MailboxError> {
+    /// Open (or create) the store at `path`; envelopes are kept at most
+    /// `retention` seconds.
+    pub fn open(path: &Path, retention: u64) -> Result<Self, MailboxError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = [CF_MAILBOXES, CF_MESSAGES, CF_KEYS]
+        let cfs = [CF_MAILBOXES, CF_MESSAGES, CF_KEYS, CF_PASSES]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let core = Arc::new(Core {
             db,
             write: Mutex::new(()),
-            max_stored,
+            retention,
         });
         let (tx, rx) = std::sync::mpsc::channel::<Queued>();
         let writer = {
@@ -183,10 +242,10 @@ impl MailboxStore {
         self.core.meta(id)
     }
 
-    /// Create mailbox `id` for `owner`. Returns `false` when it already
-    /// existed for the same owner.
-    pub fn create(&self, id: &Hash, owner: &Name) -> Result<bool, MailboxError> {
-        self.core.create(id, owner)
+    /// Create mailbox `id` for `owner`, holding at most `cap` envelopes.
+    /// Returns `false` when it already existed for the same owner.
+    pub fn create(&self, id: &Hash, owner: &Name, cap: u64) -> Result<bool, MailboxError> {
+        self.core.create(id, owner, cap)
     }
 
     /// Append an envelope; returns its sequence number once it is durable.
@@ -212,26 +271,63 @@ impl MailboxStore {
         .map_err(|_| writer_gone())?
     }
 
-    /// Delete the envelopes up to and including `up_to` (a prefix: see
-    /// [`MailboxStore::ack_async`]); returns how many, once durable. From
-    /// async code use [`MailboxStore::ack_async`].
-    pub fn ack(&self, id: &Hash, up_to: u64) -> Result<u64, MailboxError> {
-        self.queue(Change::Ack { id: *id, up_to })?
+    /// `device` acknowledges the envelopes up to and including `up_to`
+    /// (see [`MailboxStore::ack_async`]); returns how many were deleted,
+    /// once durable. From async code use [`MailboxStore::ack_async`].
+    pub fn ack(
+        &self,
+        id: &Hash,
+        device: &PublicKey,
+        listed: &[PublicKey],
+        up_to: u64,
+    ) -> Result<u64, MailboxError> {
+        self.queue(Change::ack(id, device, listed, up_to))?
             .blocking_recv()
             .map_err(|_| writer_gone())?
     }
 
-    /// Delete envelopes up to and including `up_to`, awaiting the group
-    /// commit.
+    /// `device` acknowledges the envelopes up to and including `up_to`,
+    /// awaiting the group commit. `listed` are the devices of the owner's
+    /// verified record: envelopes every one of them has acknowledged are
+    /// deleted (and those older than the retention); acknowledgements of
+    /// devices no longer listed are forgotten. Returns how many envelopes
+    /// were deleted.
     ///
-    /// Acknowledgements remove a prefix, so the stored envelopes are always
+    /// Deletions remove a prefix, so the stored envelopes are always
     /// `next_seq - stored .. next_seq`: the range to delete is known without
     /// reading, and each key gets a point delete (range tombstones pile up
     /// and slow every later read of the column family).
-    pub async fn ack_async(&self, id: &Hash, up_to: u64) -> Result<u64, MailboxError> {
-        self.queue(Change::Ack { id: *id, up_to })?
+    pub async fn ack_async(
+        &self,
+        id: &Hash,
+        device: &PublicKey,
+        listed: &[PublicKey],
+        up_to: u64,
+    ) -> Result<u64, MailboxError> {
+        self.queue(Change::ack(id, device, listed, up_to))?
             .await
             .map_err(|_| writer_gone())?
+    }
+
+    /// Register and withdraw contact passes (by hash) of mailbox `id`,
+    /// durably; at most `max` may be registered. Returns how many are.
+    pub fn update_passes(
+        &self,
+        id: &Hash,
+        add: &[Hash],
+        remove: &[Hash],
+        max: u64,
+    ) -> Result<u64, MailboxError> {
+        self.core.update_passes(id, add, remove, max)
+    }
+
+    /// Is `pass` (a hash) registered for mailbox `id`?
+    pub fn has_pass(&self, id: &Hash, pass: &Hash) -> Result<bool, MailboxError> {
+        Ok(self
+            .core
+            .db
+            .get_pinned_cf(self.core.cf(CF_PASSES)?, pass_key(id, pass))?
+            .is_some())
     }
 
     fn queue(
@@ -298,7 +394,7 @@ impl Core {
 
     /// Create mailbox `id` for `owner`. Returns `false` when it already
     /// existed for the same owner.
-    fn create(&self, id: &Hash, owner: &Name) -> Result<bool, MailboxError> {
+    fn create(&self, id: &Hash, owner: &Name, cap: u64) -> Result<bool, MailboxError> {
         let _w = self.write.lock();
         match self.meta(id)? {
             Some(m) if &m.owner == owner => Ok(false),
@@ -311,6 +407,9 @@ impl Core {
                     owner: owner.clone(),
                     next_seq: 1,
                     stored: 0,
+                    cap,
+                    acks: Vec::new(),
+                    passes: 0,
                 };
                 self.db
                     .put_cf_opt(self.cf(CF_MAILBOXES)?, id.0, encode(&meta), &durable())?;
@@ -366,31 +465,145 @@ impl Core {
         };
         match change {
             Change::Append { envelope, .. } => {
+                if meta.stored >= meta.cap {
+                    self.expire(&id, meta, wb)?;
+                }
                 // u64::MAX stays unassigned: it bounds `read`'s iterator.
-                if meta.stored >= self.max_stored || meta.next_seq == u64::MAX {
+                if meta.stored >= meta.cap || meta.next_seq == u64::MAX {
                     return Err(MailboxError::Full(id));
                 }
                 let seq = meta.next_seq;
                 meta.next_seq += 1;
                 meta.stored += 1;
-                wb.put_cf(self.cf(CF_MESSAGES)?, message_key(&id, seq), envelope);
+                let value = [&crate::unix_now().to_be_bytes()[..], envelope].concat();
+                wb.put_cf(self.cf(CF_MESSAGES)?, message_key(&id, seq), value);
                 Ok(seq)
             }
-            Change::Ack { up_to, .. } => {
-                let first = meta.next_seq.saturating_sub(meta.stored);
-                let last = (*up_to).min(meta.next_seq.saturating_sub(1));
-                if last < first {
-                    return Ok(0);
+            Change::Ack {
+                device,
+                listed,
+                up_to,
+                ..
+            } => {
+                let mine = (*up_to).min(meta.next_seq.saturating_sub(1));
+                meta.acks.retain(|(d, _)| listed.contains(d));
+                if listed.contains(device) {
+                    match meta.acks.iter_mut().find(|(d, _)| d == device) {
+                        Some((_, a)) => *a = (*a).max(mine),
+                        None => meta.acks.push((*device, mine)),
+                    }
                 }
-                let n = last - first + 1;
-                let cf = self.cf(CF_MESSAGES)?;
-                for seq in first..=last {
-                    wb.delete_cf(cf, message_key(&id, seq));
+                let floor = listed.iter().map(|d| meta.acked(d)).min().unwrap_or(0);
+                let mut n = self.delete_through(&id, meta, floor, wb)?;
+                if meta.stored > 0 {
+                    n += self.expire(&id, meta, wb)?;
                 }
-                meta.stored -= n;
                 Ok(n)
             }
         }
+    }
+
+    /// Delete the stored envelopes up to and including `last`.
+    fn delete_through(
+        &self,
+        id: &Hash,
+        meta: &mut MailboxMeta,
+        last: u64,
+        wb: &mut WriteBatch,
+    ) -> Result<u64, MailboxError> {
+        let first = meta.next_seq.saturating_sub(meta.stored);
+        let last = last.min(meta.next_seq.saturating_sub(1));
+        if last < first {
+            return Ok(0);
+        }
+        let cf = self.cf(CF_MESSAGES)?;
+        for seq in first..=last {
+            wb.delete_cf(cf, message_key(id, seq));
+        }
+        meta.stored -= last - first + 1;
+        Ok(last - first + 1)
+    }
+
+    /// Delete the oldest envelopes deposited more than `retention` seconds
+    /// ago (at most [`EXPIRE_BATCH`]). Only written envelopes are read, so
+    /// appends staged in the same group (new anyway) are not seen.
+    fn expire(
+        &self,
+        id: &Hash,
+        meta: &mut MailboxMeta,
+        wb: &mut WriteBatch,
+    ) -> Result<u64, MailboxError> {
+        let first = meta.next_seq.saturating_sub(meta.stored);
+        let now = crate::unix_now();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(message_key(id, meta.next_seq).to_vec());
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_MESSAGES)?,
+            ro,
+            IteratorMode::From(&message_key(id, first), Direction::Forward),
+        );
+        let mut last = None;
+        for item in iter.take(EXPIRE_BATCH) {
+            let (k, v) = item?;
+            let at = v
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| MailboxError::Corrupt(format!("envelope in {id} without a time")))?;
+            if at.saturating_add(self.retention) > now {
+                break;
+            }
+            last = k
+                .get(32..40)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+        }
+        match last {
+            Some(l) => self.delete_through(id, meta, l, wb),
+            None => Ok(0),
+        }
+    }
+
+    /// See [`MailboxStore::update_passes`].
+    fn update_passes(
+        &self,
+        id: &Hash,
+        add: &[Hash],
+        remove: &[Hash],
+        max: u64,
+    ) -> Result<u64, MailboxError> {
+        let _w = self.write.lock();
+        let mut meta = self.meta(id)?.ok_or(MailboxError::NotFound(*id))?;
+        let cf = self.cf(CF_PASSES)?;
+        let mut wb = WriteBatch::default();
+        let mut staged: HashMap<Hash, bool> = HashMap::new();
+        let changes = remove
+            .iter()
+            .map(|p| (p, false))
+            .chain(add.iter().map(|p| (p, true)));
+        for (pass, on) in changes {
+            let was = match staged.get(pass) {
+                Some(v) => *v,
+                None => self.db.get_pinned_cf(cf, pass_key(id, pass))?.is_some(),
+            };
+            if was == on {
+                continue;
+            }
+            if on {
+                if meta.passes >= max {
+                    return Err(MailboxError::TooManyPasses(*id));
+                }
+                meta.passes += 1;
+                wb.put_cf(cf, pass_key(id, pass), []);
+            } else {
+                meta.passes = meta.passes.saturating_sub(1);
+                wb.delete_cf(cf, pass_key(id, pass));
+            }
+            staged.insert(*pass, on);
+        }
+        wb.put_cf(self.cf(CF_MAILBOXES)?, id.0, encode(&meta));
+        self.db.write_opt(wb, &durable())?;
+        Ok(meta.passes)
     }
 
     /// Envelopes after sequence number `after`, in order, at most `limit`
@@ -427,10 +640,15 @@ impl Core {
             }
             let mut seq = [0u8; 8];
             seq.copy_from_slice(&k[32..]);
-            bytes += v.len();
+            let Some(envelope) = v.get(8..) else {
+                return Err(MailboxError::Corrupt(format!(
+                    "envelope in {id} without a time"
+                )));
+            };
+            bytes += envelope.len();
             out.push(Stored {
                 seq: u64::from_be_bytes(seq),
-                bytes: v.into_vec(),
+                bytes: envelope.to_vec(),
             });
         }
         Ok(out)
@@ -478,20 +696,24 @@ mod tests {
         Name::new(s).expect("valid")
     }
 
+    const DAY: u64 = 86_400;
+    const D1: PublicKey = PublicKey([1; 32]);
+    const D2: PublicKey = PublicKey([2; 32]);
+
     #[test]
     fn append_read_ack_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = Hash([7; 32]);
         {
-            let s = MailboxStore::open(dir.path(), 1000).expect("open");
+            let s = MailboxStore::open(dir.path(), DAY).expect("open");
             assert!(matches!(
                 s.append(&id, b"x"),
                 Err(MailboxError::NotFound(_))
             ));
-            assert!(s.create(&id, &name("@bob")).expect("create"));
-            assert!(!s.create(&id, &name("@bob")).expect("again"));
+            assert!(s.create(&id, &name("@bob"), 1000).expect("create"));
+            assert!(!s.create(&id, &name("@bob"), 1000).expect("again"));
             assert!(matches!(
-                s.create(&id, &name("@eve")),
+                s.create(&id, &name("@eve"), 1000),
                 Err(MailboxError::Taken { .. })
             ));
             for i in 1..=5u64 {
@@ -509,11 +731,11 @@ mod tests {
                 1,
                 "at least one"
             );
-            assert_eq!(s.ack(&id, 3).expect("ack"), 3);
-            assert_eq!(s.ack(&id, 3).expect("ack again"), 0);
+            assert_eq!(s.ack(&id, &D1, &[D1], 3).expect("ack"), 3);
+            assert_eq!(s.ack(&id, &D1, &[D1], 3).expect("ack again"), 0);
         }
         // Reopened: the rest is there and numbering continues (no reuse).
-        let s = MailboxStore::open(dir.path(), 1000).expect("reopen");
+        let s = MailboxStore::open(dir.path(), DAY).expect("reopen");
         let got = s.read(&id, 0, 10, 1 << 20).expect("read");
         assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
         assert_eq!(s.append(&id, b"m6").expect("append"), 6);
@@ -521,7 +743,7 @@ mod tests {
         assert_eq!((meta.next_seq, meta.stored), (7, 3));
         // Other mailboxes do not leak into this one.
         let other = Hash([8; 32]);
-        s.create(&other, &name("@carol")).expect("create");
+        s.create(&other, &name("@carol"), 1000).expect("create");
         s.append(&other, b"o1").expect("append");
         assert_eq!(s.read(&id, 5, 10, 1 << 20).expect("read").len(), 1);
     }
@@ -529,14 +751,88 @@ mod tests {
     #[test]
     fn a_full_mailbox_refuses_deposits_until_acknowledged() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = MailboxStore::open(dir.path(), 2).expect("open");
+        let s = MailboxStore::open(dir.path(), DAY).expect("open");
         let id = Hash([1; 32]);
-        s.create(&id, &name("@bob")).expect("create");
+        s.create(&id, &name("@bob"), 2).expect("create");
         s.append(&id, b"1").expect("append");
         s.append(&id, b"2").expect("append");
         assert!(matches!(s.append(&id, b"3"), Err(MailboxError::Full(_))));
-        s.ack(&id, 1).expect("ack");
+        s.ack(&id, &D1, &[D1], 1).expect("ack");
         assert_eq!(s.append(&id, b"3").expect("append"), 3);
+    }
+
+    /// An envelope stays until every listed device has acknowledged it:
+    /// one device's acknowledgement (of a copy it cannot even read) does
+    /// not take it from the others. A device removed from the record no
+    /// longer holds anything back.
+    #[test]
+    fn an_envelope_is_deleted_only_when_every_listed_device_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = MailboxStore::open(dir.path(), DAY).expect("open");
+        let id = Hash([3; 32]);
+        s.create(&id, &name("@bob"), 100).expect("create");
+        for _ in 0..4 {
+            s.append(&id, b"e").expect("append");
+        }
+        let both = [D1, D2];
+        assert_eq!(s.ack(&id, &D1, &both, 4).expect("ack"), 0);
+        assert_eq!(s.read(&id, 0, 10, 1 << 20).expect("read").len(), 4);
+        assert_eq!(s.ack(&id, &D2, &both, 2).expect("ack"), 2);
+        // An acknowledgement never goes back.
+        assert_eq!(s.ack(&id, &D1, &both, 1).expect("ack"), 0);
+        assert_eq!(s.meta(&id).expect("meta").expect("exists").acked(&D1), 4);
+        assert_eq!(s.ack(&id, &D2, &both, 3).expect("ack"), 1);
+        // A device that is not listed acknowledges nothing for the others.
+        assert_eq!(s.ack(&id, &PublicKey([9; 32]), &both, 4).expect("ack"), 0);
+        // D2 removed from the record: D1's acknowledgement is enough.
+        assert_eq!(s.ack(&id, &D1, &[D1], 4).expect("ack"), 1);
+        assert_eq!(s.meta(&id).expect("meta").expect("exists").stored, 0);
+    }
+
+    /// A device that never acknowledges (lost, switched off) cannot fill
+    /// the mailbox for good: envelopes older than the retention go.
+    #[test]
+    fn envelopes_past_the_retention_expire() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = MailboxStore::open(dir.path(), 0).expect("open");
+        let id = Hash([4; 32]);
+        s.create(&id, &name("@bob"), 2).expect("create");
+        s.append(&id, b"1").expect("append");
+        s.append(&id, b"2").expect("append");
+        // Full, but everything is past a zero retention: room is made.
+        assert_eq!(s.append(&id, b"3").expect("append"), 3);
+        assert_eq!(s.ack(&id, &D1, &[D1, D2], 0).expect("ack"), 1);
+        assert_eq!(s.meta(&id).expect("meta").expect("exists").stored, 0);
+        // With a day's retention nothing expires.
+        drop(s);
+        let s = MailboxStore::open(dir.path(), DAY).expect("reopen");
+        s.append(&id, b"4").expect("append");
+        assert_eq!(s.ack(&id, &D1, &[D1, D2], 4).expect("ack"), 0);
+        assert_eq!(s.read(&id, 0, 10, 1 << 20).expect("read").len(), 1);
+    }
+
+    #[test]
+    fn passes_are_counted_and_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = MailboxStore::open(dir.path(), DAY).expect("open");
+        let id = Hash([5; 32]);
+        let (p, q, r) = (Hash([1; 32]), Hash([2; 32]), Hash([3; 32]));
+        assert!(matches!(
+            s.update_passes(&id, &[p], &[], 2),
+            Err(MailboxError::NotFound(_))
+        ));
+        s.create(&id, &name("@bob"), 10).expect("create");
+        assert_eq!(s.update_passes(&id, &[p, q, p], &[], 2).expect("add"), 2);
+        assert!(s.has_pass(&id, &p).expect("has"));
+        assert!(!s.has_pass(&id, &r).expect("has"));
+        assert!(matches!(
+            s.update_passes(&id, &[r], &[], 2),
+            Err(MailboxError::TooManyPasses(_))
+        ));
+        assert_eq!(s.update_passes(&id, &[r], &[p], 2).expect("swap"), 2);
+        assert!(!s.has_pass(&id, &p).expect("has"));
+        assert!(s.has_pass(&id, &r).expect("has"));
+        assert!(!s.has_pass(&Hash([6; 32]), &r).expect("other mailbox"));
     }
 
     /// A read stops at its own mailbox: the acknowledged (deleted)
@@ -546,14 +842,14 @@ mod tests {
     fn reads_do_not_walk_the_next_mailboxs_tombstones() {
         use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel, set_perf_stats};
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = MailboxStore::open(dir.path(), 10_000).expect("open");
+        let s = MailboxStore::open(dir.path(), DAY).expect("open");
         let (a, b) = (Hash([1; 32]), Hash([2; 32]));
-        s.create(&a, &name("@a")).expect("create");
-        s.create(&b, &name("@b")).expect("create");
+        s.create(&a, &name("@a"), 10_000).expect("create");
+        s.create(&b, &name("@b"), 10_000).expect("create");
         for _ in 0..2_000 {
             s.append(&b, b"e").expect("append");
         }
-        assert_eq!(s.ack(&b, 2_000).expect("ack"), 2_000);
+        assert_eq!(s.ack(&b, &D1, &[D1], 2_000).expect("ack"), 2_000);
         s.append(&a, b"only").expect("append");
         set_perf_stats(PerfStatsLevel::EnableCount);
         let mut perf = PerfContext::default();

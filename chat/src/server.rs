@@ -39,8 +39,21 @@ use crate::records::{RecordError, ServerRecord, UserRecord, VerifiedUser};
 pub struct Limits {
     /// Largest envelope accepted (bytes).
     pub max_envelope: usize,
-    /// Most unacknowledged envelopes per mailbox.
+    /// Most unacknowledged envelopes in a user's contacts lane.
     pub max_stored: u64,
+    /// Most unacknowledged envelopes in a user's requests lane (first
+    /// contact, with postage).
+    pub max_requests: u64,
+    /// Envelopes older than this are deleted even if some device never
+    /// acknowledged them.
+    pub retention: Duration,
+    /// Postage difficulty of a deposit without a contact pass (leading
+    /// zero bits of the postage digest).
+    pub postage_bits: u32,
+    /// How many blocks old the block named by postage may be.
+    pub postage_window: u64,
+    /// Most contact passes per mailbox.
+    pub max_passes: u64,
     /// Sustained deposits per second into one mailbox.
     pub deposit_rate: f64,
     /// Deposits one mailbox accepts in a burst.
@@ -64,6 +77,11 @@ impl Default for Limits {
         Limits {
             max_envelope: 128 * 1024,
             max_stored: 10_000,
+            max_requests: 1_000,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            postage_bits: DEFAULT_POSTAGE_BITS,
+            postage_window: 64,
+            max_passes: 10_000,
             deposit_rate: 200.0,
             deposit_burst: 1_000.0,
             token_lifetime: Duration::from_secs(3600),
@@ -74,6 +92,10 @@ impl Default for Limits {
         }
     }
 }
+
+/// Default postage difficulty: about a second of one core
+/// (docs/BENCHMARKS.md, "Postage").
+pub const DEFAULT_POSTAGE_BITS: u32 = 22;
 
 /// How to run a server.
 #[derive(Debug, Clone)]
@@ -222,6 +244,12 @@ struct Concierge {
     users: Mutex<HashMap<Name, (Instant, VerifiedUser)>>,
     waiters: Mutex<HashMap<Hash, Arc<Notify>>>,
     buckets: Mutex<HashMap<Hash, Bucket>>,
+    /// Postage digests already used, with the height of the block they
+    /// name (dropped once it leaves the window).
+    used_postage: Mutex<HashMap<Hash, u64>>,
+    /// When postage last made the light client sync (at most once a
+    /// second).
+    postage_sync: tokio::sync::Mutex<Option<Instant>>,
     registered_at: Mutex<Option<u64>>,
 }
 
@@ -322,6 +350,7 @@ fn store_err(e: MailboxError) -> ErrorObjectOwned {
             format!("mailbox {id} is full; the owner must read and acknowledge first"),
         ),
         MailboxError::Taken { .. } => err(code::FORBIDDEN, e.to_string()),
+        MailboxError::TooManyPasses(_) => err(code::TOO_LARGE, e.to_string()),
         other => {
             tracing::error!(target: "server", error = %other, "storage failure");
             err(code::INTERNAL, format!("internal error: {other}"))
@@ -346,7 +375,7 @@ impl Concierge {
     /// [`Concierge::session`], and the session's device is still in the
     /// user's verified record (cached for `record_ttl`): a device removed
     /// from the record loses its session on its next call after that.
-    async fn live_session(&self, token: &str) -> RpcResult<(Name, PublicKey)> {
+    async fn live_session(&self, token: &str) -> RpcResult<(Name, PublicKey, VerifiedUser)> {
         let (user, device) = self.session(token)?;
         let v = self.user(&user).await?;
         if v.record().device(&device).is_none() {
@@ -361,7 +390,69 @@ impl Concierge {
                 ),
             ));
         }
-        Ok((user, device))
+        Ok((user, device, v))
+    }
+
+    /// Check postage on a deposit of `bytes` into requests mailbox `id`:
+    /// a recent block of the chain this server follows, enough work, not
+    /// used before.
+    async fn check_postage(
+        &self,
+        id: &Hash,
+        bytes: &[u8],
+        postage: Option<api::Postage>,
+    ) -> RpcResult<()> {
+        let (bits, window) = (self.limits.postage_bits, self.limits.postage_window);
+        let refuse = |why: String| {
+            ErrorObjectOwned::owned(
+                code::POSTAGE_REQUIRED,
+                format!(
+                    "{why}; a deposit without a contact pass needs postage of {bits} bits on a block at most {window} blocks old"
+                ),
+                Some(serde_json::json!({ "bits": bits, "window": window })),
+            )
+        };
+        let p = postage.ok_or_else(|| refuse("no postage".into()))?;
+        let block = Hash(parse_hex32("postage block", &p.block)?);
+        let digest = api::postage_digest(id, &api::envelope_hash(bytes), &block, p.nonce);
+        if api::leading_zero_bits(&digest) < bits {
+            return Err(refuse("postage too weak".into()));
+        }
+        if self.lc.hash_at(p.height) != Some(block) && p.height > self.lc.tip().height {
+            // The sender may be a block or two ahead of us: catch up, at
+            // most once a second whatever the callers claim.
+            let mut last = self.postage_sync.lock().await;
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                *last = Some(Instant::now());
+                if let Err(e) = self.lc.sync().await {
+                    tracing::debug!(target: "server::postage", error = %e, "sync for postage failed");
+                }
+            }
+        }
+        let tip = self.lc.tip().height;
+        if self.lc.hash_at(p.height) != Some(block) {
+            return Err(refuse(format!(
+                "block {block} at height {} is not on this server's chain (tip {tip})",
+                p.height
+            )));
+        }
+        if p.height.saturating_add(window) < tip {
+            return Err(refuse(format!("block {} is too old (tip {tip})", p.height)));
+        }
+        let mut used = self.used_postage.lock();
+        if used.len() >= MAX_PENDING {
+            used.retain(|_, h| h.saturating_add(window) >= tip);
+            if used.len() >= MAX_PENDING {
+                return Err(err(
+                    code::RATE_LIMITED,
+                    "too much postage in use; retry later",
+                ));
+            }
+        }
+        if used.insert(digest, p.height).is_some() {
+            return Err(refuse("this postage was used already".into()));
+        }
+        Ok(())
     }
 
     /// Refuse a deposit for `user` once their verified record has named
@@ -417,6 +508,17 @@ impl Concierge {
         }
         users.insert(user.clone(), (Instant::now(), v.clone()));
         Ok(v)
+    }
+
+    /// Forget the cached record of `user` if it is older than `age`;
+    /// returns whether it was.
+    fn evict_cached(&self, user: &Name, age: Duration) -> bool {
+        let mut users = self.users.lock();
+        let old = users.get(user).is_some_and(|(at, _)| at.elapsed() >= age);
+        if old {
+            users.remove(user);
+        }
+        old
     }
 
     fn rate_check(&self, id: &Hash) -> RpcResult<()> {
@@ -486,6 +588,8 @@ impl ConciergeApiServer for Rpc {
             network: c.params.name.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             registered_at: *c.registered_at.lock(),
+            postage_bits: c.limits.postage_bits,
+            postage_window: c.limits.postage_window,
         })
     }
 
@@ -537,7 +641,12 @@ impl ConciergeApiServer for Rpc {
                 &sig,
             )
             .map_err(|_| err(code::UNAUTHORIZED, "the signature does not verify"))?;
-        let v = c.user(&user).await?;
+        let mut v = c.user(&user).await?;
+        // A device just added to the record: look again once, if the
+        // cached record is more than a second old.
+        if v.record().device(&device).is_none() && c.evict_cached(&user, Duration::from_secs(1)) {
+            v = c.user(&user).await?;
+        }
         if v.record().device(&device).is_none() {
             return Err(err(
                 code::UNAUTHORIZED,
@@ -590,9 +699,16 @@ impl ConciergeApiServer for Rpc {
 
     async fn mailbox_create(&self, token: String) -> RpcResult<api::MailboxInfo> {
         let c = &self.0;
-        let (user, _) = c.live_session(&token).await?;
+        let (user, _, _) = c.live_session(&token).await?;
         let id = api::mailbox_id(&user);
-        let created = c.store.create(&id, &user).map_err(store_err)?;
+        let requests = api::requests_id(&user);
+        let created = c
+            .store
+            .create(&id, &user, c.limits.max_stored)
+            .map_err(store_err)?;
+        c.store
+            .create(&requests, &user, c.limits.max_requests)
+            .map_err(store_err)?;
         let meta = c
             .store
             .meta(&id)
@@ -605,6 +721,7 @@ impl ConciergeApiServer for Rpc {
             mailbox: id.to_hex(),
             created,
             next_seq: meta.next_seq,
+            requests: requests.to_hex(),
         })
     }
 
@@ -612,6 +729,8 @@ impl ConciergeApiServer for Rpc {
         &self,
         recipient: String,
         envelope: String,
+        pass: Option<String>,
+        postage: Option<api::Postage>,
     ) -> RpcResult<api::Receipt> {
         let c = &self.0;
         let recipient = parse_user(&recipient)?;
@@ -619,7 +738,14 @@ impl ConciergeApiServer for Rpc {
         // Opaque to the server, but it must at least be an envelope.
         decode::<crate::crypto::Envelope>(&bytes)
             .map_err(|e| invalid(format!("not an envelope: {e}")))?;
-        let id = api::mailbox_id(&recipient);
+        // Two lanes: contacts (with a pass the recipient registered) and
+        // requests (with postage), each with its own quota and rate, so
+        // strangers can never crowd out contacts.
+        let id = if pass.is_some() {
+            api::mailbox_id(&recipient)
+        } else {
+            api::requests_id(&recipient)
+        };
         // Rate-limit state only for mailboxes that exist: deposits to
         // made-up names cannot grow the table.
         if c.store.meta(&id).map_err(store_err)?.is_none() {
@@ -627,6 +753,26 @@ impl ConciergeApiServer for Rpc {
                 code::NOT_FOUND,
                 format!("{recipient} has no mailbox on {}", c.name),
             ));
+        }
+        match pass {
+            Some(pass) => {
+                let pass = parse_hex32("pass", &pass)?;
+                if !c
+                    .store
+                    .has_pass(&id, &api::pass_hash(&pass))
+                    .map_err(store_err)?
+                {
+                    return Err(err(
+                        code::PASS_REFUSED,
+                        format!(
+                            "{recipient} has not registered this contact pass here; deposit with postage"
+                        ),
+                    ));
+                }
+            }
+            // Checked before the rate limit: only valid postage spends
+            // the lane's tokens.
+            None => c.check_postage(&id, &bytes, postage).await?,
         }
         c.rate_check(&id)?;
         c.check_not_moved(&recipient).await?;
@@ -660,7 +806,7 @@ impl ConciergeApiServer for Rpc {
         wait_ms: u64,
     ) -> RpcResult<Vec<Batch>> {
         let c = &self.0;
-        let (user, _) = c.live_session(&token).await?;
+        let (user, _, _) = c.live_session(&token).await?;
         if cursors.is_empty() || cursors.len() > api::MAX_CURSORS {
             return Err(invalid(format!(
                 "between 1 and {} cursors",
@@ -702,20 +848,58 @@ impl ConciergeApiServer for Rpc {
 
     async fn mailbox_ack(&self, token: String, mailbox: String, up_to: u64) -> RpcResult<u64> {
         let c = &self.0;
-        let (user, _) = c.live_session(&token).await?;
+        let (user, device, v) = c.live_session(&token).await?;
         let id = Hash(parse_hex32("mailbox", &mailbox)?);
         match c.store.meta(&id).map_err(store_err)? {
             None => Err(err(code::NOT_FOUND, format!("no mailbox {id}"))),
             Some(m) if m.owner != user => {
                 Err(err(code::FORBIDDEN, format!("mailbox {id} is not yours")))
             }
-            Some(_) => c.store.ack_async(&id, up_to).await.map_err(store_err),
+            Some(_) => {
+                let listed: Vec<PublicKey> = v.record().devices.iter().map(|d| d.sign).collect();
+                c.store
+                    .ack_async(&id, &device, &listed, up_to)
+                    .await
+                    .map_err(store_err)
+            }
         }
+    }
+
+    async fn mailbox_passes(
+        &self,
+        token: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> RpcResult<u64> {
+        let c = &self.0;
+        let (user, _, _) = c.live_session(&token).await?;
+        let max = c.limits.max_passes as usize;
+        if add.len() > max || remove.len() > max {
+            return Err(err(
+                code::TOO_LARGE,
+                format!("at most {max} passes per call"),
+            ));
+        }
+        let parse = |v: &[String]| -> RpcResult<Vec<Hash>> {
+            v.iter()
+                .map(|h| parse_hex32("pass hash", h).map(Hash))
+                .collect()
+        };
+        let (add, remove) = (parse(&add)?, parse(&remove)?);
+        c.store
+            .update_passes(&api::mailbox_id(&user), &add, &remove, c.limits.max_passes)
+            .map_err(|e| match e {
+                MailboxError::NotFound(_) => err(
+                    code::NOT_FOUND,
+                    format!("{user} has no mailbox on {}; create it first", c.name),
+                ),
+                other => store_err(other),
+            })
     }
 
     async fn keys_publish(&self, token: String, key: String) -> RpcResult<bool> {
         let c = &self.0;
-        let (user, device) = c.live_session(&token).await?;
+        let (user, device, _) = c.live_session(&token).await?;
         let bytes = parse_hex_capped("key", &key, 512)?;
         let mk: MediumKey =
             decode(&bytes).map_err(|e| invalid(format!("not a medium-term key: {e}")))?;
@@ -790,7 +974,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     crate::create_private_dir(&config.datadir)
         .map_err(io(format!("create {}", config.datadir.display())))?;
     let keys = ServerKeys::load_or_create(&config.datadir)?;
-    let store = MailboxStore::open(&config.datadir.join("mailboxes"), config.limits.max_stored)?;
+    let store = MailboxStore::open(
+        &config.datadir.join("mailboxes"),
+        config.limits.retention.as_secs(),
+    )?;
     let lc = crate::light_client(
         config.params,
         config.datadir.join("headers"),
@@ -836,6 +1023,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         users: Mutex::new(HashMap::new()),
         waiters: Mutex::new(HashMap::new()),
         buckets: Mutex::new(HashMap::new()),
+        used_postage: Mutex::new(HashMap::new()),
+        postage_sync: tokio::sync::Mutex::new(None),
         registered_at: Mutex::new(None),
     });
     let handle = server.start(Rpc(concierge.clone()).into_rpc());

@@ -591,6 +591,12 @@ impl<S: Source> LightClient<S> {
         Ok(())
     }
 
+    /// Hash of the verified chain's block at `height` (the base and
+    /// above), e.g. to check that a proof of work names a recent block.
+    pub fn hash_at(&self, height: u64) -> Option<Hash> {
+        self.chain.read().hash_at(height)
+    }
+
     /// Headers held above the base.
     pub fn headers_held(&self) -> usize {
         self.chain.read().len()

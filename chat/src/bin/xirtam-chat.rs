@@ -78,6 +78,12 @@ enum Cmd {
     },
     /// Stream incoming messages until interrupted.
     Listen,
+    /// Accept `@name` as a contact: their messages skip your requests lane
+    /// (and its postage). Sending to someone accepts them too.
+    Accept {
+        /// The name (`@...`).
+        name: String,
+    },
     /// Envelopes refused (undecryptable, forged, from a sender that could
     /// not be verified in time), most recent last.
     Rejected,
@@ -111,10 +117,13 @@ fn name(s: &str) -> Result<Name> {
 
 fn show(m: &Message) {
     let arrow = if m.delivered { "" } else { " (queued)" };
+    // First contact from someone not accepted yet: marked, before the
+    // text (which cannot fake the mark: it follows the colon).
+    let request = if m.request { " (request)" } else { "" };
     // The text is the sender's: escaped, so it cannot fake a line of ours
     // or send the terminal escape sequences.
     println!(
-        "[{}] {} -> {}: {}{}",
+        "[{}] {} -> {}{request}: {}{}",
         m.local,
         m.from,
         m.to,
@@ -252,6 +261,16 @@ async fn run(cli: Cli) -> Result<()> {
             }
             for m in c.inbox()? {
                 show(&m);
+            }
+        }
+        Cmd::Accept { name: n } => {
+            let n = name(&n)?;
+            if c.accept(&n).await? {
+                let f = c.flush().await?;
+                println!("{n} accepted: their messages now skip your requests lane");
+                show_flush(&f);
+            } else {
+                println!("{n} is a contact already");
             }
         }
         Cmd::Rejected => {

@@ -44,9 +44,20 @@ struct Cli {
     /// Largest envelope accepted (bytes).
     #[arg(long, default_value_t = 128 * 1024)]
     max_envelope: usize,
-    /// Most unacknowledged envelopes per mailbox.
+    /// Most unacknowledged envelopes in a user's contacts lane.
     #[arg(long, default_value_t = 10_000)]
     max_stored: u64,
+    /// Most unacknowledged envelopes in a user's requests lane (first
+    /// contact, with postage).
+    #[arg(long, default_value_t = 1_000)]
+    max_requests: u64,
+    /// Postage difficulty (leading zero bits) of a deposit without a
+    /// contact pass: 22 costs about a second of one core.
+    #[arg(long, default_value_t = xirtam_chat::server::DEFAULT_POSTAGE_BITS)]
+    postage_bits: u32,
+    /// Days an envelope is kept when some device never acknowledges it.
+    #[arg(long, default_value_t = 30)]
+    retention_days: u64,
     /// Sustained deposits per second into one mailbox.
     #[arg(long, default_value_t = 200.0)]
     deposit_rate: f64,
@@ -81,12 +92,21 @@ async fn run(cli: Cli) -> Result<()> {
         )
     })?;
     let name = Name::new(&cli.name).map_err(|e| anyhow!("invalid --name {:?}: {e}", cli.name))?;
+    if cli.postage_bits > xirtam_chat::api::MAX_POSTAGE_BITS {
+        bail!(
+            "--postage-bits at most {}: clients refuse to pay more",
+            xirtam_chat::api::MAX_POSTAGE_BITS
+        );
+    }
     if cli.deposit_rate <= 0.0 || cli.deposit_burst < 1.0 {
         bail!("--deposit-rate must be positive and --deposit-burst at least 1");
     }
     let limits = Limits {
         max_envelope: cli.max_envelope,
         max_stored: cli.max_stored,
+        max_requests: cli.max_requests,
+        postage_bits: cli.postage_bits,
+        retention: Duration::from_secs(cli.retention_days * 86_400),
         deposit_rate: cli.deposit_rate,
         deposit_burst: cli.deposit_burst,
         token_lifetime: Duration::from_secs(cli.token_lifetime),

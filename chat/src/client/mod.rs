@@ -30,8 +30,8 @@ use xirtam_proofs::{Hash, Name, SecretKey, decode, encode};
 
 use crate::api::{self, ConciergeApiClient, Cursor, code};
 use crate::crypto::{
-    self, CryptoError, DeviceKeys, Event, KIND_TEXT, MediumKey, MediumSecret, Recipient, Sealer,
-    SignedEvent,
+    self, CryptoError, DeviceKeys, Event, KIND_PASS, KIND_TEXT, MediumKey, MediumSecret, Recipient,
+    Sealer, SignedEvent,
 };
 use crate::records::{Device, RecordError, UserRecord, VerifiedServer, VerifiedUser};
 use store::{Identity, LocalStore, Message, Pending, Servers, StoreError, StoredMedium};
@@ -245,6 +245,11 @@ pub struct PollReport {
     pub rejected: Vec<String>,
     /// Envelopes already seen (replays).
     pub duplicates: usize,
+    /// Envelopes not for this device (copies for our other devices).
+    pub skipped: usize,
+    /// Peers whose contact pass arrived (our messages to them now skip
+    /// their requests lane).
+    pub passes: Vec<Name>,
     /// Envelopes kept aside because their sender could not be verified now
     /// (retried on the next polls, for `hold_unverified`).
     pub held: Vec<String>,
@@ -258,6 +263,8 @@ struct Conn {
     rpc: HttpClient,
     poll: HttpClient,
     token: Option<(String, Instant)>,
+    /// The server's postage difficulty, once asked.
+    postage_bits: Option<u32>,
 }
 
 /// A chat client on one device.
@@ -334,6 +341,8 @@ struct Held {
     first_ms: u64,
     /// Why it could not be verified, last time.
     reason: String,
+    /// It came through the requests lane.
+    request: bool,
 }
 
 /// A rejected envelope, for the user to see.
@@ -345,8 +354,30 @@ pub struct Rejection {
     pub what: String,
 }
 
-fn cursor_key(server: &Name) -> String {
-    format!("cursor/{server}")
+fn cursor_key(server: &Name, requests: bool) -> String {
+    if requests {
+        format!("cursor-requests/{server}")
+    } else {
+        format!("cursor/{server}")
+    }
+}
+
+/// State key of the contact pass `peer` gave us (to deposit into their
+/// contacts lane); ours to ourselves, for copies to our other devices.
+fn pass_key(peer: &Name) -> String {
+    format!("pass/{peer}")
+}
+
+/// State key of the passes this device granted: `Vec<Grant>`.
+const GRANTED_KEY: &str = "granted";
+
+/// A contact pass this device granted (registered on our servers).
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Grant {
+    /// Who holds it (our own name: the pass our other devices' copies use).
+    pub peer: Name,
+    /// The pass.
+    pub pass: [u8; 32],
 }
 
 /// Order messages so that each comes after the event its `after` link
@@ -625,6 +656,13 @@ impl ChatClient {
             self.lc.publish(&root, name, value.clone(), None).await?;
         }
         let v = self.wait_value(name, &value).await?;
+        self.take_name(name, server)?;
+        self.setup_server(server).await?;
+        Ok(v)
+    }
+
+    /// Store `name` as this device's, on `server`.
+    fn take_name(&mut self, name: &Name, server: &Name) -> Result<()> {
         self.identity.name = Some(name.clone());
         let mut b = self.store.batch();
         b.state("identity", &self.identity)?;
@@ -635,8 +673,44 @@ impl ChatClient {
                 previous: None,
             },
         )?;
-        b.commit()?;
-        self.setup_server(server).await?;
+        Ok(b.commit()?)
+    }
+
+    /// Take `name` on this device: the owner's root key (kept elsewhere,
+    /// e.g. on the first device) has already listed this device in the
+    /// name's record. Checks that the *verified* record lists it, then
+    /// logs in to the record's server. No root key is needed here.
+    pub async fn join(&mut self, name: &Name) -> Result<VerifiedUser> {
+        if let Some(n) = &self.identity.name
+            && n != name
+        {
+            return Err(ClientError::Invalid(format!(
+                "this device is already registered as {n}"
+            )));
+        }
+        let v = self.user(name, true).await?;
+        let me = self.device.device().sign;
+        if v.record().device(&me).is_none() {
+            return Err(ClientError::Invalid(format!(
+                "{name}'s verified record (height {}) does not list this device ({me}); add it with the root key first",
+                v.lookup().height()
+            )));
+        }
+        let server = v.record().server.clone();
+        self.take_name(name, &server)?;
+        // The server's light client may not have seen the new record yet.
+        let deadline = Instant::now() + self.config.confirm_timeout;
+        loop {
+            match self.setup_server(&server).await {
+                Err(ClientError::Refused {
+                    code: code::UNAUTHORIZED,
+                    ..
+                }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => break other?,
+            }
+        }
         Ok(v)
     }
 
@@ -714,6 +788,7 @@ impl ChatClient {
                     rpc,
                     poll,
                     token: None,
+                    postage_bits: None,
                 },
             );
         }
@@ -838,8 +913,121 @@ impl ChatClient {
         rpc.mailbox_create(token)
             .await
             .map_err(|e| Self::rpc_err(server, &url, "the mailbox", e))?;
+        // Our own pass first (copies to our other devices use it), then
+        // every pass granted so far: a move carries the contacts over.
+        let me = self.me()?;
+        let mut granted = self.granted()?;
+        if !granted.iter().any(|g| g.peer == me) {
+            let pass = random32()?;
+            let mut b = self.store.batch();
+            granted.push(Grant {
+                peer: me.clone(),
+                pass,
+            });
+            b.state(GRANTED_KEY, &granted)?;
+            b.state(&pass_key(&me), &pass)?;
+            b.commit()?;
+        }
+        let passes: Vec<[u8; 32]> = granted.iter().map(|g| g.pass).collect();
+        self.register_passes(server, &passes).await?;
         self.rotate_medium()?;
         self.publish_medium(server).await
+    }
+
+    /// The contact passes this device granted.
+    pub fn granted(&self) -> Result<Vec<Grant>> {
+        Ok(self.store.state(GRANTED_KEY)?.unwrap_or_default())
+    }
+
+    /// Is `peer` a contact (this device granted them a pass)?
+    pub fn is_contact(&self, peer: &Name) -> Result<bool> {
+        Ok(self.granted()?.iter().any(|g| &g.peer == peer))
+    }
+
+    async fn register_passes(&mut self, server: &Name, passes: &[[u8; 32]]) -> Result<()> {
+        let token = self.token(server).await?;
+        let conn = self.conn(server).await?;
+        let (rpc, url) = (conn.rpc.clone(), conn.url.clone());
+        let hashes = passes.iter().map(|p| api::pass_hash(p).to_hex()).collect();
+        rpc.mailbox_passes(token, hashes, Vec::new())
+            .await
+            .map_err(|e| Self::rpc_err(server, &url, "the contact passes", e))?;
+        Ok(())
+    }
+
+    /// The servers this device reads: current, the previous one during the
+    /// grace period, and the one a pending move goes to.
+    fn read_servers(&self) -> Result<Vec<Name>> {
+        let servers = self.servers()?;
+        let moving: Option<Name> = self.store.state(MOVING_KEY)?;
+        let mut list: Vec<Name> = servers
+            .current
+            .iter()
+            .cloned()
+            .chain(servers.previous.iter().map(|(s, _)| s.clone()))
+            .collect();
+        if let Some(m) = moving
+            && !list.contains(&m)
+        {
+            list.push(m);
+        }
+        Ok(list)
+    }
+
+    /// Accept `peer` as a contact: grant them a pass to our contacts lane
+    /// (registered on the servers we read) and queue it to them, end to
+    /// end encrypted. Their messages then skip the requests lane and its
+    /// postage. Sending to someone accepts them. Returns `false` when they
+    /// were a contact already.
+    pub async fn accept(&mut self, peer: &Name) -> Result<bool> {
+        let me = self.me()?;
+        if self.is_contact(peer)? {
+            return Ok(false);
+        }
+        self.user(peer, false).await?;
+        let pass = random32()?;
+        // Registered on the current server first (an error leaves nothing
+        // half done); the others are best effort.
+        let servers = self.read_servers()?;
+        for (i, s) in servers.iter().enumerate() {
+            match self.register_passes(s, &[pass]).await {
+                Ok(()) => {}
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(target: "client::contacts", server = %s, error = %e, "pass not registered")
+                }
+            }
+        }
+        let mut granted = self.granted()?;
+        granted.push(Grant {
+            peer: peer.clone(),
+            pass,
+        });
+        let after: Hash = self.store.state(&head_key(peer))?.unwrap_or_default();
+        let event = SignedEvent::sign(
+            &self.device,
+            Event {
+                sender: me,
+                device: self.device.device().sign,
+                recipient: peer.clone(),
+                time: unix_ms(),
+                after,
+                kind: KIND_PASS,
+                body: pass.to_vec(),
+            },
+        );
+        let mut b = self.store.batch();
+        b.state(GRANTED_KEY, &granted)?;
+        b.pending(&Pending {
+            local: self.store.next_local()?,
+            event: encode(&event),
+            to: peer.clone(),
+            attempts: 0,
+            next_try_ms: 0,
+            last_error: String::new(),
+        })?;
+        b.commit()?;
+        Ok(true)
     }
 
     /// Send `text` to `to`: verify the recipient exists, store and queue
@@ -854,6 +1042,8 @@ impl ChatClient {
             )));
         }
         self.user(to, false).await?;
+        // Writing to someone accepts them as a contact.
+        self.accept(to).await?;
         let after: Hash = self.store.state(&head_key(to))?.unwrap_or_default();
         let event = SignedEvent::sign(
             &self.device,
@@ -879,6 +1069,7 @@ impl ChatClient {
             delivered: false,
             verified_at: 0,
             via: None,
+            request: false,
         };
         let mut b = self.store.batch();
         b.message(&msg)?;
@@ -917,14 +1108,16 @@ impl ChatClient {
                 Ok(d) => {
                     let mut b = self.store.batch();
                     b.sent(p.local)?;
+                    // Control events (contact passes) have no message and
+                    // are not reported.
                     if let Some(mut m) = self.store.message(p.local)? {
                         m.delivered = true;
                         m.via = Some(d.server.clone());
                         m.verified_at = d.record_height;
                         b.message(&m)?;
+                        report.delivered.push(d);
                     }
                     b.commit()?;
-                    report.delivered.push(d);
                 }
                 Err(e) => {
                     p.attempts += 1;
@@ -1031,20 +1224,102 @@ impl ChatClient {
         })
     }
 
+    /// Deposit into `to`'s contacts lane with the pass they gave us, or
+    /// (no pass, or refused) into their requests lane with postage.
     async fn deposit(&mut self, server: &Name, to: &Name, bytes: &[u8]) -> Result<api::Receipt> {
+        let pass: Option<[u8; 32]> = self.store.state(&pass_key(to))?;
+        if let Some(pass) = pass {
+            match self.deposit_lane(server, to, bytes, Some(pass)).await {
+                Err(ClientError::Refused {
+                    code: code::PASS_REFUSED,
+                    ..
+                }) => {
+                    tracing::info!(target: "client::send", %to, %server, "contact pass refused; paying postage")
+                }
+                other => return other,
+            }
+        }
+        self.deposit_lane(server, to, bytes, None).await
+    }
+
+    async fn deposit_lane(
+        &mut self,
+        server: &Name,
+        to: &Name,
+        bytes: &[u8],
+        pass: Option<[u8; 32]>,
+    ) -> Result<api::Receipt> {
+        let (mailbox, postage) = match pass {
+            Some(_) => (api::mailbox_id(to), None),
+            None => {
+                let id = api::requests_id(to);
+                (id, Some(self.postage(server, &id, bytes).await?))
+            }
+        };
         let conn = self.conn(server).await?;
         let (rpc, url, key) = (conn.rpc.clone(), conn.url.clone(), conn.server.record().key);
         let r = rpc
-            .mailbox_deposit(to.to_string(), hex::encode(bytes))
+            .mailbox_deposit(
+                to.to_string(),
+                hex::encode(bytes),
+                pass.map(hex::encode),
+                postage,
+            )
             .await
             .map_err(|e| Self::rpc_err(server, &url, "the deposit", e))?;
-        api::check_receipt(server, &key, &api::mailbox_id(to), bytes, &r).map_err(|reason| {
+        api::check_receipt(server, &key, &mailbox, bytes, &r).map_err(|reason| {
             ClientError::Misbehaved {
                 server: server.clone(),
                 reason,
             }
         })?;
         Ok(r)
+    }
+
+    /// Postage for depositing `bytes` into requests mailbox `mailbox` on
+    /// `server`: proof of work on a block a little under our verified tip
+    /// (so the server, a block or two behind, knows it too).
+    async fn postage(
+        &mut self,
+        server: &Name,
+        mailbox: &Hash,
+        bytes: &[u8],
+    ) -> Result<api::Postage> {
+        let conn = self.conn(server).await?;
+        let (rpc, url) = (conn.rpc.clone(), conn.url.clone());
+        let bits = match conn.postage_bits {
+            Some(b) => b,
+            None => {
+                let info = rpc
+                    .server_info()
+                    .await
+                    .map_err(|e| Self::rpc_err(server, &url, "the server info", e))?;
+                self.conn(server).await?.postage_bits = Some(info.postage_bits);
+                info.postage_bits
+            }
+        };
+        if bits > api::MAX_POSTAGE_BITS {
+            return Err(ClientError::Misbehaved {
+                server: server.clone(),
+                reason: format!(
+                    "it asks for postage of {bits} bits (at most {} are paid)",
+                    api::MAX_POSTAGE_BITS
+                ),
+            });
+        }
+        let height = self.lc.tip().height.saturating_sub(2);
+        let block = self.lc.hash_at(height).ok_or_else(|| {
+            ClientError::Invalid(format!("no verified block at height {height} for postage"))
+        })?;
+        let (m, env) = (*mailbox, api::envelope_hash(bytes));
+        let nonce = tokio::task::spawn_blocking(move || api::solve_postage(&m, &env, &block, bits))
+            .await
+            .map_err(|e| ClientError::Invalid(format!("postage worker failed: {e}")))?;
+        Ok(api::Postage {
+            height,
+            block: block.to_hex(),
+            nonce,
+        })
     }
 
     async fn deliver(&mut self, p: &Pending) -> Result<Delivery> {
@@ -1127,21 +1402,9 @@ impl ChatClient {
                         .push(format!("following our record to {named}: {e}"));
                 }
                 self.switch_to(&named)?;
-                servers = self.servers()?;
             }
         }
-        let moving: Option<Name> = self.store.state(MOVING_KEY)?;
-        let mut list: Vec<Name> = servers
-            .current
-            .iter()
-            .cloned()
-            .chain(servers.previous.iter().map(|(s, _)| s.clone()))
-            .collect();
-        if let Some(m) = moving
-            && !list.contains(&m)
-        {
-            list.push(m);
-        }
+        let list = self.read_servers()?;
         if self.rotate_medium()? {
             for s in &list {
                 if let Err(e) = self.publish_medium(s).await {
@@ -1152,14 +1415,28 @@ impl ChatClient {
             }
         }
         self.retry_held(&me, &mut report).await?;
-        let mailbox = api::mailbox_id(&me);
+        // Two lanes per server: contacts and requests, each with this
+        // device's own cursor.
+        let lanes = [(api::mailbox_id(&me), false), (api::requests_id(&me), true)];
         let mut calls = Vec::new();
         for s in &list {
-            let after: u64 = self.store.state(&cursor_key(s))?.unwrap_or(0);
+            let mut cursors = Vec::new();
+            for (id, requests) in &lanes {
+                cursors.push(Cursor {
+                    mailbox: id.to_hex(),
+                    after: self.store.state(&cursor_key(s, *requests))?.unwrap_or(0),
+                });
+            }
             match self.token(s).await {
                 Ok(token) => {
                     let conn = self.conn(s).await?;
-                    calls.push((s.clone(), conn.poll.clone(), conn.url.clone(), token, after));
+                    calls.push((
+                        s.clone(),
+                        conn.poll.clone(),
+                        conn.url.clone(),
+                        token,
+                        cursors,
+                    ));
                 }
                 Err(e) => {
                     report.errors.push(e.to_string());
@@ -1170,11 +1447,10 @@ impl ChatClient {
         let wait_ms = wait.as_millis() as u64;
         let mut pending: Vec<_> = calls
             .into_iter()
-            .map(|(s, rpc, url, token, after)| {
-                let mailbox = mailbox.to_hex();
+            .map(|(s, rpc, url, token, cursors)| {
                 Box::pin(async move {
                     let r = rpc
-                        .mailbox_receive(token.clone(), vec![Cursor { mailbox, after }], wait_ms)
+                        .mailbox_receive(token.clone(), cursors, wait_ms)
                         .await
                         .map_err(|e| Self::rpc_err(&s, &url, "the receive", e));
                     (s, rpc, url, token, r)
@@ -1202,27 +1478,33 @@ impl ChatClient {
                     continue;
                 }
             };
-            let Some(last) = batches
-                .iter()
-                .flat_map(|b| b.messages.iter().map(|m| m.seq))
-                .max()
-            else {
-                continue;
-            };
-            let mut processed = Vec::new();
-            for d in batches.iter().flat_map(|b| b.messages.iter()) {
-                let p = self.process(&me, &s, &d.envelope).await?;
-                processed.push((s.clone(), d.seq, d.envelope.clone(), None, p));
-            }
-            let held = self.store.state(HELD_KEY)?.unwrap_or_default();
-            let mut b = self.file(&me, processed, held, &mut report)?;
-            b.state(&cursor_key(&s), &last)?;
-            b.commit()?;
-            let conn = self.conn(&s).await?;
-            let rpc = conn.rpc.clone();
-            if let Err(e) = rpc.mailbox_ack(token, mailbox.to_hex(), last).await {
-                let e = Self::rpc_err(&s, &url, "the acknowledgement", e);
-                tracing::warn!(target: "client::receive", error = %e, "ack failed; the next one covers it");
+            for batch in batches {
+                let Some(&(id, requests)) =
+                    lanes.iter().find(|(id, _)| id.to_hex() == batch.mailbox)
+                else {
+                    report
+                        .errors
+                        .push(format!("{s} answered for a mailbox we did not ask for"));
+                    continue;
+                };
+                let Some(last) = batch.messages.iter().map(|m| m.seq).max() else {
+                    continue;
+                };
+                let mut processed = Vec::new();
+                for d in &batch.messages {
+                    let p = self.process(&me, &s, &d.envelope, requests).await?;
+                    processed.push((s.clone(), d.seq, d.envelope.clone(), None, p));
+                }
+                let held = self.store.state(HELD_KEY)?.unwrap_or_default();
+                let mut b = self.file(&me, processed, held, &mut report)?;
+                b.state(&cursor_key(&s, requests), &last)?;
+                b.commit()?;
+                let conn = self.conn(&s).await?;
+                let rpc = conn.rpc.clone();
+                if let Err(e) = rpc.mailbox_ack(token.clone(), id.to_hex(), last).await {
+                    let e = Self::rpc_err(&s, &url, "the acknowledgement", e);
+                    tracing::warn!(target: "client::receive", error = %e, "ack failed; the next one covers it");
+                }
             }
         }
         match self.flush().await {
@@ -1257,16 +1539,16 @@ impl ChatClient {
             };
             let expired = now.saturating_sub(h.first_ms) >= limit;
             let p = if blocked && !expired {
-                Processed::Held(h.reason.clone())
+                Processed::Held(h.reason.clone(), h.request)
             } else {
-                match self.process(me, &via, &h.envelope).await? {
-                    Processed::Held(why) if expired => Processed::Rejected(format!(
+                match self.process(me, &via, &h.envelope, h.request).await? {
+                    Processed::Held(why, _) if expired => Processed::Rejected(format!(
                         "{why}; gave up after {} s",
                         now.saturating_sub(h.first_ms) / 1000
                     )),
-                    Processed::Held(why) => {
+                    Processed::Held(why, r) => {
                         blocked = true;
-                        Processed::Held(why)
+                        Processed::Held(why, r)
                     }
                     other => other,
                 }
@@ -1309,12 +1591,22 @@ impl ChatClient {
                     report.messages.push(m);
                 }
                 Processed::Duplicate => report.duplicates += 1,
+                Processed::Skipped => report.skipped += 1,
+                Processed::Pass { from, pass, id } => {
+                    if !batch_seen.insert(id) {
+                        report.duplicates += 1;
+                        continue;
+                    }
+                    b.state(&pass_key(&from), &pass)?;
+                    b.seen(&id)?;
+                    report.passes.push(from);
+                }
                 Processed::Rejected(why) => {
                     let what = format!("{via} #{seq}: {why}");
                     report.rejected.push(what.clone());
                     rejected.push(Rejection { time_ms: now, what });
                 }
-                Processed::Held(why) => {
+                Processed::Held(why, request) => {
                     let what = format!("{via} #{seq}: {why}");
                     if held.len() >= MAX_HELD {
                         let what = format!("{what}; rejected: {MAX_HELD} envelopes already wait");
@@ -1329,6 +1621,7 @@ impl ChatClient {
                         envelope,
                         first_ms: first_ms.unwrap_or(now),
                         reason: why,
+                        request,
                     });
                 }
             }
@@ -1354,7 +1647,15 @@ impl ChatClient {
             .map_or(0, |h| h.len()))
     }
 
-    async fn process(&mut self, me: &Name, via: &Name, envelope_hex: &str) -> Result<Processed> {
+    /// Open and check one envelope (`requests`: it came through the
+    /// requests lane).
+    async fn process(
+        &mut self,
+        me: &Name,
+        via: &Name,
+        envelope_hex: &str,
+        requests: bool,
+    ) -> Result<Processed> {
         let Some(env) = hex::decode(envelope_hex)
             .ok()
             .and_then(|b| decode::<crypto::Envelope>(&b).ok())
@@ -1363,6 +1664,9 @@ impl ChatClient {
         };
         let ev = match crypto::open(&env, &self.device, &self.mediums) {
             Ok(ev) => ev,
+            // A copy for our other devices (or junk not meant for anyone
+            // here): nothing to show.
+            Err(CryptoError::NotForMe) => return Ok(Processed::Skipped),
             Err(e) => return Ok(Processed::Rejected(format!("cannot decrypt: {e}"))),
         };
         let id = ev.id();
@@ -1386,12 +1690,12 @@ impl ChatClient {
         // for a later try; a record that is verified and wrong rejects it.
         let mut user = match self.user(&sender, false).await {
             Ok(u) => u,
-            Err(e) => return unverified(&sender, e),
+            Err(e) => return unverified(&sender, e, requests),
         };
         if user.record().device(&ev.event.device).is_none() {
             user = match self.user(&sender, true).await {
                 Ok(u) => u,
-                Err(e) => return unverified(&sender, e),
+                Err(e) => return unverified(&sender, e, requests),
             };
         }
         if let Err(e) = ev.check(&sender, user.record(), &peer_me) {
@@ -1400,6 +1704,29 @@ impl ChatClient {
                 user.lookup().height()
             )));
         }
+        match ev.event.kind {
+            KIND_TEXT => {}
+            // Our own grant, copied to our other devices: nothing to do.
+            KIND_PASS if &sender == me => return Ok(Processed::Skipped),
+            KIND_PASS => {
+                return Ok(match <[u8; 32]>::try_from(ev.event.body.as_slice()) {
+                    Ok(pass) => Processed::Pass {
+                        from: sender,
+                        pass,
+                        id,
+                    },
+                    Err(_) => {
+                        Processed::Rejected(format!("contact pass from {sender} is not 32 bytes"))
+                    }
+                });
+            }
+            k => {
+                return Ok(Processed::Rejected(format!(
+                    "event of unknown kind {k} from {sender}"
+                )));
+            }
+        }
+        let request = requests && &sender != me && !self.is_contact(&sender)?;
         let text = String::from_utf8_lossy(&ev.event.body).into_owned();
         Ok(Processed::New(Message {
             local: 0,
@@ -1412,6 +1739,7 @@ impl ChatClient {
             delivered: true,
             verified_at: user.lookup().height(),
             via: Some(via.clone()),
+            request,
         }))
     }
 
@@ -1426,18 +1754,29 @@ enum Processed {
     Duplicate,
     Rejected(String),
     /// The sender could not be verified now: try again later.
-    Held(String),
+    Held(String, bool),
+    /// A contact pass from a peer: our deposits to them use it.
+    Pass {
+        from: Name,
+        pass: [u8; 32],
+        id: Hash,
+    },
+    /// Not for this device (a copy for our other devices), or a control
+    /// event with nothing to do here.
+    Skipped,
 }
 
 /// What a failed sender lookup means for an envelope.
-fn unverified(sender: &Name, e: ClientError) -> Result<Processed> {
+fn unverified(sender: &Name, e: ClientError, requests: bool) -> Result<Processed> {
     match e {
-        ClientError::Lookup(e) => Ok(Processed::Held(format!(
-            "sender {sender} cannot be verified now: {e}"
-        ))),
-        ClientError::Record(RecordError::NotRegistered(_)) => Ok(Processed::Held(format!(
-            "sender {sender} is not registered (not yet confirmed, or a stranger)"
-        ))),
+        ClientError::Lookup(e) => Ok(Processed::Held(
+            format!("sender {sender} cannot be verified now: {e}"),
+            requests,
+        )),
+        ClientError::Record(RecordError::NotRegistered(_)) => Ok(Processed::Held(
+            format!("sender {sender} is not registered (not yet confirmed, or a stranger)"),
+            requests,
+        )),
         ClientError::Record(e) => Ok(Processed::Rejected(format!("sender {sender}: {e}"))),
         other => Err(other),
     }
@@ -1459,6 +1798,7 @@ mod tests {
             delivered: true,
             verified_at: 0,
             via: None,
+            request: false,
         }
     }
 

@@ -105,6 +105,10 @@ pub struct Message {
     pub verified_at: u64,
     /// The server it came through or went to.
     pub via: Option<Name>,
+    /// For incoming messages: it came through the requests lane from a
+    /// sender this device has not accepted as a contact (a UI shows it as
+    /// a request).
+    pub request: bool,
 }
 
 /// An outgoing message not yet acknowledged by a server.
@@ -190,20 +194,20 @@ impl LocalStore {
 
     /// The next local sequence number (one past the last message).
     pub fn next_local(&self) -> Result<u64, StoreError> {
-        let mut it = self
-            .db
-            .iterator_cf(self.cf(CF_MESSAGES)?, IteratorMode::End);
-        match it.next() {
-            None => Ok(1),
-            Some(item) => {
+        // Messages and the outbox share the numbering (the outbox also
+        // holds control events, such as contact passes, with no message).
+        let mut next = 1;
+        for cf in [CF_MESSAGES, CF_OUTBOX] {
+            if let Some(item) = self.db.iterator_cf(self.cf(cf)?, IteratorMode::End).next() {
                 let (k, _) = item?;
                 let k: [u8; 8] = k
                     .as_ref()
                     .try_into()
-                    .map_err(|_| StoreError::Corrupt("message key".into()))?;
-                Ok(u64::from_be_bytes(k) + 1)
+                    .map_err(|_| StoreError::Corrupt(format!("{cf} key")))?;
+                next = next.max(u64::from_be_bytes(k) + 1);
             }
         }
+        Ok(next)
     }
 
     /// Has this event been stored?

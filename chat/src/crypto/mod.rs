@@ -286,6 +286,9 @@ pub struct Event {
 
 /// Kind of a text message.
 pub const KIND_TEXT: u8 = 1;
+/// Event kind: a contact pass (body: 32 bytes) the sender grants the
+/// recipient, to deposit into the sender's contacts lane.
+pub const KIND_PASS: u8 = 2;
 
 /// An event with its device signature.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

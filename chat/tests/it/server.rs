@@ -147,21 +147,30 @@ async fn bad_input_gets_clear_errors_and_the_server_stays_up() {
     );
     // deposits
     assert_eq!(
-        code_of(c.mailbox_deposit("bob".into(), "00".into()).await),
+        code_of(
+            c.mailbox_deposit("bob".into(), "00".into(), None, None)
+                .await
+        ),
         bad
     );
     assert_eq!(
-        code_of(c.mailbox_deposit("@b".into(), "xyz".into()).await),
+        code_of(
+            c.mailbox_deposit("@b".into(), "xyz".into(), None, None)
+                .await
+        ),
         bad
     );
     assert_eq!(
-        code_of(c.mailbox_deposit("@b".into(), "00ff".into()).await),
+        code_of(
+            c.mailbox_deposit("@b".into(), "00ff".into(), None, None)
+                .await
+        ),
         bad,
         "not an envelope"
     );
     assert_eq!(
         code_of(
-            c.mailbox_deposit("@b".into(), hex::encode(envelope()))
+            c.mailbox_deposit("@b".into(), hex::encode(envelope()), None, None)
                 .await
         ),
         code::NOT_FOUND,
@@ -169,12 +178,16 @@ async fn bad_input_gets_clear_errors_and_the_server_stays_up() {
     );
     let big = hex::encode(vec![0u8; Limits::default().max_envelope + 1]);
     assert_eq!(
-        code_of(c.mailbox_deposit("@b".into(), big).await),
+        code_of(c.mailbox_deposit("@b".into(), big, None, None).await),
         code::TOO_LARGE
     );
     // Far over the HTTP body limit: refused before parsing.
     let huge = "00".repeat(4 * Limits::default().max_envelope);
-    assert!(c.mailbox_deposit("@b".into(), huge).await.is_err());
+    assert!(
+        c.mailbox_deposit("@b".into(), huge, None, None)
+            .await
+            .is_err()
+    );
     // keys_fetch
     assert_eq!(code_of(c.keys_fetch("nope".into()).await), bad);
     assert_eq!(
@@ -206,7 +219,7 @@ async fn keys_survive_restart_and_unknown_mailboxes_are_not_found() {
     assert_eq!(s.key, key, "the server key is kept in the data directory");
     assert_eq!(
         code_of(
-            c.mailbox_deposit("@nobody".into(), hex::encode(envelope()))
+            c.mailbox_deposit("@nobody".into(), hex::encode(envelope()), None, None)
                 .await
         ),
         code::NOT_FOUND

@@ -17,13 +17,18 @@ use xirtam_chat::client::{ChatClient, ClientConfig};
 use xirtam_chat::crypto::{
     DeviceKeys, Envelope, Event, KIND_TEXT, Recipient, SignedEvent, open, seal,
 };
-use xirtam_chat::records::{UserRecord, VerifiedUser};
+use xirtam_chat::records::{Device, UserRecord, VerifiedUser};
 use xirtam_chat::server::{Limits, ServerConfig};
 use xirtam_lightclient::{Config as LcConfig, HttpSource, LightClient};
+use xirtam_node_api::NodeApiClient;
 use xirtam_proofs::{Hash, Name, SecretKey, decode, encode};
 use xirtam_testnet::{Config, Testnet};
 
 const WAIT: Duration = Duration::from_secs(90);
+/// Postage of the test servers: 12 bits (about a millisecond) instead of
+/// the default 22 (about a second), so tests stay quick; the cost of the
+/// default is measured by the benchmarks.
+const TEST_POSTAGE: &[&str] = &["--postage-bits", "12"];
 
 fn n(s: &str) -> Name {
     Name::new(s).expect("valid name")
@@ -41,7 +46,9 @@ async fn chat_net(nodes: usize, servers: &[&str]) -> Testnet {
     .expect("testnet starts");
     net.auto_mine(0, Duration::from_millis(200));
     for s in servers {
-        net.add_server(s, &[]).await.expect("server starts");
+        net.add_server(s, TEST_POSTAGE)
+            .await
+            .expect("server starts");
     }
     net
 }
@@ -254,6 +261,66 @@ async fn login(c: &HttpClient, server: &str, user: &str, device: &DeviceKeys) ->
     }
 }
 
+/// Deposit `env` (hex) for `to` on the server behind `c` as a stranger
+/// does: into the requests lane, paying the server's postage on node 0's
+/// tip (which the server may not have seen yet: it catches up).
+async fn stranger_deposit(
+    net: &Testnet,
+    c: &HttpClient,
+    to: &str,
+    env: String,
+) -> Result<Receipt, jsonrpsee::core::client::Error> {
+    let postage = postage_for(net, c, to, &env).await?;
+    c.mailbox_deposit(to.into(), env, None, Some(postage)).await
+}
+
+/// Wait until node 0 has a block above its tip now (so that new postage
+/// names another block than postage made before).
+async fn next_block(net: &Testnet) {
+    let now = net.tip(0).await.expect("tip").height;
+    let deadline = Instant::now() + WAIT;
+    while net.tip(0).await.expect("tip").height <= now {
+        assert!(Instant::now() < deadline, "no new block");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Postage for depositing `env` (hex) for `to` on the server behind `c`,
+/// on node 0's tip.
+async fn postage_for(
+    net: &Testnet,
+    c: &HttpClient,
+    to: &str,
+    env: &str,
+) -> Result<api::Postage, jsonrpsee::core::client::Error> {
+    let bits = c.server_info().await?.postage_bits;
+    // Two blocks under node 0's tip, as the client does: the server's
+    // light client may be a block or two behind.
+    let height = net.tip(0).await.expect("tip").height.saturating_sub(2);
+    let header = net
+        .rpc(0)
+        .chain_headers(height, 1)
+        .await
+        .expect("header")
+        .pop()
+        .expect("one header");
+    let block = xirtam_node_api::wire::header_from_hex(&header)
+        .expect("header")
+        .hash();
+    let bytes = hex::decode(env).expect("hex");
+    let nonce = api::solve_postage(
+        &api::requests_id(&n(to)),
+        &api::envelope_hash(&bytes),
+        &block,
+        bits,
+    );
+    Ok(api::Postage {
+        height,
+        block: block.to_hex(),
+        nonce,
+    })
+}
+
 fn event(keys: &DeviceKeys, sender: &str, to: &str, body: &str) -> SignedEvent {
     SignedEvent::sign(
         keys,
@@ -307,17 +374,27 @@ async fn security_plaintext_forgery_and_replay() {
     // 2. A message signed by a device not in the sender's record.
     let forged = event(&carol_keys, "@alice", "@bob", "I am alice, honest");
     let env = seal(&forged, &to_bob).expect("seal");
-    s1.mailbox_deposit("@bob".into(), hex::encode(encode(&env)))
+    stranger_deposit(&net, &s1, "@bob", hex::encode(encode(&env)))
         .await
         .expect("the server cannot tell; it stores ciphertext");
-    // 3. A replayed ciphertext: the same envelope deposited three times.
+    // 3. A replayed ciphertext. With the same postage the server refuses
+    // it (postage is single-use); paid again on a later block it gets in,
+    // and the client drops it as a duplicate.
     let genuine = event(&carol_keys, "@carol", "@bob", "hello from carol");
     let env = hex::encode(encode(&seal(&genuine, &to_bob).expect("seal")));
-    for _ in 0..2 {
-        s1.mailbox_deposit("@bob".into(), env.clone())
-            .await
-            .expect("deposit");
-    }
+    let postage = postage_for(&net, &s1, "@bob", &env).await.expect("postage");
+    s1.mailbox_deposit("@bob".into(), env.clone(), None, Some(postage.clone()))
+        .await
+        .expect("deposit");
+    let same = s1
+        .mailbox_deposit("@bob".into(), env.clone(), None, Some(postage.clone()))
+        .await
+        .expect_err("postage is single-use");
+    assert!(same.to_string().contains("used already"), "{same}");
+    next_block(&net).await;
+    stranger_deposit(&net, &s1, "@bob", env.clone())
+        .await
+        .expect("the replay, paid again");
     let (got, dups, rejected) = receive(&mut bob, 2).await;
     let texts: Vec<&str> = got.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(texts, [marker.as_str(), "hello from carol"]);
@@ -329,7 +406,8 @@ async fn security_plaintext_forgery_and_replay() {
     );
     assert!(dups >= 1, "replay counted as duplicate");
     // Replayed again later (after acknowledgement): still not shown.
-    s1.mailbox_deposit("@bob".into(), env)
+    next_block(&net).await;
+    stranger_deposit(&net, &s1, "@bob", env)
         .await
         .expect("deposit");
     let deadline = Instant::now() + WAIT;
@@ -418,7 +496,13 @@ impl ConciergeApiServer for KeyForger {
             None::<()>,
         ))
     }
-    async fn mailbox_deposit(&self, _: String, _: String) -> RpcResult<Receipt> {
+    async fn mailbox_deposit(
+        &self,
+        _: String,
+        _: String,
+        _: Option<String>,
+        _: Option<api::Postage>,
+    ) -> RpcResult<Receipt> {
         Err(jsonrpsee::types::ErrorObjectOwned::owned(
             -32000,
             "use the async path",
@@ -433,6 +517,13 @@ impl ConciergeApiServer for KeyForger {
         ))
     }
     async fn mailbox_ack(&self, _: String, _: String, _: u64) -> RpcResult<u64> {
+        Err(jsonrpsee::types::ErrorObjectOwned::owned(
+            -32000,
+            "not forwarded",
+            None::<()>,
+        ))
+    }
+    async fn mailbox_passes(&self, _: String, _: Vec<String>, _: Vec<String>) -> RpcResult<u64> {
         Err(jsonrpsee::types::ErrorObjectOwned::owned(
             -32000,
             "not forwarded",
@@ -492,12 +583,25 @@ async fn key_front(
         answer,
     }
     .into_rpc();
-    // Forward deposits to the real server.
+    // Forward deposits and server info to the real server (senders ask it
+    // for the postage difficulty).
     module.remove_method("mailbox_deposit");
     module
         .register_async_method("mailbox_deposit", |params, ctx, _| async move {
-            let (to, env): (String, String) = params.parse()?;
-            ctx.inner.mailbox_deposit(to, env).await.map_err(|e| {
+            let (to, env, pass, postage): (String, String, Option<String>, Option<api::Postage>) =
+                params.parse()?;
+            ctx.inner
+                .mailbox_deposit(to, env, pass, postage)
+                .await
+                .map_err(|e| {
+                    jsonrpsee::types::ErrorObjectOwned::owned(-32000, e.to_string(), None::<()>)
+                })
+        })
+        .expect("register");
+    module.remove_method("server_info");
+    module
+        .register_async_method("server_info", |_, ctx, _| async move {
+            ctx.inner.server_info().await.map_err(|e| {
                 jsonrpsee::types::ErrorObjectOwned::owned(-32000, e.to_string(), None::<()>)
             })
         })
@@ -554,12 +658,14 @@ async fn forged_and_stale_medium_keys_are_refused() {
     );
     // Carol reads with her long-term key from the verified record: the
     // content key was never wrapped to the forged key.
+    // Alice is a stranger to carol: her message is in the requests lane,
+    // after the contact pass she sent along.
     let batches = inner
         .mailbox_receive(
             token,
             vec![Cursor {
-                mailbox: api::mailbox_id(&n("@carol")).to_hex(),
-                after: 0,
+                mailbox: api::requests_id(&n("@carol")).to_hex(),
+                after: d.seq - 1,
             }],
             5_000,
         )
@@ -600,7 +706,9 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
         .expect("key")
         .key;
     *answer.lock().expect("lock") = vec![hex::encode(encode(&medium))];
-    let wraps = |seq: usize| {
+    // The keys the envelope with sequence number `seq` in carol's requests
+    // lane (her senders are strangers) is wrapped to.
+    let wraps = |seq: u64| {
         let inner = inner.clone();
         let token = token.clone();
         async move {
@@ -608,15 +716,15 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
                 .mailbox_receive(
                     token,
                     vec![Cursor {
-                        mailbox: api::mailbox_id(&n("@carol")).to_hex(),
-                        after: 0,
+                        mailbox: api::requests_id(&n("@carol")).to_hex(),
+                        after: seq - 1,
                     }],
                     5_000,
                 )
                 .await
                 .expect("receive");
             let env: Envelope =
-                decode(&hex::decode(&batches[0].messages[seq].envelope).expect("hex"))
+                decode(&hex::decode(&batches[0].messages[0].envelope).expect("hex"))
                     .expect("envelope");
             env.wraps.iter().map(|w| w.kx).collect::<Vec<_>>()
         }
@@ -626,7 +734,7 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
     let (_, r) = alice.send(&n("@carol"), "one").await.expect("send");
     assert_eq!(r.delivered.len(), 1, "{r:?}");
     assert!(r.delivered[0].long_term.is_empty());
-    assert_eq!(wraps(0).await, vec![medium.kx]);
+    assert_eq!(wraps(r.delivered[0].seq).await, vec![medium.kx]);
 
     // The server blanks its answer: alice still wraps to the key she saw.
     answer.lock().expect("lock").clear();
@@ -634,7 +742,7 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
     assert_eq!(r.delivered.len(), 1, "{r:?}");
     assert!(r.delivered[0].long_term.is_empty());
     assert_eq!(
-        wraps(1).await,
+        wraps(r.delivered[0].seq).await,
         vec![medium.kx],
         "not the long-term key {:?}",
         carol.device().kx
@@ -644,7 +752,7 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
     let (_, r) = dave.send(&n("@carol"), "three").await.expect("send");
     assert_eq!(r.delivered.len(), 1, "{r:?}");
     assert_eq!(r.delivered[0].long_term, vec![carol.device().sign]);
-    assert_eq!(wraps(2).await, vec![carol.device().kx]);
+    assert_eq!(wraps(r.delivered[0].seq).await, vec![carol.device().kx]);
 
     // Once the key alice saw has expired and the server still offers
     // none, alice does not fall back: the message stays queued, and says
@@ -670,6 +778,26 @@ async fn publish_devices(
     devices: &[&DeviceKeys],
     root: u8,
 ) {
+    let devices: Vec<Device> = devices.iter().map(|d| d.device()).collect();
+    publish_record(
+        net,
+        name,
+        server,
+        &devices,
+        &SecretKey::from_seed([root; 32]),
+    )
+    .await;
+}
+
+/// Publish `devices` as `name`'s record on `server`, signed by the owner
+/// `key`, and wait until it is confirmed.
+async fn publish_record(
+    net: &Testnet,
+    name: &str,
+    server: &str,
+    devices: &[Device],
+    key: &SecretKey,
+) {
     let lc = LightClient::new(
         LcConfig::new(net.params().expect("params")),
         net.node_urls()
@@ -680,12 +808,11 @@ async fn publish_devices(
     .expect("light client");
     let value = UserRecord {
         server: n(server),
-        devices: devices.iter().map(|d| d.device()).collect(),
+        devices: devices.to_vec(),
     }
     .to_value()
     .expect("record");
-    let key = SecretKey::from_seed([root; 32]);
-    lc.publish(&key, &n(name), value.clone(), None)
+    lc.publish(key, &n(name), value.clone(), None)
         .await
         .expect("published");
     let deadline = Instant::now() + WAIT;
@@ -735,8 +862,7 @@ async fn a_removed_device_loses_its_session_and_server_state_stays_bounded() {
         }],
     )
     .expect("seal");
-    let nobody = s1
-        .mailbox_deposit("@nobody".into(), hex::encode(encode(&junk)))
+    let nobody = stranger_deposit(&net, &s1, "@nobody", hex::encode(encode(&junk)))
         .await
         .expect_err("no mailbox");
     assert!(nobody.to_string().contains("no mailbox"), "{nobody}");
@@ -828,7 +954,7 @@ async fn a_move_switches_only_once_the_record_is_confirmed() {
 #[tokio::test]
 async fn the_old_server_answers_moved_after_the_grace_period() {
     let mut net = chat_net(1, &["~s2"]).await;
-    net.add_server("~m1", &["--moved-grace", "1"])
+    net.add_server("~m1", &["--moved-grace", "1", "--postage-bits", "12"])
         .await
         .expect("server with a short grace");
     let root = net.root().to_path_buf();
@@ -850,7 +976,7 @@ async fn the_old_server_answers_moved_after_the_grace_period() {
     ));
     let deadline = Instant::now() + WAIT;
     loop {
-        match m1.mailbox_deposit("@alice".into(), env.clone()).await {
+        match stranger_deposit(&net, &m1, "@alice", env.clone()).await {
             Err(e) if e.to_string().contains("moved") => {
                 assert!(e.to_string().contains("~s2"), "{e}");
                 break;
@@ -949,10 +1075,14 @@ async fn an_envelope_from_an_unregistered_sender_does_not_block_the_inbox() {
     let to_bob = devices_of(&mut alice, "@bob").await;
     let ghost = DeviceKeys::from_seed([9; 32]);
     let junk = seal(&event(&ghost, "@ghost", "@bob", "boo"), &to_bob).expect("seal");
-    rpc(&net.server(0).url)
-        .mailbox_deposit("@bob".into(), hex::encode(encode(&junk)))
-        .await
-        .expect("a stranger can deposit");
+    stranger_deposit(
+        &net,
+        &rpc(&net.server(0).url),
+        "@bob",
+        hex::encode(encode(&junk)),
+    )
+    .await
+    .expect("a stranger can deposit");
     alice
         .send(&n("@bob"), "after the junk")
         .await
@@ -1019,7 +1149,11 @@ async fn the_cli_escapes_what_a_peer_wrote() {
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines[0].starts_with("[1] @alice -> @bob: lunch?"), "{text}");
+    // Alice is a stranger to bob: her first message shows as a request.
+    assert!(
+        lines[0].starts_with("[1] @alice -> @bob (request): lunch?"),
+        "{text}"
+    );
     assert!(
         lines[1].starts_with("    | [9] @carol"),
         "the fake line is a continuation: {text}"
@@ -1255,4 +1389,191 @@ fn chat_crates_do_not_depend_on_the_node() {
     );
     let _ = VerifiedUser::from_lookup; // the only way to a user record
     let _: Option<ClientConfig> = None;
+}
+
+/// The root key in a client's data directory (`init` puts it there).
+fn root_key_of(dir: &Path) -> SecretKey {
+    let hex_seed = std::fs::read_to_string(dir.join("root.key")).expect("root key file");
+    let seed: [u8; 32] = hex::decode(hex_seed.trim())
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    SecretKey::from_seed(seed)
+}
+
+/// Poll `c` until a message with `text` arrives; returns it.
+async fn receive_text(c: &mut ChatClient, text: &str) -> Message {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = c.poll(Duration::from_millis(300)).await.expect("poll");
+        assert!(r.rejected.is_empty(), "rejected: {:?}", r.rejected);
+        if let Some(m) = r.messages.into_iter().find(|m| m.text == text) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{text:?} never arrived");
+    }
+}
+
+/// Attack 3: one device's acknowledgement deleted a message for every
+/// device of the user, and the copy a device sends to its siblings landed
+/// in the same mailbox, where the sender (which cannot decrypt it)
+/// acknowledged it away. Now each device has its own cursor and an
+/// envelope goes only once every listed device has acknowledged it.
+#[tokio::test]
+async fn two_devices_both_receive_and_self_copies_reach_siblings() {
+    let net = chat_net(1, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let mut bob1 = user(&net, &root.join("bob1"), "@bob", "~s1").await;
+    // A second device, listed by the root key (kept with the first).
+    let mut bob2 =
+        ChatClient::init(&root.join("bob2"), net.client_config().expect("config")).expect("init");
+    publish_record(
+        &net,
+        "@bob",
+        "~s1",
+        &[bob1.device(), bob2.device()],
+        &root_key_of(&root.join("bob1")),
+    )
+    .await;
+    bob2.join(&n("@bob"))
+        .await
+        .expect("the second device joins");
+    // The first device learns of its sibling when its cached own record
+    // (30 s) is looked up again; `whois` does that at once.
+    bob1.whois(&n("@bob")).await.expect("own record");
+
+    alice.send(&n("@bob"), "to both").await.expect("send");
+    // The first device reads and acknowledges before the second looks.
+    receive_text(&mut bob1, "to both").await;
+    let m = receive_text(&mut bob2, "to both").await;
+    assert_eq!(m.from, n("@alice"));
+
+    // A message from one device reaches the other as a copy; the sender
+    // skips the copy it cannot read (no rejection, nothing lost).
+    bob1.send(&n("@alice"), "sent from bob1")
+        .await
+        .expect("send");
+    let copy = receive_text(&mut bob2, "sent from bob1").await;
+    assert_eq!(
+        (copy.from.clone(), copy.to.clone()),
+        (n("@bob"), n("@alice"))
+    );
+    receive_text(&mut alice, "sent from bob1").await;
+    let r = bob1.poll(Duration::from_millis(300)).await.expect("poll");
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    // And the other way round.
+    bob2.send(&n("@alice"), "sent from bob2")
+        .await
+        .expect("send");
+    receive_text(&mut bob1, "sent from bob2").await;
+}
+
+/// Attack 2: 9,998 junk deposits filled a mailbox, and a contact's next
+/// message was refused with "mailbox full". Now strangers deposit only
+/// into a bounded requests lane, with postage; contacts deposit with the
+/// pass the user gave them into a lane strangers cannot reach.
+#[tokio::test]
+async fn a_stranger_flood_does_not_stop_a_contacts_message() {
+    let mut net = chat_net(1, &[]).await;
+    net.add_server("~s1", &["--postage-bits", "12", "--max-requests", "40"])
+        .await
+        .expect("server starts");
+    let root = net.root().to_path_buf();
+    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let mut bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
+
+    // First contact: alice writes to bob, a stranger to him. It goes
+    // through his requests lane (postage) and shows as a request; her
+    // pass rides along, so his reply needs no postage.
+    let (_, f) = alice
+        .send(&n("@bob"), "hello, stranger")
+        .await
+        .expect("send");
+    assert_eq!(f.delivered.len(), 1, "{f:?}");
+    assert!(f.queued.is_empty(), "the pass went too: {f:?}");
+    let m = receive_text(&mut bob, "hello, stranger").await;
+    assert!(m.request, "first contact shows as a request");
+    // Bob accepts by replying; alice gets his pass.
+    bob.send(&n("@alice"), "hello, alice").await.expect("reply");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = alice.poll(Duration::from_millis(300)).await.expect("poll");
+        if r.passes.contains(&n("@bob")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob's pass never arrived");
+    }
+
+    // A stranger fills the requests lane.
+    let s1 = rpc(&net.server(0).url);
+    let to_bob = devices_of(&mut alice, "@bob").await;
+    let ghost = DeviceKeys::from_seed([33; 32]);
+    let mut full = None;
+    for i in 0..60 {
+        let env = seal(
+            &event(&ghost, "@ghost", "@bob", &format!("junk {i}")),
+            &to_bob,
+        )
+        .expect("seal");
+        if let Err(e) = stranger_deposit(&net, &s1, "@bob", hex::encode(encode(&env))).await {
+            full = Some((i, e.to_string()));
+            break;
+        }
+    }
+    let (at, e) = full.expect("the requests lane is bounded");
+    assert!(e.contains("full") && at == 40, "after {at}: {e}");
+    // No postage, a made-up pass, reused or weak postage: all refused.
+    let env = hex::encode(encode(
+        &seal(&event(&ghost, "@ghost", "@bob", "free"), &to_bob).expect("seal"),
+    ));
+    let no_postage = s1
+        .mailbox_deposit("@bob".into(), env.clone(), None, None)
+        .await
+        .expect_err("postage is required");
+    assert!(no_postage.to_string().contains("postage"), "{no_postage}");
+    let fake_pass = s1
+        .mailbox_deposit(
+            "@bob".into(),
+            env.clone(),
+            Some(hex::encode([7u8; 32])),
+            None,
+        )
+        .await
+        .expect_err("a made-up pass");
+    assert!(fake_pass.to_string().contains("pass"), "{fake_pass}");
+    let tip = net.tip(0).await.expect("tip");
+    let block = Hash::from_hex(&tip.hash).expect("hash");
+    let bytes = hex::decode(&env).expect("hex");
+    let weak_nonce = (0..)
+        .find(|k| {
+            let d = api::postage_digest(
+                &api::requests_id(&n("@bob")),
+                &api::envelope_hash(&bytes),
+                &block,
+                *k,
+            );
+            api::leading_zero_bits(&d) < 12
+        })
+        .expect("a weak nonce");
+    let weak = s1
+        .mailbox_deposit(
+            "@bob".into(),
+            env,
+            None,
+            Some(api::Postage {
+                height: tip.height,
+                block: tip.hash,
+                nonce: weak_nonce,
+            }),
+        )
+        .await
+        .expect_err("weak postage");
+    assert!(weak.to_string().contains("postage"), "{weak}");
+
+    // The contact's message still goes through, and is not a request.
+    let (_, f) = alice.send(&n("@bob"), "still flowing").await.expect("send");
+    assert_eq!(f.delivered.len(), 1, "{f:?}");
+    let m = receive_text(&mut bob, "still flowing").await;
+    assert!(!m.request);
 }
