@@ -1,7 +1,8 @@
 //! DM crypto: sign an event, encrypt it once, wrap the key to 3 devices
 //! (target ≤ 150 µs) - as a client does it (its `Sealer` has seen the
-//! recipients' keys before) and for recipients never seen before; and the
-//! receiving side.
+//! recipients' keys before) and for recipients never seen before; the
+//! receiving side; and postage (the proof of work on a first-contact
+//! deposit).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use xirtam_chat::crypto::{
@@ -47,5 +48,33 @@ fn dm(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, dm);
+/// Postage: one digest, and solving 16 bits for a new envelope each
+/// iteration (the mean is the expected cost, 2^16 digests; 22 bits, the
+/// default, costs 64 times as much).
+fn postage(c: &mut Criterion) {
+    use xirtam_chat::api::{postage_digest, solve_postage};
+    let (mailbox, block) = (Hash([1; 32]), Hash([2; 32]));
+    let envelope = Hash([3; 32]);
+    let mut nonce = 0u64;
+    c.bench_function("postage_digest", |b| {
+        b.iter(|| {
+            nonce += 1;
+            postage_digest(&mailbox, &envelope, &block, nonce)
+        })
+    });
+    let mut g = c.benchmark_group("postage");
+    g.sample_size(50);
+    let mut k = 0u64;
+    g.bench_function("solve_16_bits", |b| {
+        b.iter(|| {
+            k += 1;
+            let mut e = [0u8; 32];
+            e[..8].copy_from_slice(&k.to_be_bytes());
+            solve_postage(&mailbox, &Hash(e), &block, 16)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, dm, postage);
 criterion_main!(benches);

@@ -24,6 +24,7 @@ pub mod display;
 pub mod mailbox;
 pub mod records;
 pub mod server;
+pub mod tls;
 
 /// The light client the server and the client use: headers kept in
 /// `headers_dir`, one `HttpSource` per node URL, lookups `depth` blocks under

@@ -66,7 +66,8 @@ pub struct UserRecord {
 pub struct ServerRecord {
     /// The server's identity key (Ed25519): it signs challenges and receipts.
     pub key: PublicKey,
-    /// Where its JSON-RPC endpoint is (1 to [`MAX_URLS`] `http(s)://` URLs,
+    /// Where its JSON-RPC endpoint is (1 to [`MAX_URLS`] `https://`,
+    /// `https+ca://` or `http://` URLs: see [`crate::tls`];
     /// tried in order).
     pub urls: Vec<String>,
 }
@@ -135,8 +136,13 @@ fn check_server(r: &ServerRecord) -> Result<(), String> {
         if u.len() > MAX_URL_LEN {
             return Err(format!("a URL is longer than {MAX_URL_LEN} bytes"));
         }
-        if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(format!("{u:?} is not an http(s) URL"));
+        if !(u.starts_with("http://")
+            || u.starts_with("https://")
+            || u.starts_with(crate::tls::CA_SCHEME))
+        {
+            return Err(format!(
+                "{u:?} is not an http://, https:// or https+ca:// URL"
+            ));
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonrpsee::core::{RpcResult, async_trait};
-use jsonrpsee::server::{Server, ServerHandle};
+use jsonrpsee::server::{Server, ServerHandle, StopHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -110,8 +110,13 @@ pub struct ServerConfig {
     pub nodes: Vec<String>,
     /// Address to listen on (port 0: any free port).
     pub listen: SocketAddr,
-    /// URL published in the record (default: `http://` + the bound address).
+    /// URL published in the record (default: `https://` + the bound
+    /// address, or `http://` with `plain_http`).
     pub public_url: Option<String>,
+    /// Serve plain HTTP instead of TLS: only behind the operator's own TLS
+    /// terminator (whose URL the record then gives as `https+ca://`), or on
+    /// loopback.
+    pub plain_http: bool,
     /// Blocks under the tip lookups are proven at (default: the network's).
     pub depth: Option<u64>,
     /// Limits.
@@ -145,6 +150,9 @@ pub enum ServerError {
     /// The operating system's random number generator failed.
     #[error("no randomness from the operating system: {0}")]
     Random(String),
+    /// TLS.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The RPC server.
     #[error("cannot serve RPC on {addr}: {reason}")]
     Rpc {
@@ -989,21 +997,26 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         reason,
     };
     let rpc_config = jsonrpsee::server::ServerConfig::builder()
-        .max_connections(config.limits.max_connections)
         .max_request_body_size((2 * config.limits.max_envelope + 4096) as u32)
         .max_response_body_size((2 * api::MAX_BATCH_BYTES * api::MAX_CURSORS + 65536) as u32)
         .http_only()
         .build();
-    let server = Server::builder()
-        .set_config(rpc_config)
-        .build(config.listen)
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| rpc_err(e.to_string()))?;
-    let addr = server.local_addr().map_err(|e| rpc_err(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| rpc_err(e.to_string()))?;
+    let tls = if config.plain_http {
+        None
+    } else {
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            crate::tls::server_config(&keys.server)?,
+        )))
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let server_key = keys.server.public();
     let concierge = Arc::new(Concierge {
         name: config.name.clone(),
@@ -1027,7 +1040,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         postage_sync: tokio::sync::Mutex::new(None),
         registered_at: Mutex::new(None),
     });
-    let handle = server.start(Rpc(concierge.clone()).into_rpc());
+    let (stop, handle) = jsonrpsee::server::stop_channel();
+    tokio::spawn(serve(
+        listener,
+        tls,
+        Server::builder()
+            .set_config(rpc_config)
+            .to_service_builder(),
+        Rpc(concierge.clone()).into_rpc(),
+        stop,
+        config.limits.max_connections as usize,
+    ));
     let addr_file = config.datadir.join("rpc.addr");
     std::fs::write(&addr_file, addr.to_string())
         .map_err(io(format!("write {}", addr_file.display())))?;
@@ -1044,6 +1067,69 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         handle,
         register,
     })
+}
+
+/// Accept connections until stopped: TLS (when `tls` is set: a handshake
+/// must finish within 10 s) and then HTTP with the RPC methods; at most
+/// `max_connections` at once (more are closed at once).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    services: jsonrpsee::server::TowerServiceBuilder<
+        tower::layer::util::Identity,
+        tower::layer::util::Identity,
+    >,
+    methods: jsonrpsee::RpcModule<Rpc>,
+    stop: StopHandle,
+    max_connections: usize,
+) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let methods: jsonrpsee::Methods = methods.into();
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(target: "server::net", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stop.clone().shutdown() => return,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!(target: "server::net", %peer, "too many connections; closed");
+            continue;
+        };
+        let svc = services.clone().build(methods.clone(), stop.clone());
+        let (tls, stop) = (tls.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let done = match tls {
+                Some(tls) => {
+                    match tokio::time::timeout(Duration::from_secs(10), tls.accept(sock)).await {
+                        Ok(Ok(stream)) => {
+                            jsonrpsee::server::serve_with_graceful_shutdown(
+                                stream,
+                                svc,
+                                stop.shutdown(),
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
+                None => {
+                    jsonrpsee::server::serve_with_graceful_shutdown(sock, svc, stop.shutdown())
+                        .await
+                }
+            };
+            if let Err(e) = done {
+                tracing::debug!(target: "server::net", %peer, error = %e, "connection ended");
+            }
+        });
+    }
 }
 
 /// Make the `~name` record match `record`: publish when the newest

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use jsonrpsee::http_client::HttpClient;
 use xirtam_chat::api::{self, ConciergeApiClient, Cursor};
 use xirtam_chat::crypto::{DeviceKeys, Envelope, Wrap};
 use xirtam_chat::records::UserRecord;
@@ -58,12 +58,10 @@ fn rss_of(pid: u32) -> Option<u64> {
 /// The contact pass every bench user registers for the senders.
 const BENCH_PASS: [u8; 32] = [0x42; 32];
 
-fn client(url: &str, timeout: Duration) -> Result<HttpClient> {
-    HttpClientBuilder::default()
-        .request_timeout(timeout)
-        .max_response_size(64 << 20)
-        .build(url)
-        .context("client")
+/// A client of the bench server: TLS with its server key, as a real client
+/// connects.
+fn client(url: &str, key: &PublicKey, timeout: Duration) -> Result<HttpClient> {
+    xirtam_chat::tls::concierge_client(url, key, timeout, 64 << 20).context("client")
 }
 
 /// An envelope the size of a direct message to three devices, carrying
@@ -108,7 +106,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
             &["--deposit-rate", "100000", "--deposit-burst", "100000"],
         )
         .await?;
-    let url = net.server(s).url.clone();
+    let (url, key) = (net.server(s).url.clone(), net.server(s).key);
     let pid = net.server(s).pid().context("server pid")?;
     // Users: one record each, published through a light client.
     let lc = LightClient::new(
@@ -160,7 +158,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let rpc = client(&url, Duration::from_secs(60))?;
+    let rpc = client(&url, &key, Duration::from_secs(60))?;
     let mut tokens = Vec::new();
     for (name, device) in &users {
         let ch = rpc.auth_challenge(name.to_string()).await?;
@@ -195,7 +193,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
     let total = b.messages as u64;
     let mut pollers = Vec::new();
     for (i, (name, _)) in users.iter().enumerate() {
-        let c = client(&url, Duration::from_secs(60))?;
+        let c = client(&url, &key, Duration::from_secs(60))?;
         let token = tokens[i].clone();
         let mailbox = api::mailbox_id(name).to_hex();
         let delivered = delivered.clone();
@@ -239,7 +237,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
     let start = t0.elapsed();
     let mut senders = Vec::new();
     for _ in 0..b.senders {
-        let c = client(&url, Duration::from_secs(60))?;
+        let c = client(&url, &key, Duration::from_secs(60))?;
         let (next, names) = (next.clone(), names.clone());
         senders.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -278,7 +276,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
     let elapsed = (end - start).as_secs_f64();
     let throughput = b.messages as f64 / elapsed;
     // Idle long-polls: `idle` requests parked on empty mailboxes.
-    let idle_client = client(&url, Duration::from_secs(120))?;
+    let idle_client = client(&url, &key, Duration::from_secs(120))?;
     let mut parked = Vec::new();
     for k in 0..b.idle {
         let (c, token) = (idle_client.clone(), tokens[k % tokens.len()].clone());

@@ -10,9 +10,10 @@ use std::time::Duration;
 use jsonrpsee::http_client::HttpClient;
 use xirtam_chat::api::ConciergeApiClient;
 use xirtam_chat::client::ClientConfig;
+use xirtam_proofs::PublicKey;
 use xirtam_proofs::params::Params;
 
-use crate::{Result, Testnet, TestnetError, find_bin, poll_until, rpc_client, spawn_until_files};
+use crate::{Result, Testnet, TestnetError, find_bin, poll_until, spawn_until_files};
 
 /// One concierge server process.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct ServerProc {
     pub url: String,
     /// Bound address (kept across restarts).
     pub addr: SocketAddr,
+    /// Its server key (the TLS key its record names).
+    pub key: PublicKey,
     args: Vec<String>,
     child: Option<Child>,
     rpc: HttpClient,
@@ -154,13 +157,27 @@ impl Testnet {
         let addr: SocketAddr = files[0].trim().parse().map_err(|e| {
             TestnetError::Invalid(format!("server {name} wrote a bad address: {e}"))
         })?;
-        let url = format!("http://{addr}");
+        // TLS with the server key (as its record says) unless told
+        // otherwise; the key file exists once the address is written.
+        let scheme = if args.iter().any(|a| a == "--plain-http") {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!("{scheme}://{addr}");
+        let key = xirtam_chat::server::ServerKeys::load_or_create(&datadir)
+            .map_err(|e| TestnetError::Invalid(format!("server {name}'s keys: {e}")))?
+            .server
+            .public();
+        let rpc = xirtam_chat::tls::concierge_client(&url, &key, Duration::from_secs(30), 64 << 20)
+            .map_err(|e| TestnetError::Invalid(e.to_string()))?;
         Ok(ServerProc {
             name: name.to_string(),
             datadir,
-            rpc: rpc_client(&url)?,
+            rpc,
             url,
             addr,
+            key,
             args,
             child: Some(child),
         })

@@ -33,8 +33,8 @@ struct Cli {
     /// written to DATADIR/rpc.addr).
     #[arg(long, default_value = "127.0.0.1:8650")]
     listen: std::net::SocketAddr,
-    /// URL published in the server's record (default: http:// + the bound
-    /// address).
+    /// URL published in the server's record (default: https:// + the
+    /// bound address; http:// with --plain-http).
     #[arg(long)]
     public_url: Option<String>,
     /// Blocks under the verified tip lookups are proven at (default: the
@@ -71,6 +71,12 @@ struct Cli {
     /// another server (then refused as "moved"); default 7 days.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     moved_grace: u64,
+    /// Serve plain HTTP instead of TLS with the record's server key: only
+    /// behind your own TLS terminator, whose URL you then publish with
+    /// `--public-url https+ca://HOST:PORT` (docs/chat.md, "Transport"), or
+    /// on loopback.
+    #[arg(long)]
+    plain_http: bool,
     /// Log filter (tracing), e.g. `info` or `server=debug`.
     #[arg(long, default_value = "info")]
     log: String,
@@ -120,6 +126,7 @@ async fn run(cli: Cli) -> Result<()> {
         nodes: cli.nodes,
         listen: cli.listen,
         public_url: cli.public_url,
+        plain_http: cli.plain_http,
         depth: cli.depth,
         limits,
     })

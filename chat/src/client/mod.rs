@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use jsonrpsee::core::client::Error as RpcError;
-use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use jsonrpsee::http_client::HttpClient;
 use xirtam_lightclient::{HttpSource, LightClient};
 use xirtam_proofs::name::NameKind;
 use xirtam_proofs::params::Params;
@@ -766,17 +766,21 @@ impl ChatClient {
                 .first()
                 .cloned()
                 .ok_or_else(|| ClientError::Invalid(format!("{server} lists no URL")))?;
+            // TLS whose server key must be the key of the verified record
+            // (crate::tls).
+            let key = sv.record().key;
             let build = |timeout: Duration| {
-                HttpClientBuilder::default()
-                    .request_timeout(timeout)
-                    .max_response_size((2 * api::MAX_BATCH_BYTES * api::MAX_CURSORS + 65536) as u32)
-                    .max_request_size(1 << 20)
-                    .build(&url)
-                    .map_err(|e| ClientError::Unreachable {
-                        server: server.clone(),
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })
+                crate::tls::concierge_client(
+                    &url,
+                    &key,
+                    timeout,
+                    (2 * api::MAX_BATCH_BYTES * api::MAX_CURSORS + 65536) as u32,
+                )
+                .map_err(|e| ClientError::Unreachable {
+                    server: server.clone(),
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })
             };
             let rpc = build(self.config.rpc_timeout)?;
             let poll = build(self.config.rpc_timeout + Duration::from_secs(35))?;
@@ -824,6 +828,11 @@ impl ChatClient {
             return Ok(t.clone());
         }
         let (rpc, url) = (conn.rpc.clone(), conn.url.clone());
+        if crate::tls::plain_remote(&url) {
+            return Err(ClientError::Invalid(format!(
+                "{server} publishes a plain http:// URL ({url}) for a host that is not loopback: a login token would travel in the clear, so this client does not log in there; the server must publish an https:// URL"
+            )));
+        }
         let ch = rpc
             .auth_challenge(me.to_string())
             .await

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use jsonrpsee::core::client::{ClientT, Error as RpcError};
-use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use jsonrpsee::http_client::HttpClient;
 use jsonrpsee::rpc_params;
 use xirtam_chat::api::{ConciergeApiClient, code};
 use xirtam_chat::crypto::{DeviceKeys, Event, KIND_TEXT, Recipient, SignedEvent, seal};
@@ -22,14 +22,15 @@ async fn server(dir: &std::path::Path, limits: Limits) -> (RunningServer, HttpCl
         nodes: vec!["http://127.0.0.1:9".into()],
         listen: "127.0.0.1:0".parse().expect("addr"),
         public_url: None,
+        plain_http: false,
         depth: None,
         limits,
     })
     .await
     .expect("server starts");
-    let c = HttpClientBuilder::default()
-        .request_timeout(Duration::from_secs(10))
-        .build(&s.url)
+    // TLS with the server's key as its raw public key.
+    assert!(s.url.starts_with("https://"), "{}", s.url);
+    let c = xirtam_chat::tls::concierge_client(&s.url, &s.key, Duration::from_secs(10), 1 << 24)
         .expect("client");
     (s, c)
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use jsonrpsee::core::RpcResult;
 use jsonrpsee::core::async_trait;
-use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use jsonrpsee::http_client::HttpClient;
 use jsonrpsee::server::Server;
 use xirtam_chat::api::{
     self, Batch, Challenge, ConciergeApiClient, ConciergeApiServer, Cursor, MailboxInfo, Receipt,
@@ -221,13 +221,6 @@ async fn manual_user(net: &Testnet, name: &str, server: &str, device: &DeviceKey
     publish_devices(net, name, server, &[device], root).await;
 }
 
-fn rpc(url: &str) -> HttpClient {
-    HttpClientBuilder::default()
-        .request_timeout(Duration::from_secs(30))
-        .build(url)
-        .expect("client")
-}
-
 /// Log `device` in as `user` on the server at `url` (named `server`). The
 /// record was confirmed for the test's own light client; the server's may
 /// still be a block behind, so "not registered" is retried for a while.
@@ -360,7 +353,7 @@ async fn security_plaintext_forgery_and_replay() {
         "plaintext found in the server's data directory"
     );
 
-    let s1 = rpc(&net.server(0).url);
+    let s1 = net.server(0).rpc().clone();
     let bob_rec = bob.whois(&n("@bob")).await.expect("bob's record");
     let to_bob: Vec<Recipient> = bob_rec
         .record()
@@ -572,12 +565,19 @@ async fn key_front(
         nodes: net.node_urls(),
         listen: "127.0.0.1:0".parse().expect("addr"),
         public_url: Some(front_url),
+        plain_http: false,
         depth: None,
         limits: Limits::default(),
     })
     .await
     .expect("server");
-    let inner = rpc(&format!("http://{}", real.addr));
+    let inner = xirtam_chat::tls::concierge_client(
+        &format!("https://{}", real.addr),
+        &real.key,
+        Duration::from_secs(30),
+        64 << 20,
+    )
+    .expect("client of the real server");
     let mut module = KeyForger {
         inner: inner.clone(),
         answer,
@@ -838,7 +838,7 @@ async fn a_removed_device_loses_its_session_and_server_state_stays_bounded() {
         DeviceKeys::from_seed([22; 32]),
     );
     publish_devices(&net, "@erin", "~s1", &[&d1, &d2], 120).await;
-    let s1 = rpc(&net.server(0).url);
+    let s1 = net.server(0).rpc().clone();
     let t1 = login(&s1, "~s1", "@erin", &d1).await;
     let t2 = login(&s1, "~s1", "@erin", &d2).await;
     s1.mailbox_create(t1.clone()).await.expect("mailbox");
@@ -965,7 +965,7 @@ async fn the_old_server_answers_moved_after_the_grace_period() {
     assert_eq!(got[0].text, "before");
     alice.move_to(&n("~s2")).await.expect("move");
 
-    let m1 = rpc(&net.server(1).url);
+    let m1 = net.server(1).rpc().clone();
     let to_alice = devices_of(&mut bob, "@alice").await;
     let env = hex::encode(encode(
         &seal(
@@ -1077,7 +1077,7 @@ async fn an_envelope_from_an_unregistered_sender_does_not_block_the_inbox() {
     let junk = seal(&event(&ghost, "@ghost", "@bob", "boo"), &to_bob).expect("seal");
     stranger_deposit(
         &net,
-        &rpc(&net.server(0).url),
+        &net.server(0).rpc().clone(),
         "@bob",
         hex::encode(encode(&junk)),
     )
@@ -1170,7 +1170,7 @@ async fn a_challenge_flood_does_not_stop_logins() {
     let net = chat_net(1, &["~s1"]).await;
     let carol = DeviceKeys::from_seed([8; 32]);
     manual_user(&net, "@carol", "~s1", &carol, 80).await;
-    let s1 = rpc(&net.server(0).url);
+    let s1 = net.server(0).rpc().clone();
     for _ in 0..101 {
         let mut batch = BatchRequestBuilder::new();
         for _ in 0..1000 {
@@ -1506,7 +1506,7 @@ async fn a_stranger_flood_does_not_stop_a_contacts_message() {
     }
 
     // A stranger fills the requests lane.
-    let s1 = rpc(&net.server(0).url);
+    let s1 = net.server(0).rpc().clone();
     let to_bob = devices_of(&mut alice, "@bob").await;
     let ghost = DeviceKeys::from_seed([33; 32]);
     let mut full = None;
@@ -1576,4 +1576,182 @@ async fn a_stranger_flood_does_not_stop_a_contacts_message() {
     assert_eq!(f.delivered.len(), 1, "{f:?}");
     let m = receive_text(&mut bob, "still flowing").await;
     assert!(!m.request);
+}
+
+/// A TCP relay on loopback in front of a concierge: it forwards each
+/// connection to `target` and keeps a copy of what clients send (a passive
+/// eavesdropper). Once `intercept` is set, it instead terminates TLS with a
+/// key of its own (a man in the middle) and keeps what it can decrypt.
+#[derive(Clone)]
+struct Relay {
+    addr: std::net::SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    intercept: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    decrypted: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    handshakes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let relay = Relay {
+            addr: listener.local_addr().expect("addr"),
+            target: Default::default(),
+            seen: Default::default(),
+            intercept: Default::default(),
+            decrypted: Default::default(),
+            handshakes: Default::default(),
+        };
+        let mitm = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            xirtam_chat::tls::server_config(&SecretKey::from_seed([66; 32])).expect("tls"),
+        ));
+        let r = relay.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (r, mitm) = (r.clone(), mitm.clone());
+                tokio::spawn(async move { r.handle(sock, mitm).await });
+            }
+        });
+        relay
+    }
+
+    async fn handle(&self, sock: tokio::net::TcpStream, mitm: tokio_rustls::TlsAcceptor) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.intercept.load(Ordering::SeqCst) {
+            self.handshakes.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut tls) = mitm.accept(sock).await {
+                // Keep each piece as it comes (the client waits for an
+                // answer that never comes).
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    self.decrypted
+                        .lock()
+                        .expect("lock")
+                        .extend_from_slice(&buf[..n]);
+                }
+            }
+            return;
+        }
+        let Some(target) = *self.target.lock().expect("lock") else {
+            return;
+        };
+        let Ok(out) = tokio::net::TcpStream::connect(target).await else {
+            return;
+        };
+        let (mut ri, mut wi) = sock.into_split();
+        let (mut ro, mut wo) = out.into_split();
+        let seen = self.seen.clone();
+        let up = async move {
+            let mut buf = [0u8; 16384];
+            while let Ok(n) = ri.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+                if wo.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wo.shutdown().await;
+        };
+        let down = tokio::io::copy(&mut ro, &mut wi);
+        let _ = tokio::join!(up, down);
+    }
+}
+
+/// Attack 4: tokens were bearer secrets over plain HTTP, and the key in the
+/// `~server` record never authenticated the connection. Now the connection
+/// is TLS whose server key must be the record's: an eavesdropper sees only
+/// ciphertext, and a man in the middle with another key is refused before
+/// anything is sent. A record with a plain http:// URL to another host
+/// gets no token at all.
+#[tokio::test]
+async fn a_man_in_the_middle_with_another_key_is_refused() {
+    let mut net = chat_net(1, &[]).await;
+    let relay = Relay::start().await;
+    let relay_url = format!("https://{}", relay.addr);
+    net.add_server(
+        "~s1",
+        &["--postage-bits", "12", "--public-url", relay_url.as_str()],
+    )
+    .await
+    .expect("server starts");
+    *relay.target.lock().expect("lock") = Some(net.server(0).addr);
+    let root = net.root().to_path_buf();
+
+    // Through the relay: logins, deposits, receives, all over TLS with the
+    // record's key.
+    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let mut bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
+    let secret = format!("over-tls-{}", hex::encode(rand_marker()));
+    alice.send(&n("@bob"), &secret).await.expect("send");
+    receive_text(&mut bob, &secret).await;
+    let seen = relay.seen.lock().expect("lock").clone();
+    assert!(seen.len() > 1000, "the relay carried the traffic");
+    assert!(
+        seen.windows(3).any(|w| w == [0x16, 0x03, 0x01]),
+        "a TLS handshake"
+    );
+    for plain in [
+        b"auth_login".as_slice(),
+        b"mailbox_",
+        b"\"token\"",
+        b"jsonrpc",
+        secret.as_bytes(),
+    ] {
+        assert!(
+            !seen.windows(plain.len()).any(|w| w == plain),
+            "{:?} readable on the wire",
+            String::from_utf8_lossy(plain)
+        );
+    }
+
+    // A man in the middle with another key: refused before anything of the
+    // session is sent.
+    relay
+        .intercept
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut carol =
+        ChatClient::init(&root.join("carol"), net.client_config().expect("config")).expect("init");
+    let e = carol
+        .register(&n("@carol"), &n("~s1"))
+        .await
+        .expect_err("the impostor's key is refused");
+    assert!(e.to_string().contains("unreachable"), "{e}");
+    assert!(
+        relay.handshakes.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the client did try the impostor"
+    );
+    assert!(
+        relay.decrypted.lock().expect("lock").is_empty(),
+        "the impostor decrypted something"
+    );
+
+    // A record that names plain http:// to another host: no login there.
+    net.add_server(
+        "~plain",
+        &[
+            "--postage-bits",
+            "12",
+            "--plain-http",
+            "--public-url",
+            "http://192.0.2.1:8650",
+        ],
+    )
+    .await
+    .expect("server starts");
+    let mut dave =
+        ChatClient::init(&root.join("dave"), net.client_config().expect("config")).expect("init");
+    let e = dave
+        .register(&n("@dave"), &n("~plain"))
+        .await
+        .expect_err("no token over plain HTTP");
+    assert!(e.to_string().contains("in the clear"), "{e}");
 }
