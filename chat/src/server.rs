@@ -997,6 +997,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         reason,
     };
     let rpc_config = jsonrpsee::server::ServerConfig::builder()
+        .max_connections(config.limits.max_connections)
         .max_request_body_size((2 * config.limits.max_envelope + 4096) as u32)
         .max_response_body_size((2 * api::MAX_BATCH_BYTES * api::MAX_CURSORS + 65536) as u32)
         .http_only()

@@ -32,6 +32,8 @@ pub struct ChatBench {
     pub messages: usize,
     /// Idle long-polls for the memory figure.
     pub idle: usize,
+    /// Serve plain HTTP instead of TLS.
+    pub plain_http: bool,
 }
 
 /// What it measured.
@@ -103,7 +105,15 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
     let s = net
         .add_server(
             "~bench",
-            &["--deposit-rate", "100000", "--deposit-burst", "100000"],
+            &[
+                &["--deposit-rate", "100000", "--deposit-burst", "100000"][..],
+                if b.plain_http {
+                    &["--plain-http"][..]
+                } else {
+                    &[]
+                },
+            ]
+            .concat(),
         )
         .await?;
     let (url, key) = (net.server(s).url.clone(), net.server(s).key);

@@ -259,8 +259,15 @@ async fn run(cli: Cli) -> Result<()> {
             for e in &r.errors {
                 eprintln!("warning: {}", display::escape_line(e));
             }
-            for m in c.inbox()? {
-                show(&m);
+            let messages = c.inbox()?;
+            let gaps = xirtam_chat::client::gaps(&messages);
+            for m in &messages {
+                if gaps.contains(&m.id) {
+                    println!(
+                        "    ! a message is missing here: the one this follows never arrived on this device"
+                    );
+                }
+                show(m);
             }
         }
         Cmd::Accept { name: n } => {

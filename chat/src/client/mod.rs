@@ -380,6 +380,19 @@ pub struct Grant {
     pub pass: [u8; 32],
 }
 
+/// The messages whose `after` link names an event that is not among
+/// `messages`: something sent before them in their conversation never
+/// arrived here (dropped by a server, rejected, or sent before this device
+/// joined). A UI says "a message is missing" before each.
+pub fn gaps(messages: &[Message]) -> HashSet<Hash> {
+    let ids: HashSet<Hash> = messages.iter().map(|m| m.id).collect();
+    messages
+        .iter()
+        .filter(|m| m.after != Hash::ZERO && !ids.contains(&m.after))
+        .map(|m| m.id)
+        .collect()
+}
+
 /// Order messages so that each comes after the event its `after` link
 /// names (when that event is known), keeping local order otherwise.
 pub fn order_by_after(messages: Vec<Message>) -> Vec<Message> {
@@ -1824,6 +1837,13 @@ mod tests {
         let got = order_by_after(vec![msg(1, 5, 9), msg(2, 6, 8)]);
         let ids: Vec<u8> = got.iter().map(|m| m.id.0[0]).collect();
         assert_eq!(ids, vec![5, 6]);
+    }
+
+    #[test]
+    fn a_missing_link_is_a_gap() {
+        // 1 <- 2, then 4 follows 3, which never arrived; 5 starts afresh.
+        let m = vec![msg(1, 1, 0), msg(2, 2, 1), msg(3, 4, 3), msg(4, 5, 0)];
+        assert_eq!(gaps(&m), HashSet::from([Hash([4; 32])]));
     }
 
     #[test]

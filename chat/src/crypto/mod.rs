@@ -49,6 +49,8 @@ pub const WRAP_TAG: &str = "xirtam/chat/wrap/v1";
 pub const BODY_HASH_TAG: &str = "xirtam/chat/body-hash/v1";
 /// AEAD associated data of the body.
 pub const BODY_AAD: &[u8] = b"xirtam/chat/body/v1";
+/// Domain tag of the key commitment that starts an envelope's body.
+pub const KEY_COMMIT_TAG: &str = "xirtam/chat/key-commit/v1";
 /// Tag deriving device keys from a seed.
 const DEVICE_SEED_TAG: &str = "xirtam/chat/device-seed/v1";
 
@@ -93,6 +95,13 @@ pub enum CryptoError {
     /// Decryption failed: the envelope was tampered with.
     #[error("decryption failed: the message was altered")]
     Tampered,
+    /// The content key wrapped to this device is not the one the envelope
+    /// commits to: the sender may be showing different devices different
+    /// messages.
+    #[error(
+        "the key wrapped to this device does not match the envelope's key commitment (different devices may be shown different messages)"
+    )]
+    KeyCommitment,
     /// The event names another sender or recipient than expected.
     #[error("event mismatch: {0}")]
     Mismatch(String),
@@ -404,7 +413,12 @@ impl Sealer {
         }
         self.begin_envelope();
         let content_key = Zeroizing::new(random_bytes::<32>()?);
-        let body = body_cipher(&content_key)
+        // The body starts with a commitment to the content key: every
+        // device checks the key it unwrapped against it, so one envelope
+        // cannot decrypt to different messages for different devices
+        // (ChaCha20-Poly1305 alone does not commit to its key).
+        let commit = hash_tagged(KEY_COMMIT_TAG, content_key.as_ref());
+        let ct = body_cipher(&content_key)
             .encrypt(
                 Nonce::from_slice(&BODY_NONCE),
                 Payload {
@@ -413,6 +427,7 @@ impl Sealer {
                 },
             )
             .map_err(|_| CryptoError::Tampered)?;
+        let body = [&commit.0[..], &ct].concat();
         let body_hash = hash_tagged(BODY_HASH_TAG, &body);
         let mut wraps = Vec::with_capacity(to.len());
         for r in to {
@@ -468,11 +483,18 @@ pub fn open(
         let key = Zeroizing::new(
             <[u8; 32]>::try_from(key.as_slice()).map_err(|_| CryptoError::Tampered)?,
         );
+        let (commit, ct) = envelope
+            .body
+            .split_at_checked(32)
+            .ok_or(CryptoError::Tampered)?;
+        if hash_tagged(KEY_COMMIT_TAG, key.as_ref()).0 != commit {
+            return Err(CryptoError::KeyCommitment);
+        }
         let plain = body_cipher(&key)
             .decrypt(
                 Nonce::from_slice(&BODY_NONCE),
                 Payload {
-                    msg: &envelope.body,
+                    msg: ct,
                     aad: BODY_AAD,
                 },
             )
@@ -555,6 +577,42 @@ mod tests {
         assert_eq!(open(&env, &bob1, &[]), Err(CryptoError::NotForMe));
         // Alice's own device was not a recipient.
         assert_eq!(open(&env, &alice, &[]), Err(CryptoError::NotForMe));
+    }
+
+    /// A sender who wraps different content keys to different devices of
+    /// one envelope (so that, with a crafted body, each would see another
+    /// message) is caught: every device checks its key against the
+    /// commitment at the start of the body.
+    #[test]
+    fn one_envelope_cannot_carry_different_keys_for_different_devices() {
+        let alice = DeviceKeys::from_seed([1; 32]);
+        let (b1, b2) = (
+            DeviceKeys::from_seed([2; 32]),
+            DeviceKeys::from_seed([3; 32]),
+        );
+        let to: Vec<Recipient> = [&b1, &b2]
+            .iter()
+            .map(|d| Recipient {
+                device: d.device().sign,
+                kx: d.device().kx,
+            })
+            .collect();
+        let mut env = seal(&text(&alice, "the same for both"), &to).expect("seal");
+        assert!(open(&env, &b2, &[]).is_ok());
+        // Re-wrap another key to the second device, bound to the same body.
+        let body_hash = hash_tagged(BODY_HASH_TAG, &env.body);
+        let (enc, key) = Sealer::new()
+            .wrap(
+                &b2.device().kx.0,
+                &wrap_info(&b2.device().sign, &b2.device().kx),
+                &body_hash.0,
+                &[9u8; 32],
+            )
+            .expect("wrap");
+        env.wraps[1].enc = enc;
+        env.wraps[1].key = key.try_into().expect("48 bytes");
+        assert_eq!(open(&env, &b2, &[]), Err(CryptoError::KeyCommitment));
+        assert!(open(&env, &b1, &[]).is_ok());
     }
 
     #[test]

@@ -98,6 +98,9 @@ enum BenchCmd {
         /// Idle long-polls for the memory figure.
         #[arg(long, default_value_t = 1000)]
         idle: usize,
+        /// Plain HTTP instead of TLS (to see what TLS costs).
+        #[arg(long)]
+        plain_http: bool,
     },
     /// Light client: cold start to a verified name (from genesis and from a
     /// checkpoint), resolve latency on a synced client, memory.
@@ -282,12 +285,14 @@ async fn bench(b: BenchCmd) -> Result<()> {
             senders,
             messages,
             idle,
+            plain_http,
         } => {
             let r = xirtam_testnet::bench_chat::run(xirtam_testnet::bench_chat::ChatBench {
                 receivers,
                 senders,
                 messages,
                 idle,
+                plain_http,
             })
             .await?;
             println!(
