@@ -32,17 +32,17 @@ fn dm(c: &mut Criterion) {
     let mut sealer = Sealer::new();
     c.bench_function("dm_send_3_devices", |b| {
         b.iter(|| {
-            let signed = SignedEvent::sign(&alice, event.clone());
+            let signed = SignedEvent::sign(&alice, &Hash::ZERO, event.clone());
             sealer.seal(&signed, &to).expect("seal")
         })
     });
     c.bench_function("dm_send_3_devices_first_time", |b| {
         b.iter(|| {
-            let signed = SignedEvent::sign(&alice, event.clone());
+            let signed = SignedEvent::sign(&alice, &Hash::ZERO, event.clone());
             seal(&signed, &to).expect("seal")
         })
     });
-    let env = seal(&SignedEvent::sign(&alice, event.clone()), &to).expect("seal");
+    let env = seal(&SignedEvent::sign(&alice, &Hash::ZERO, event.clone()), &to).expect("seal");
     c.bench_function("dm_receive", |b| {
         b.iter(|| open(&env, &bobs[1], &[]).expect("open"))
     });

@@ -426,11 +426,19 @@ impl Concierge {
         if api::leading_zero_bits(&digest) < bits {
             return Err(refuse("postage too weak".into()));
         }
-        if self.lc.hash_at(p.height) != Some(block) && p.height > self.lc.tip().height {
-            // The sender may be a block or two ahead of us: catch up, at
-            // most once a second whatever the callers claim.
+        let ahead = p.height > self.lc.tip().height
+            && p.height <= self.lc.tip().height.saturating_add(window);
+        if ahead && self.lc.hash_at(p.height) != Some(block) {
+            // The sender is ahead of us (its light client saw blocks ours
+            // has not yet): catch up. Callers queue here and share one sync
+            // a second, whatever they claim; only postage with the work
+            // done gets this far.
             let mut last = self.postage_sync.lock().await;
-            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            if self.lc.hash_at(p.height) != Some(block) {
+                if let Some(t) = *last {
+                    let wait = Duration::from_secs(1).saturating_sub(t.elapsed());
+                    tokio::time::sleep(wait).await;
+                }
                 *last = Some(Instant::now());
                 if let Err(e) = self.lc.sync().await {
                     tracing::debug!(target: "server::postage", error = %e, "sync for postage failed");
@@ -926,7 +934,7 @@ impl ConciergeApiServer for Rpc {
                 kx: mk.kx,
             }],
         };
-        mk.check(&user, &only, crate::unix_now())
+        mk.check(&c.params.genesis_hash, &user, &only, crate::unix_now())
             .map_err(|e| invalid(format!("refused medium-term key: {e}")))?;
         c.store
             .put_medium_key(&user, &device, &encode(&mk))

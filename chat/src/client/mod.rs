@@ -901,7 +901,10 @@ impl ChatClient {
         if fresh {
             return Ok(false);
         }
-        self.mediums.push(self.device.medium_key(now, life)?);
+        self.mediums.push(
+            self.device
+                .medium_key(&self.config.params.genesis_hash, now, life)?,
+        );
         let stored: Vec<StoredMedium> = self
             .mediums
             .iter()
@@ -1028,6 +1031,7 @@ impl ChatClient {
         let after: Hash = self.store.state(&head_key(peer))?.unwrap_or_default();
         let event = SignedEvent::sign(
             &self.device,
+            &self.config.params.genesis_hash,
             Event {
                 sender: me,
                 device: self.device.device().sign,
@@ -1069,6 +1073,7 @@ impl ChatClient {
         let after: Hash = self.store.state(&head_key(to))?.unwrap_or_default();
         let event = SignedEvent::sign(
             &self.device,
+            &self.config.params.genesis_hash,
             Event {
                 sender: me.clone(),
                 device: self.device.device().sign,
@@ -1186,7 +1191,7 @@ impl ChatClient {
                 refused.push(format!("{server} sent a malformed key for {name}"));
                 continue;
             };
-            match key.check(&name, user.record(), now) {
+            match key.check(&self.config.params.genesis_hash, &name, user.record(), now) {
                 Ok(()) => {
                     if best
                         .get(&key.device)
@@ -1224,7 +1229,9 @@ impl ChatClient {
                 }
                 k.kx
             } else if let Some(k) = remembered {
-                if k.check(&name, user.record(), now).is_err() {
+                if k.check(&self.config.params.genesis_hash, &name, user.record(), now)
+                    .is_err()
+                {
                     return Err(ClientError::NoForwardSecrecy {
                         user: name,
                         device: d.sign,
@@ -1720,7 +1727,12 @@ impl ChatClient {
                 Err(e) => return unverified(&sender, e, requests),
             };
         }
-        if let Err(e) = ev.check(&sender, user.record(), &peer_me) {
+        if let Err(e) = ev.check(
+            &self.config.params.genesis_hash,
+            &sender,
+            user.record(),
+            &peer_me,
+        ) {
             return Ok(Processed::Rejected(format!(
                 "event claiming to be from {sender}: {e} (record at height {})",
                 user.lookup().height()

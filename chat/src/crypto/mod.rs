@@ -175,8 +175,13 @@ impl DeviceKeys {
     }
 
     /// A new medium-term key valid from `created` for `lifetime` seconds,
-    /// signed by this device.
-    pub fn medium_key(&self, created: u64, lifetime: u64) -> Result<MediumSecret, CryptoError> {
+    /// signed by this device for `network` (its genesis hash).
+    pub fn medium_key(
+        &self,
+        network: &Hash,
+        created: u64,
+        lifetime: u64,
+    ) -> Result<MediumSecret, CryptoError> {
         let (secret, public) = X25519HkdfSha256::derive_keypair(&random_bytes::<32>()?);
         let mut key = MediumKey {
             device: self.sign.public(),
@@ -185,7 +190,7 @@ impl DeviceKeys {
             expires: created.saturating_add(lifetime),
             sig: Signature([0; 64]),
         };
-        key.sig = self.sign.sign(MEDIUM_KEY_TAG, &key.signed_bytes());
+        key.sig = self.sign.sign(MEDIUM_KEY_TAG, &key.signed_bytes(network));
         Ok(MediumSecret { key, secret })
     }
 
@@ -212,19 +217,26 @@ pub struct MediumKey {
 }
 
 impl MediumKey {
-    fn signed_bytes(&self) -> Vec<u8> {
-        encode(&(self.device, self.kx, self.created, self.expires))
+    /// What the device signs: the network's genesis hash, then the fields.
+    fn signed_bytes(&self, network: &Hash) -> Vec<u8> {
+        encode(&(*network, self.device, self.kx, self.created, self.expires))
     }
 
-    /// Accept this key for `owner` (whose verified record is `record`) at
-    /// time `now`: its device is listed, the signature verifies, and it is
-    /// within its validity.
-    pub fn check(&self, owner: &Name, record: &UserRecord, now: u64) -> Result<(), CryptoError> {
+    /// Accept this key on `network` (its genesis hash) for `owner` (whose
+    /// verified record is `record`) at time `now`: its device is listed,
+    /// the signature verifies, and it is within its validity.
+    pub fn check(
+        &self,
+        network: &Hash,
+        owner: &Name,
+        record: &UserRecord,
+        now: u64,
+    ) -> Result<(), CryptoError> {
         if record.device(&self.device).is_none() {
             return Err(CryptoError::UnknownDevice(owner.clone()));
         }
         self.device
-            .verify(MEDIUM_KEY_TAG, &self.signed_bytes(), &self.sig)
+            .verify(MEDIUM_KEY_TAG, &self.signed_bytes(network), &self.sig)
             .map_err(|_| CryptoError::BadSignature("medium-term key"))?;
         if now >= self.expires || self.created > now.saturating_add(CLOCK_SKEW) {
             return Err(CryptoError::StaleKey {
@@ -309,9 +321,11 @@ pub struct SignedEvent {
 }
 
 impl SignedEvent {
-    /// Sign `event` with `keys` (whose device must be `event.device`).
-    pub fn sign(keys: &DeviceKeys, event: Event) -> Self {
-        let sig = keys.sign(EVENT_TAG, &encode(&event));
+    /// Sign `event` for `network` (its genesis hash: an event signed on
+    /// one network is refused on another) with `keys` (whose device must be
+    /// `event.device`).
+    pub fn sign(keys: &DeviceKeys, network: &Hash, event: Event) -> Self {
+        let sig = keys.sign(EVENT_TAG, &encode(&(*network, &event)));
         SignedEvent { event, sig }
     }
 
@@ -324,7 +338,13 @@ impl SignedEvent {
     /// Accept this event as sent by `sender` (whose verified record is
     /// `record`) to `me`: the signing device is listed in the record and
     /// the signature verifies.
-    pub fn check(&self, sender: &Name, record: &UserRecord, me: &Name) -> Result<(), CryptoError> {
+    pub fn check(
+        &self,
+        network: &Hash,
+        sender: &Name,
+        record: &UserRecord,
+        me: &Name,
+    ) -> Result<(), CryptoError> {
         if &self.event.sender != sender {
             return Err(CryptoError::Mismatch(format!(
                 "claims sender {}, expected {sender}",
@@ -342,7 +362,7 @@ impl SignedEvent {
         }
         self.event
             .device
-            .verify(EVENT_TAG, &encode(&self.event), &self.sig)
+            .verify(EVENT_TAG, &encode(&(*network, &self.event)), &self.sig)
             .map_err(|_| CryptoError::BadSignature("event"))
     }
 }
@@ -511,6 +531,33 @@ pub fn open(
 mod tests {
     use super::*;
 
+    /// The network the tests sign for.
+    const NET: Hash = Hash([7; 32]);
+
+    /// An event or a medium-term key signed for one network is refused on
+    /// another.
+    #[test]
+    fn signatures_are_bound_to_the_network() {
+        let alice = DeviceKeys::from_seed([1; 32]);
+        let other = Hash([8; 32]);
+        let ev = text(&alice, "hi");
+        let alices = record(&[&alice]);
+        ev.check(&NET, &name("@alice"), &alices, &name("@bob"))
+            .expect("on its network");
+        assert_eq!(
+            ev.check(&other, &name("@alice"), &alices, &name("@bob")),
+            Err(CryptoError::BadSignature("event"))
+        );
+        let m = alice.medium_key(&NET, 1000, 100).expect("rng");
+        m.key
+            .check(&NET, &name("@alice"), &alices, 1050)
+            .expect("valid");
+        assert_eq!(
+            m.key.check(&other, &name("@alice"), &alices, 1050),
+            Err(CryptoError::BadSignature("medium-term key"))
+        );
+    }
+
     fn name(s: &str) -> Name {
         Name::new(s).expect("valid")
     }
@@ -525,6 +572,7 @@ mod tests {
     fn text(from: &DeviceKeys, body: &str) -> SignedEvent {
         SignedEvent::sign(
             from,
+            &NET,
             Event {
                 sender: name("@alice"),
                 device: from.device().sign,
@@ -542,10 +590,10 @@ mod tests {
         let alice = DeviceKeys::from_seed([1; 32]);
         let bob1 = DeviceKeys::from_seed([2; 32]);
         let bob2 = DeviceKeys::from_seed([3; 32]);
-        let m1 = bob1.medium_key(1000, 3600).expect("rng");
+        let m1 = bob1.medium_key(&NET, 1000, 3600).expect("rng");
         let bobs = record(&[&bob1, &bob2]);
         m1.key
-            .check(&name("@bob"), &bobs, 2000)
+            .check(&NET, &name("@bob"), &bobs, 2000)
             .expect("valid medium key");
         let ev = text(&alice, "hi bob");
         let to = [
@@ -571,7 +619,7 @@ mod tests {
             assert_eq!(open(&env, &bob2, &[]), Ok(ev.clone()));
         }
         assert_eq!(sealer.tables(), 2);
-        got1.check(&name("@alice"), &record(&[&alice]), &name("@bob"))
+        got1.check(&NET, &name("@alice"), &record(&[&alice]), &name("@bob"))
             .expect("signed by alice's device");
         // Without the medium secret, bob1 cannot read it.
         assert_eq!(open(&env, &bob1, &[]), Err(CryptoError::NotForMe));
@@ -657,42 +705,43 @@ mod tests {
         // Mallory signs an event claiming to be alice.
         let forged = text(&mallory, "send money");
         assert_eq!(
-            forged.check(&name("@alice"), &record(&[&alice]), &name("@bob")),
+            forged.check(&NET, &name("@alice"), &record(&[&alice]), &name("@bob")),
             Err(CryptoError::UnknownDevice(name("@alice")))
         );
         // Alice's device, but the event altered after signing.
         let mut altered = text(&alice, "hi");
         altered.event.body = b"bye".to_vec();
         assert_eq!(
-            altered.check(&name("@alice"), &record(&[&alice]), &name("@bob")),
+            altered.check(&NET, &name("@alice"), &record(&[&alice]), &name("@bob")),
             Err(CryptoError::BadSignature("event"))
         );
         // Addressed to someone else.
         assert!(matches!(
-            text(&alice, "hi").check(&name("@alice"), &record(&[&alice]), &name("@carol")),
+            text(&alice, "hi").check(&NET, &name("@alice"), &record(&[&alice]), &name("@carol")),
             Err(CryptoError::Mismatch(_))
         ));
         // Medium keys: expired, from the future, signed by another device,
         // or altered.
         let bobs = record(&[&bob]);
-        let m = bob.medium_key(1000, 100).expect("rng");
+        let m = bob.medium_key(&NET, 1000, 100).expect("rng");
         assert!(matches!(
-            m.key.check(&name("@bob"), &bobs, 1100),
+            m.key.check(&NET, &name("@bob"), &bobs, 1100),
             Err(CryptoError::StaleKey { .. })
         ));
         assert!(matches!(
-            m.key.check(&name("@bob"), &bobs, 1000 - CLOCK_SKEW - 1),
+            m.key
+                .check(&NET, &name("@bob"), &bobs, 1000 - CLOCK_SKEW - 1),
             Err(CryptoError::StaleKey { .. })
         ));
-        let forged = mallory.medium_key(1000, 100).expect("rng");
+        let forged = mallory.medium_key(&NET, 1000, 100).expect("rng");
         assert_eq!(
-            forged.key.check(&name("@bob"), &bobs, 1050),
+            forged.key.check(&NET, &name("@bob"), &bobs, 1050),
             Err(CryptoError::UnknownDevice(name("@bob")))
         );
         let mut swapped = m.key.clone();
         swapped.kx = forged.key.kx;
         assert_eq!(
-            swapped.check(&name("@bob"), &bobs, 1050),
+            swapped.check(&NET, &name("@bob"), &bobs, 1050),
             Err(CryptoError::BadSignature("medium-term key"))
         );
         let restored = MediumSecret::from_parts(m.key.clone(), m.secret_bytes()).expect("same key");

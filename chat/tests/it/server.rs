@@ -49,6 +49,7 @@ fn envelope() -> Vec<u8> {
     let k = DeviceKeys::from_seed([1; 32]);
     let ev = SignedEvent::sign(
         &k,
+        &Hash::ZERO,
         Event {
             sender: Name::new("@a").expect("valid"),
             device: k.device().sign,

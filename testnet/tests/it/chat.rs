@@ -317,6 +317,7 @@ async fn postage_for(
 fn event(keys: &DeviceKeys, sender: &str, to: &str, body: &str) -> SignedEvent {
     SignedEvent::sign(
         keys,
+        &xirtam_proofs::params::REGTEST.genesis_hash,
         Event {
             sender: n(sender),
             device: keys.device().sign,
@@ -634,9 +635,19 @@ async fn forged_and_stale_medium_keys_are_refused() {
     // bad keys for @carol.
     let carol = DeviceKeys::from_seed([9; 32]);
     let now = xirtam_chat::unix_now();
-    let stale = carol.medium_key(now - 7200, 3600).expect("key").key;
+    let stale = carol
+        .medium_key(
+            &xirtam_proofs::params::REGTEST.genesis_hash,
+            now - 7200,
+            3600,
+        )
+        .expect("key")
+        .key;
     let other = DeviceKeys::from_seed([10; 32]);
-    let mut forged = other.medium_key(now, 3600).expect("key").key;
+    let mut forged = other
+        .medium_key(&xirtam_proofs::params::REGTEST.genesis_hash, now, 3600)
+        .expect("key")
+        .key;
     forged.device = carol.device().sign; // claims to be carol's device
     let answer = std::sync::Arc::new(std::sync::Mutex::new(vec![
         hex::encode(encode(&stale)),
@@ -702,7 +713,11 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
     // two sends, short enough to see what happens once the only key alice
     // saw has expired.
     let medium = carol
-        .medium_key(xirtam_chat::unix_now(), 15)
+        .medium_key(
+            &xirtam_proofs::params::REGTEST.genesis_hash,
+            xirtam_chat::unix_now(),
+            15,
+        )
         .expect("key")
         .key;
     *answer.lock().expect("lock") = vec![hex::encode(encode(&medium))];
