@@ -64,6 +64,11 @@ pub struct Limits {
     pub max_wait: Duration,
     /// Most concurrent HTTP connections.
     pub max_connections: u32,
+    /// Most concurrent connections from one IP address.
+    pub max_connections_per_ip: u32,
+    /// A connection with no byte in either direction for this long is
+    /// closed (longer than `max_wait`, so long-polls are not cut).
+    pub idle_timeout: Duration,
     /// How long a verified user record is reused for logins.
     pub record_ttl: Duration,
     /// How long deposits are still taken for a user whose verified record
@@ -87,6 +92,8 @@ impl Default for Limits {
             token_lifetime: Duration::from_secs(3600),
             max_wait: Duration::from_secs(30),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
+            idle_timeout: Duration::from_secs(60),
             record_ttl: Duration::from_secs(10),
             moved_grace: Duration::from_secs(7 * 24 * 3600),
         }
@@ -252,9 +259,9 @@ struct Concierge {
     users: Mutex<HashMap<Name, (Instant, VerifiedUser)>>,
     waiters: Mutex<HashMap<Hash, Arc<Notify>>>,
     buckets: Mutex<HashMap<Hash, Bucket>>,
-    /// Postage digests already used, with the height of the block they
-    /// name (dropped once it leaves the window).
-    used_postage: Mutex<HashMap<Hash, u64>>,
+    /// Per requests mailbox, the postage digests already used, with the
+    /// height of the block they name (dropped once it leaves the window).
+    used_postage: Mutex<HashMap<Hash, HashMap<Hash, u64>>>,
     /// When postage last made the light client sync (at most once a
     /// second).
     postage_sync: tokio::sync::Mutex<Option<Instant>>,
@@ -403,13 +410,14 @@ impl Concierge {
 
     /// Check postage on a deposit of `bytes` into requests mailbox `id`:
     /// a recent block of the chain this server follows, enough work, not
-    /// used before.
+    /// used before. Returns its digest and block height, for
+    /// [`Concierge::claim_postage`].
     async fn check_postage(
         &self,
         id: &Hash,
         bytes: &[u8],
         postage: Option<api::Postage>,
-    ) -> RpcResult<()> {
+    ) -> RpcResult<(Hash, u64)> {
         let (bits, window) = (self.limits.postage_bits, self.limits.postage_window);
         let refuse = |why: String| {
             ErrorObjectOwned::owned(
@@ -455,18 +463,47 @@ impl Concierge {
         if p.height.saturating_add(window) < tip {
             return Err(refuse(format!("block {} is too old (tip {tip})", p.height)));
         }
+        if self
+            .used_postage
+            .lock()
+            .get(id)
+            .is_some_and(|lane| lane.contains_key(&digest))
+        {
+            return Err(refuse("this postage was used already".into()));
+        }
+        Ok((digest, p.height))
+    }
+
+    /// Spend postage (from [`Concierge::check_postage`]) on requests
+    /// mailbox `id`, after the rate limit: each mailbox keeps its own
+    /// record of used postage, bounded by what its lane can take in a
+    /// window, so no flood aimed at one user can refuse postage to others.
+    fn claim_postage(&self, id: &Hash, digest: Hash, height: u64) -> RpcResult<()> {
+        let (window, tip) = (self.limits.postage_window, self.lc.tip().height);
+        let cap = usize::try_from(self.limits.max_requests.saturating_mul(4))
+            .unwrap_or(usize::MAX)
+            .max(64);
         let mut used = self.used_postage.lock();
-        if used.len() >= MAX_PENDING {
-            used.retain(|_, h| h.saturating_add(window) >= tip);
-            if used.len() >= MAX_PENDING {
-                return Err(err(
+        let lane = used.entry(*id).or_default();
+        if lane.len() >= cap {
+            lane.retain(|_, h| h.saturating_add(window) >= tip);
+            if lane.len() >= cap {
+                let wait_ms = self.params.block_interval.max(1) * 1000;
+                return Err(ErrorObjectOwned::owned(
                     code::RATE_LIMITED,
-                    "too much postage in use; retry later",
+                    format!(
+                        "too many first-contact deposits to this user in the last {window} blocks; retry in {wait_ms} ms"
+                    ),
+                    Some(serde_json::json!({ "retry_after_ms": wait_ms })),
                 ));
             }
         }
-        if used.insert(digest, p.height).is_some() {
-            return Err(refuse("this postage was used already".into()));
+        if lane.insert(digest, height).is_some() {
+            return Err(ErrorObjectOwned::owned(
+                code::POSTAGE_REQUIRED,
+                "this postage was used already",
+                Some(serde_json::json!({ "bits": self.limits.postage_bits, "window": window })),
+            ));
         }
         Ok(())
     }
@@ -770,7 +807,7 @@ impl ConciergeApiServer for Rpc {
                 format!("{recipient} has no mailbox on {}", c.name),
             ));
         }
-        match pass {
+        let postage = match pass {
             Some(pass) => {
                 let pass = parse_hex32("pass", &pass)?;
                 if !c
@@ -785,12 +822,16 @@ impl ConciergeApiServer for Rpc {
                         ),
                     ));
                 }
+                None
             }
             // Checked before the rate limit: only valid postage spends
             // the lane's tokens.
-            None => c.check_postage(&id, &bytes, postage).await?,
-        }
+            None => Some(c.check_postage(&id, &bytes, postage).await?),
+        };
         c.rate_check(&id)?;
+        if let Some((digest, height)) = postage {
+            c.claim_postage(&id, digest, height)?;
+        }
         c.check_not_moved(&recipient).await?;
         let seq = c
             .store
@@ -1058,7 +1099,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .to_service_builder(),
         Rpc(concierge.clone()).into_rpc(),
         stop,
-        config.limits.max_connections as usize,
+        ConnLimits {
+            total: config.limits.max_connections as usize,
+            per_ip: config.limits.max_connections_per_ip,
+            idle: config
+                .limits
+                .idle_timeout
+                .max(config.limits.max_wait + Duration::from_secs(5)),
+        },
     ));
     let addr_file = config.datadir.join("rpc.addr");
     std::fs::write(&addr_file, addr.to_string())
@@ -1078,9 +1126,132 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     })
 }
 
+/// Connection limits of the accept loop.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    total: usize,
+    per_ip: u32,
+    idle: Duration,
+}
+
+/// A connection closed after `timeout` without a byte in either direction
+/// (a peer that completes a handshake and then sits must not hold a slot
+/// for ever).
+struct IdleTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    fn touch(&mut self) {
+        let at = tokio::time::Instant::now() + self.timeout;
+        self.sleep.as_mut().reset(at);
+    }
+
+    /// Pending from the inner stream: an error once the idle time is up.
+    fn idle_check(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection idle",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.touch();
+                }
+                std::task::Poll::Ready(Ok(()))
+            }
+            std::task::Poll::Pending => this.idle_check(cx),
+            other => other,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            std::task::Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.touch();
+                }
+                std::task::Poll::Ready(Ok(n))
+            }
+            std::task::Poll::Pending => match this.idle_check(cx) {
+                std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                _ => std::task::Poll::Pending,
+            },
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Counts a connection against its IP address while alive.
+struct IpSlot {
+    ip: std::net::IpAddr,
+    counts: Arc<Mutex<HashMap<std::net::IpAddr, u32>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accept connections until stopped: TLS (when `tls` is set: a handshake
 /// must finish within 10 s) and then HTTP with the RPC methods; at most
-/// `max_connections` at once (more are closed at once).
+/// `limits.total` at once and `limits.per_ip` from one address (more are
+/// closed at once); a connection idle for `limits.idle` is closed.
 async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -1090,9 +1261,10 @@ async fn serve(
     >,
     methods: jsonrpsee::RpcModule<Rpc>,
     stop: StopHandle,
-    max_connections: usize,
+    limits: ConnLimits,
 ) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let limit = Arc::new(tokio::sync::Semaphore::new(limits.total));
+    let per_ip: Arc<Mutex<HashMap<std::net::IpAddr, u32>>> = Arc::default();
     let methods: jsonrpsee::Methods = methods.into();
     loop {
         let (sock, peer) = tokio::select! {
@@ -1110,10 +1282,24 @@ async fn serve(
             tracing::debug!(target: "server::net", %peer, "too many connections; closed");
             continue;
         };
+        let slot = {
+            let mut counts = per_ip.lock();
+            let n = counts.entry(peer.ip()).or_insert(0);
+            if *n >= limits.per_ip {
+                tracing::debug!(target: "server::net", %peer, "too many connections from this address; closed");
+                continue;
+            }
+            *n += 1;
+            IpSlot {
+                ip: peer.ip(),
+                counts: per_ip.clone(),
+            }
+        };
+        let sock = IdleTimeout::new(sock, limits.idle);
         let svc = services.clone().build(methods.clone(), stop.clone());
         let (tls, stop) = (tls.clone(), stop.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             let done = match tls {
                 Some(tls) => {
                     match tokio::time::timeout(Duration::from_secs(10), tls.accept(sock)).await {

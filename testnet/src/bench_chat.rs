@@ -106,7 +106,15 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
         .add_server(
             "~bench",
             &[
-                &["--deposit-rate", "100000", "--deposit-burst", "100000"][..],
+                &[
+                    "--deposit-rate",
+                    "100000",
+                    "--deposit-burst",
+                    "100000",
+                    // Every simulated user connects from 127.0.0.1.
+                    "--max-connections-per-ip",
+                    "100000",
+                ][..],
                 if b.plain_http {
                     &["--plain-http"][..]
                 } else {

@@ -55,6 +55,9 @@ struct Cli {
     /// contact pass: 22 costs about a second of one core.
     #[arg(long, default_value_t = xirtam_chat::server::DEFAULT_POSTAGE_BITS)]
     postage_bits: u32,
+    /// Most concurrent connections from one IP address.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_ip: u32,
     /// Days an envelope is kept when some device never acknowledges it.
     #[arg(long, default_value_t = 30)]
     retention_days: u64,
@@ -111,6 +114,7 @@ async fn run(cli: Cli) -> Result<()> {
         max_envelope: cli.max_envelope,
         max_stored: cli.max_stored,
         max_requests: cli.max_requests,
+        max_connections_per_ip: cli.max_connections_per_ip,
         postage_bits: cli.postage_bits,
         retention: Duration::from_secs(cli.retention_days * 86_400),
         deposit_rate: cli.deposit_rate,

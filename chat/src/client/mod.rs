@@ -1760,7 +1760,10 @@ impl ChatClient {
                 )));
             }
         }
-        let request = requests && &sender != me && !self.is_contact(&sender)?;
+        // A request is a message from someone this device has not
+        // accepted, whatever lane it came through: a contact's pass, reused
+        // by someone else, must not make a stranger look like a contact.
+        let request = &sender != me && !self.is_contact(&sender)?;
         let text = String::from_utf8_lossy(&ev.event.body).into_owned();
         Ok(Processed::New(Message {
             local: 0,

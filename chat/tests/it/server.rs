@@ -228,3 +228,74 @@ async fn keys_survive_restart_and_unknown_mailboxes_are_not_found() {
     );
     s.stop().await;
 }
+
+/// Whether the server closes `sock` within `within` (a read returns end of
+/// stream or an error).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(sock: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, sock.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// A peer that completes the TLS handshake and then sends nothing is
+/// dropped after the idle timeout (it held a connection slot for ever);
+/// one address cannot take more than its share of connections.
+#[tokio::test]
+async fn idle_connections_are_closed_and_one_address_is_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, c) = server(
+        dir.path(),
+        Limits {
+            max_wait: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_connections_per_ip: 4,
+            ..Limits::default()
+        },
+    )
+    .await;
+    // Idle after a complete handshake: closed (the idle time is at least
+    // the longest long-poll plus 5 s, so 6 s here).
+    let tcp = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        xirtam_chat::tls::client_config(&s.key).expect("config"),
+    ));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut idle = tls
+        .connect(name, tcp)
+        .await
+        .expect("handshake with the record key");
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(20)).await,
+        "an idle TLS connection stayed open"
+    );
+    // Four silent connections from 127.0.0.1 are held; the fifth is closed
+    // at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            tokio::net::TcpStream::connect(s.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut fifth = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    assert!(
+        closed_within(&mut fifth, Duration::from_secs(3)).await,
+        "a fifth connection from one address was kept"
+    );
+    drop(held);
+    // Served again once they are gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.server_info().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "not served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.stop().await;
+}

@@ -1538,6 +1538,38 @@ async fn a_stranger_flood_does_not_stop_a_contacts_message() {
     }
     let (at, e) = full.expect("the requests lane is bounded");
     assert!(e.contains("full") && at == 40, "after {at}: {e}");
+    // Going on, each try still spends postage, but only against bob's own
+    // record of used postage (4 × the lane): then bob alone is rate
+    // limited, and a stranger's first contact to someone else gets in. (One
+    // table for the whole server, capped at 100,000, once let one flood
+    // refuse first contact to every user.)
+    let mut limited = None;
+    for i in 41..200 {
+        let env = seal(
+            &event(&ghost, "@ghost", "@bob", &format!("more junk {i}")),
+            &to_bob,
+        )
+        .expect("seal");
+        match stranger_deposit(&net, &s1, "@bob", hex::encode(encode(&env))).await {
+            Err(e) if e.to_string().contains("first-contact") => {
+                limited = Some(i);
+                break;
+            }
+            Err(e) => assert!(e.to_string().contains("full"), "{e}"),
+            Ok(r) => panic!("a full lane took a deposit: {r:?}"),
+        }
+    }
+    // 160 = 4 × 40, counting alice's two first-contact deposits.
+    assert_eq!(
+        limited,
+        Some(158),
+        "bob's postage record is bounded per lane"
+    );
+    let to_alice = devices_of(&mut bob, "@alice").await;
+    let env = seal(&event(&ghost, "@ghost", "@alice", "hi alice"), &to_alice).expect("seal");
+    stranger_deposit(&net, &s1, "@alice", hex::encode(encode(&env)))
+        .await
+        .expect("first contact to another user still gets in");
     // No postage, a made-up pass, reused or weak postage: all refused.
     let env = hex::encode(encode(
         &seal(&event(&ghost, "@ghost", "@bob", "free"), &to_bob).expect("seal"),
