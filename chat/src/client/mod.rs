@@ -280,6 +280,9 @@ pub struct ChatClient {
     sealer: Sealer,
     conns: HashMap<Name, Conn>,
     users: HashMap<Name, (Instant, VerifiedUser)>,
+    /// The peers this device granted a pass (its contacts), read once from
+    /// the store: every received message is checked against it.
+    contacts: parking_lot::Mutex<Option<HashSet<Name>>>,
 }
 
 impl std::fmt::Debug for ChatClient {
@@ -516,6 +519,7 @@ impl ChatClient {
             sealer: Sealer::new(),
             conns: HashMap::new(),
             users: HashMap::new(),
+            contacts: parking_lot::Mutex::new(None),
         })
     }
 
@@ -952,6 +956,7 @@ impl ChatClient {
             b.state(GRANTED_KEY, &granted)?;
             b.state(&pass_key(&me), &pass)?;
             b.commit()?;
+            *self.contacts.lock() = None;
         }
         let passes: Vec<[u8; 32]> = granted.iter().map(|g| g.pass).collect();
         self.register_passes(server, &passes).await?;
@@ -966,7 +971,11 @@ impl ChatClient {
 
     /// Is `peer` a contact (this device granted them a pass)?
     pub fn is_contact(&self, peer: &Name) -> Result<bool> {
-        Ok(self.granted()?.iter().any(|g| &g.peer == peer))
+        let mut contacts = self.contacts.lock();
+        if contacts.is_none() {
+            *contacts = Some(self.granted()?.into_iter().map(|g| g.peer).collect());
+        }
+        Ok(contacts.as_ref().is_some_and(|c| c.contains(peer)))
     }
 
     async fn register_passes(&mut self, server: &Name, passes: &[[u8; 32]]) -> Result<()> {
@@ -1053,6 +1062,7 @@ impl ChatClient {
             last_error: String::new(),
         })?;
         b.commit()?;
+        *self.contacts.lock() = None;
         Ok(true)
     }
 
