@@ -218,6 +218,11 @@ pub struct Cursor {
     pub mailbox: String,
     /// Last sequence number already processed (0: from the start).
     pub after: u64,
+    /// Also acknowledge `after` for the token's device, as `mailbox_ack`
+    /// would (durably, before the answer): a device that keeps polling
+    /// needs no separate acknowledgement call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack: bool,
 }
 
 /// One envelope delivered.

@@ -37,6 +37,10 @@ const CF_KEYS: &str = "keys";
 const CF_PASSES: &str = "passes";
 /// Most envelopes one acknowledgement expires (the rest at the next).
 const EXPIRE_BATCH: usize = 1024;
+/// Seconds between looks for expired envelopes at acknowledgements.
+const EXPIRY_CHECK_SECS: u64 = 60;
+/// Most mailbox metadata entries kept in memory (about 200 bytes each).
+const META_CACHE: usize = 65_536;
 
 /// A mailbox's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -123,8 +127,19 @@ pub struct MailboxStore {
 /// What the store and its writer thread share.
 struct Core {
     db: DB,
-    /// Held by whoever writes metadata (the writer thread, `create`).
+    /// Held by whoever writes metadata (the writer thread, `create`,
+    /// `update_passes`).
     write: Mutex<()>,
+    /// Metadata of recently used mailboxes, as written. Every deposit,
+    /// long-poll and acknowledgement reads a mailbox's metadata, and under
+    /// load the RocksDB key holding it has thousands of versions in the
+    /// memtable; this keeps those reads off the skip list. Entries are
+    /// inserted only while holding `write`, after the write is durable, so
+    /// the cache never holds a value the database does not.
+    metas: Mutex<HashMap<Hash, MailboxMeta>>,
+    /// When each mailbox was last checked for expired envelopes at an
+    /// acknowledgement (Unix s; used by the writer only).
+    expiry_checked: Mutex<HashMap<Hash, u64>>,
     /// Envelopes older than this (seconds) are deleted even if a device
     /// never acknowledged them (a lost device must not fill the mailbox).
     retention: u64,
@@ -183,6 +198,25 @@ impl std::fmt::Debug for MailboxStore {
     }
 }
 
+/// Options of column family `name`. Every key of `mailboxes` and
+/// `messages` starts with a mailbox id, and every read stays inside one
+/// mailbox, so their memtables are hashed by that id: an insert or a seek
+/// walks the mailbox's own short skip list, not one holding every
+/// mailbox's envelopes, tombstones and metadata versions (a third of the
+/// writer thread's time under load went to that walk).
+fn cf_options(name: &str) -> Options {
+    let mut o = Options::default();
+    if name == CF_MAILBOXES || name == CF_MESSAGES {
+        o.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(32));
+        o.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
+            bucket_count: 65_536,
+            height: 6,
+            branching_factor: 4,
+        });
+    }
+    o
+}
+
 fn pass_key(id: &Hash, pass: &Hash) -> [u8; 64] {
     let mut k = [0u8; 64];
     k[..32].copy_from_slice(&id.0);
@@ -205,13 +239,17 @@ impl MailboxStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // The hash memtables below take one writer at a time (there is one).
+        opts.set_allow_concurrent_memtable_write(false);
         let cfs = [CF_MAILBOXES, CF_MESSAGES, CF_KEYS, CF_PASSES]
             .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let core = Arc::new(Core {
             db,
             write: Mutex::new(()),
+            metas: Mutex::new(HashMap::new()),
+            expiry_checked: Mutex::new(HashMap::new()),
             retention,
         });
         let (tx, rx) = std::sync::mpsc::channel::<Queued>();
@@ -382,8 +420,29 @@ impl Core {
             .ok_or_else(|| MailboxError::Corrupt(format!("column family {name} missing")))
     }
 
-    /// The mailbox's metadata, if it exists.
+    /// The mailbox's metadata, if it exists: from the cache, or read (and
+    /// cached when no write is under way).
     fn meta(&self, id: &Hash) -> Result<Option<MailboxMeta>, MailboxError> {
+        if let Some(m) = self.metas.lock().get(id) {
+            return Ok(Some(m.clone()));
+        }
+        // Holding `write`, nothing can change the value between the read
+        // and the insert; if a writer holds it, just read.
+        match self.write.try_lock() {
+            Some(_w) => {
+                let m = self.read_meta(id)?;
+                if let Some(m) = &m {
+                    self.cache_meta(id, m.clone());
+                }
+                Ok(m)
+            }
+            None => self.read_meta(id),
+        }
+    }
+
+    /// The mailbox's metadata from the database (caller holds `write`, or
+    /// does not cache the result).
+    fn read_meta(&self, id: &Hash) -> Result<Option<MailboxMeta>, MailboxError> {
         match self.db.get_cf(self.cf(CF_MAILBOXES)?, id.0)? {
             None => Ok(None),
             Some(b) => decode(&b)
@@ -392,11 +451,34 @@ impl Core {
         }
     }
 
+    /// Remember `meta` as written (caller holds `write`, and the write is
+    /// durable). A full cache starts over: bounded, and cheap to refill.
+    fn cache_meta(&self, id: &Hash, meta: MailboxMeta) {
+        let mut c = self.metas.lock();
+        if c.len() >= META_CACHE && !c.contains_key(id) {
+            c.clear();
+        }
+        c.insert(*id, meta);
+    }
+
+    /// The metadata while holding `write`: from the cache, or read and
+    /// cached.
+    fn meta_locked(&self, id: &Hash) -> Result<Option<MailboxMeta>, MailboxError> {
+        if let Some(m) = self.metas.lock().get(id) {
+            return Ok(Some(m.clone()));
+        }
+        let m = self.read_meta(id)?;
+        if let Some(m) = &m {
+            self.cache_meta(id, m.clone());
+        }
+        Ok(m)
+    }
+
     /// Create mailbox `id` for `owner`. Returns `false` when it already
     /// existed for the same owner.
     fn create(&self, id: &Hash, owner: &Name, cap: u64) -> Result<bool, MailboxError> {
         let _w = self.write.lock();
-        match self.meta(id)? {
+        match self.meta_locked(id)? {
             Some(m) if &m.owner == owner => Ok(false),
             Some(m) => Err(MailboxError::Taken {
                 id: *id,
@@ -413,6 +495,7 @@ impl Core {
                 };
                 self.db
                     .put_cf_opt(self.cf(CF_MAILBOXES)?, id.0, encode(&meta), &durable())?;
+                self.cache_meta(id, meta);
                 Ok(true)
             }
         }
@@ -435,6 +518,11 @@ impl Core {
                 wb.put_cf(cf, id.0, encode(meta));
             }
             self.db.write_opt(wb, &durable())?;
+            // Durable: now readers may see it (before any caller is
+            // answered, so a woken long-poll reads the new value).
+            for (id, meta) in metas {
+                self.cache_meta(&id, meta);
+            }
             Ok::<(), MailboxError>(())
         })();
         for (q, r) in group.into_iter().zip(results) {
@@ -460,7 +548,7 @@ impl Core {
         let meta = match metas.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(self.meta(&id)?.ok_or(MailboxError::NotFound(id))?)
+                e.insert(self.meta_locked(&id)?.ok_or(MailboxError::NotFound(id))?)
             }
         };
         match change {
@@ -495,12 +583,32 @@ impl Core {
                 }
                 let floor = listed.iter().map(|d| meta.acked(d)).min().unwrap_or(0);
                 let mut n = self.delete_through(&id, meta, floor, wb)?;
-                if meta.stored > 0 {
+                if meta.stored > 0 && self.expiry_due(&id) {
                     n += self.expire(&id, meta, wb)?;
                 }
                 Ok(n)
             }
         }
+    }
+
+    /// Whether an acknowledgement should look for expired envelopes in
+    /// mailbox `id`: at most once a minute (or once per retention, if
+    /// shorter). Retention is counted in days; the look costs an iterator,
+    /// which every acknowledgement of a busy mailbox need not pay. A full
+    /// mailbox still expires at once, on the deposit that finds it full.
+    fn expiry_due(&self, id: &Hash) -> bool {
+        let now = crate::unix_now();
+        let mut checked = self.expiry_checked.lock();
+        if let Some(at) = checked.get(id)
+            && now < at.saturating_add(self.retention.min(EXPIRY_CHECK_SECS))
+        {
+            return false;
+        }
+        if checked.len() >= META_CACHE {
+            checked.clear();
+        }
+        checked.insert(*id, now);
+        true
     }
 
     /// Delete the stored envelopes up to and including `last`.
@@ -573,7 +681,7 @@ impl Core {
         max: u64,
     ) -> Result<u64, MailboxError> {
         let _w = self.write.lock();
-        let mut meta = self.meta(id)?.ok_or(MailboxError::NotFound(*id))?;
+        let mut meta = self.meta_locked(id)?.ok_or(MailboxError::NotFound(*id))?;
         let cf = self.cf(CF_PASSES)?;
         let mut wb = WriteBatch::default();
         let mut staged: HashMap<Hash, bool> = HashMap::new();
@@ -603,7 +711,9 @@ impl Core {
         }
         wb.put_cf(self.cf(CF_MAILBOXES)?, id.0, encode(&meta));
         self.db.write_opt(wb, &durable())?;
-        Ok(meta.passes)
+        let passes = meta.passes;
+        self.cache_meta(id, meta);
+        Ok(passes)
     }
 
     /// Envelopes after sequence number `after`, in order, at most `limit`
@@ -615,7 +725,18 @@ impl Core {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Stored>, MailboxError> {
-        let start = message_key(id, after.saturating_add(1));
+        // The metadata says what is stored: nothing after the cursor needs
+        // no iterator (most wake-ups of an idle long-poll), and a read
+        // starts at the first stored envelope, not among the tombstones of
+        // the acknowledged ones.
+        let Some(meta) = self.meta(id)? else {
+            return Ok(Vec::new());
+        };
+        let first = meta.next_seq.saturating_sub(meta.stored);
+        if after.saturating_add(1) >= meta.next_seq {
+            return Ok(Vec::new());
+        }
+        let start = message_key(id, after.saturating_add(1).max(first));
         // Bound the iterator to this mailbox: past its last envelope lie the
         // next mailbox's acknowledged (deleted) envelopes, and without a
         // bound RocksDB walks every one of their tombstones looking for a

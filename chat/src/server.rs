@@ -621,6 +621,12 @@ impl Concierge {
     }
 }
 
+/// The signing keys of the devices in a verified record: the devices that
+/// must acknowledge an envelope before it is deleted.
+fn listed_devices(v: &VerifiedUser) -> Vec<PublicKey> {
+    v.record().devices.iter().map(|d| d.sign).collect()
+}
+
 /// The RPC front of a [`Concierge`].
 #[derive(Clone)]
 struct Rpc(Arc<Concierge>);
@@ -863,7 +869,7 @@ impl ConciergeApiServer for Rpc {
         wait_ms: u64,
     ) -> RpcResult<Vec<Batch>> {
         let c = &self.0;
-        let (user, _, _) = c.live_session(&token).await?;
+        let (user, device, v) = c.live_session(&token).await?;
         if cursors.is_empty() || cursors.len() > api::MAX_CURSORS {
             return Err(invalid(format!(
                 "between 1 and {} cursors",
@@ -871,6 +877,7 @@ impl ConciergeApiServer for Rpc {
             )));
         }
         let mut ids = Vec::with_capacity(cursors.len());
+        let mut acks = Vec::new();
         for cur in &cursors {
             let id = Hash(parse_hex32("mailbox", &cur.mailbox)?);
             if ids.iter().any(|(seen, _)| *seen == id) {
@@ -881,7 +888,22 @@ impl ConciergeApiServer for Rpc {
                 Some(m) if m.owner != user => {
                     return Err(err(code::FORBIDDEN, format!("mailbox {id} is not yours")));
                 }
-                Some(_) => ids.push((id, cur.after)),
+                Some(m) => {
+                    if cur.ack && cur.after > m.acked(&device) {
+                        acks.push((id, cur.after));
+                    }
+                    ids.push((id, cur.after));
+                }
+            }
+        }
+        if !acks.is_empty() {
+            let listed = listed_devices(&v);
+            let pending: Vec<_> = acks
+                .iter()
+                .map(|(id, up_to)| c.store.ack_async(id, &device, &listed, *up_to))
+                .collect();
+            for r in futures::future::join_all(pending).await {
+                r.map_err(store_err)?;
             }
         }
         let wait = Duration::from_millis(wait_ms).min(c.limits.max_wait);
@@ -913,7 +935,7 @@ impl ConciergeApiServer for Rpc {
                 Err(err(code::FORBIDDEN, format!("mailbox {id} is not yours")))
             }
             Some(_) => {
-                let listed: Vec<PublicKey> = v.record().devices.iter().map(|d| d.sign).collect();
+                let listed = listed_devices(&v);
                 c.store
                     .ack_async(&id, &device, &listed, up_to)
                     .await

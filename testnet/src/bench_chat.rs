@@ -1,6 +1,7 @@
 //! Whole-system benchmark of a concierge server (`xirtam-testnet bench
 //! chat`): a real `xirtam-server` process on loopback, `receivers` users
-//! each long-polling their mailbox (and acknowledging what they get), and
+//! each long-polling their mailbox (and acknowledging what they get, in the
+//! next long-poll's cursor or, with `ack_calls`, in a call of its own), and
 //! `senders` concurrent depositors pushing `messages` envelopes round-robin
 //! into those mailboxes. Latency is deposit call to delivery at the
 //! long-poller (the send time travels inside the envelope body, which the
@@ -34,6 +35,9 @@ pub struct ChatBench {
     pub idle: usize,
     /// Serve plain HTTP instead of TLS.
     pub plain_http: bool,
+    /// Acknowledge each batch with a `mailbox_ack` call (otherwise the
+    /// next long-poll's cursor acknowledges it, as a listening device does).
+    pub ack_calls: bool,
 }
 
 /// What it measured.
@@ -51,6 +55,9 @@ pub struct ChatBenchResult {
     pub rss_kib: (u64, u64),
     /// Idle long-polls parked.
     pub idle: usize,
+    /// CPU time per envelope (µs) during the measured run: the server's,
+    /// and the bench runner's own (the clients), which share the machine.
+    pub cpu_us: Option<(f64, f64)>,
 }
 
 fn rss_of(pid: u32) -> Option<u64> {
@@ -215,6 +222,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
         let token = tokens[i].clone();
         let mailbox = api::mailbox_id(name).to_hex();
         let delivered = delivered.clone();
+        let ack_calls = b.ack_calls;
         pollers.push(tokio::spawn(async move {
             let mut after = 0u64;
             let mut lat = Vec::new();
@@ -226,6 +234,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
                         vec![Cursor {
                             mailbox: mailbox.clone(),
                             after,
+                            ack: !ack_calls,
                         }],
                         1000,
                     )
@@ -242,7 +251,9 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
                 if last > after {
                     last_at = t0.elapsed();
                     delivered.fetch_add(last - after, Ordering::Relaxed);
-                    let _ = c.mailbox_ack(token.clone(), mailbox.clone(), last).await;
+                    if ack_calls {
+                        let _ = c.mailbox_ack(token.clone(), mailbox.clone(), last).await;
+                    }
                     after = last;
                 }
             }
@@ -253,12 +264,14 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
     let next = Arc::new(AtomicU64::new(0));
     let names: Arc<Vec<String>> = Arc::new(users.iter().map(|u| u.0.to_string()).collect());
     let start = t0.elapsed();
+    let cpu_start = (crate::cpu_ns(&pid.to_string()), crate::cpu_ns("self"));
     let mut senders = Vec::new();
     for _ in 0..b.senders {
         let c = client(&url, &key, Duration::from_secs(60))?;
         let (next, names) = (next.clone(), names.clone());
         senders.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let mut failed = Vec::new();
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 if k >= total {
@@ -271,16 +284,27 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
                     .mailbox_deposit(to, env, Some(hex::encode(BENCH_PASS)), None)
                     .await
                 {
-                    eprintln!("deposit failed: {e}");
+                    failed.push(e.to_string());
                 }
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
-            lat
+            (lat, failed)
         }));
     }
     let mut deposit_ms = Vec::new();
+    let mut failed = Vec::new();
     for s in senders {
-        deposit_ms.extend(s.await?);
+        let (l, f) = s.await?;
+        deposit_ms.extend(l);
+        failed.extend(f);
+    }
+    // A refused deposit is never delivered: say why now rather than wait
+    // for the pollers to time out.
+    if let Some(first) = failed.first() {
+        bail!(
+            "{} of {total} deposits failed; the first: {first}",
+            failed.len()
+        );
     }
     let mut lat = Vec::new();
     let mut end = Duration::ZERO;
@@ -291,6 +315,11 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
         lat.extend(l);
         end = end.max(t);
     }
+    let cpu_end = (crate::cpu_ns(&pid.to_string()), crate::cpu_ns("self"));
+    let per_envelope = |from: Option<u64>, to: Option<u64>| {
+        Some(to?.saturating_sub(from?) as f64 / 1000.0 / b.messages as f64)
+    };
+    let cpu_us = per_envelope(cpu_start.0, cpu_end.0).zip(per_envelope(cpu_start.1, cpu_end.1));
     let elapsed = (end - start).as_secs_f64();
     let throughput = b.messages as f64 / elapsed;
     // Idle long-polls: `idle` requests parked on empty mailboxes.
@@ -306,6 +335,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
                     vec![Cursor {
                         mailbox,
                         after: u64::MAX - 1,
+                        ack: false,
                     }],
                     30_000,
                 )
@@ -332,6 +362,7 @@ pub async fn run(b: ChatBench) -> Result<ChatBenchResult> {
         ],
         envelope_bytes: envelope(t0).len(),
         rss_kib: (rss_base, rss_idle),
+        cpu_us,
         idle: b.idle,
     })
 }

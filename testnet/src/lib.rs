@@ -221,6 +221,22 @@ pub fn memory_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time (ns) that the live threads of process `pid` ("self" for this
+/// one) have run, from `/proc/<pid>/task/*/schedstat`; `None` where that
+/// is not available.
+pub fn cpu_ns(pid: &str) -> Option<u64> {
+    let mut total = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = t.ok()?.path().join("schedstat");
+        // A thread that exited since the listing counts as zero.
+        let Ok(s) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 /// Find `xirtam-node`: `XIRTAM_NODE_BIN`, else next to the running
 /// executable (or one directory up, for test binaries in `deps/`).
 pub fn find_node_bin() -> Result<PathBuf> {

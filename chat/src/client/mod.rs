@@ -1464,6 +1464,8 @@ impl ChatClient {
                 cursors.push(Cursor {
                     mailbox: id.to_hex(),
                     after: self.store.state(&cursor_key(s, *requests))?.unwrap_or(0),
+                    // Covers an acknowledgement that failed below.
+                    ack: true,
                 });
             }
             match self.token(s).await {

@@ -101,6 +101,10 @@ enum BenchCmd {
         /// Plain HTTP instead of TLS (to see what TLS costs).
         #[arg(long)]
         plain_http: bool,
+        /// Acknowledge with a `mailbox_ack` call after each batch instead
+        /// of in the next long-poll's cursor (one more request per batch).
+        #[arg(long)]
+        ack_calls: bool,
     },
     /// Light client: cold start to a verified name (from genesis and from a
     /// checkpoint), resolve latency on a synced client, memory.
@@ -286,6 +290,7 @@ async fn bench(b: BenchCmd) -> Result<()> {
             messages,
             idle,
             plain_http,
+            ack_calls,
         } => {
             let r = xirtam_testnet::bench_chat::run(xirtam_testnet::bench_chat::ChatBench {
                 receivers,
@@ -293,6 +298,7 @@ async fn bench(b: BenchCmd) -> Result<()> {
                 messages,
                 idle,
                 plain_http,
+                ack_calls,
             })
             .await?;
             println!(
@@ -311,6 +317,11 @@ async fn bench(b: BenchCmd) -> Result<()> {
                 "  deposit call    p50 {:.2} ms  p99 {:.2} ms",
                 r.deposit_ms[0], r.deposit_ms[1]
             );
+            if let Some((server, runner)) = r.cpu_us {
+                println!(
+                    "  CPU / envelope  server {server:.0} us, bench clients {runner:.0} us (both share the machine)"
+                );
+            }
             let per = (r.rss_kib.1 as f64 - r.rss_kib.0 as f64) * 1024.0 / r.idle.max(1) as f64;
             println!(
                 "  idle long-polls server RSS {} KiB -> {} KiB with {} parked: {:.1} KiB each",

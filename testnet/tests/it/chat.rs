@@ -677,6 +677,7 @@ async fn forged_and_stale_medium_keys_are_refused() {
             vec![Cursor {
                 mailbox: api::requests_id(&n("@carol")).to_hex(),
                 after: d.seq - 1,
+                ack: false,
             }],
             5_000,
         )
@@ -733,6 +734,7 @@ async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
                     vec![Cursor {
                         mailbox: api::requests_id(&n("@carol")).to_hex(),
                         after: seq - 1,
+                        ack: false,
                     }],
                     5_000,
                 )
@@ -860,6 +862,7 @@ async fn a_removed_device_loses_its_session_and_server_state_stays_bounded() {
     let cursor = Cursor {
         mailbox: api::mailbox_id(&n("@erin")).to_hex(),
         after: 0,
+        ack: false,
     };
     s1.mailbox_receive(t2.clone(), vec![cursor.clone()], 0)
         .await
