@@ -11,8 +11,19 @@ use xirtam_proofs::{Hash, Name, PublicKey, encode};
 
 /// Domain tag of a device's answer to a login challenge.
 pub const AUTH_TAG: &str = "xirtam/chat/auth/v1";
-/// Domain tag of a server's deposit receipt.
+/// Domain tag of the hash of deposited envelope bytes (the receipt names
+/// the envelope by it).
 pub const RECEIPT_TAG: &str = "xirtam/chat/receipt/v1";
+/// Domain tag of a receipt leaf: one deposit in a batch of receipts.
+pub const RECEIPT_LEAF_TAG: &str = "xirtam/chat/receipt-leaf/v1";
+/// Domain tag of an inner node of a batch of receipts.
+pub const RECEIPT_NODE_TAG: &str = "xirtam/chat/receipt-node/v1";
+/// Domain tag of the server's signature over the root of a batch of
+/// receipts.
+pub const RECEIPT_ROOT_TAG: &str = "xirtam/chat/receipt-root/v1";
+/// Most steps a receipt's path may have (a batch of up to 2^20 deposits;
+/// servers sign far smaller ones).
+pub const MAX_RECEIPT_PATH: usize = 20;
 /// Domain tag of a user's mailbox id (the contacts lane).
 pub const MAILBOX_TAG: &str = "xirtam/chat/mailbox/v1";
 /// Domain tag of a user's requests mailbox id (the lane for first
@@ -122,9 +133,64 @@ pub fn auth_payload(server: &Name, user: &Name, challenge: &[u8; 32]) -> Vec<u8>
     encode(&(server.clone(), user.clone(), *challenge))
 }
 
-/// The bytes a server signs to acknowledge a deposit.
+/// The bytes that describe one deposit in a receipt.
 pub fn receipt_payload(server: &Name, mailbox: &Hash, seq: u64, envelope: &Hash) -> Vec<u8> {
     encode(&(server.clone(), *mailbox, seq, *envelope))
+}
+
+/// The leaf of one deposit in a batch of receipts.
+pub fn receipt_leaf(server: &Name, mailbox: &Hash, seq: u64, envelope: &Hash) -> Hash {
+    xirtam_proofs::hash::hash_tagged(
+        RECEIPT_LEAF_TAG,
+        &receipt_payload(server, mailbox, seq, envelope),
+    )
+}
+
+/// The bytes a server signs for a batch of receipts with root `root`.
+pub fn receipt_root_payload(server: &Name, root: &Hash) -> Vec<u8> {
+    encode(&(server.clone(), *root))
+}
+
+/// A binary hash tree over `leaves` (at least one): its root, and for each
+/// leaf the path from it to the root, as `(sibling is on the left,
+/// sibling)`. Nodes are paired left to right; the odd one out at the end
+/// of a level moves up unchanged. A server signs one root for all the
+/// deposits of a group commit instead of one signature per deposit.
+pub fn receipt_tree(leaves: &[Hash]) -> (Hash, Vec<Vec<(bool, Hash)>>) {
+    let mut paths: Vec<Vec<(bool, Hash)>> = vec![Vec::new(); leaves.len()];
+    // Each leaf's position in the current level.
+    let mut pos: Vec<usize> = (0..leaves.len()).collect();
+    let mut level: Vec<Hash> = leaves.to_vec();
+    while level.len() > 1 {
+        for (path, p) in paths.iter_mut().zip(pos.iter_mut()) {
+            if *p % 2 == 1 {
+                path.push((true, level[*p - 1]));
+            } else if let Some(right) = level.get(*p + 1) {
+                path.push((false, *right));
+            }
+            *p /= 2;
+        }
+        level = level
+            .chunks(2)
+            .map(|c| match c {
+                [l, r] => xirtam_proofs::hash::hash_pair(RECEIPT_NODE_TAG, l, r),
+                [one] => *one,
+                _ => unreachable!("chunks(2) yields one or two"),
+            })
+            .collect();
+    }
+    (level.first().copied().unwrap_or(Hash([0; 32])), paths)
+}
+
+/// The root a receipt's path leads to from `leaf`.
+pub fn receipt_root(leaf: Hash, path: &[(bool, Hash)]) -> Hash {
+    path.iter().fold(leaf, |h, (left, sibling)| {
+        if *left {
+            xirtam_proofs::hash::hash_pair(RECEIPT_NODE_TAG, sibling, &h)
+        } else {
+            xirtam_proofs::hash::hash_pair(RECEIPT_NODE_TAG, &h, sibling)
+        }
+    })
 }
 
 /// Hash of deposited envelope bytes (as the receipt names it).
@@ -207,8 +273,24 @@ pub struct Receipt {
     pub mailbox: String,
     /// Sequence number the envelope got.
     pub seq: u64,
-    /// Server-key signature (hex) over [`receipt_payload`].
+    /// Server-key signature (hex) under [`RECEIPT_ROOT_TAG`] over
+    /// [`receipt_root_payload`] of the batch root that `path` leads to
+    /// from this deposit's [`receipt_leaf`].
     pub sig: String,
+    /// From the leaf to the root: each step's sibling, and whether it is
+    /// on the left (empty: the deposit was alone in its batch, the leaf
+    /// is the root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<ReceiptStep>,
+}
+
+/// One step of a receipt's path.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReceiptStep {
+    /// The sibling is on the left.
+    pub left: bool,
+    /// The sibling's hash (hex).
+    pub hash: String,
 }
 
 /// One mailbox cursor of `mailbox_receive`.
@@ -338,10 +420,119 @@ pub fn check_receipt(
         .ok()
         .and_then(|b| xirtam_proofs::decode::<xirtam_proofs::Signature>(&b).ok())
         .ok_or("receipt signature is not hex of a signature")?;
+    if r.path.len() > MAX_RECEIPT_PATH {
+        return Err(format!(
+            "receipt path has {} steps (at most {MAX_RECEIPT_PATH})",
+            r.path.len()
+        ));
+    }
+    let path = r
+        .path
+        .iter()
+        .map(|s| Hash::from_hex(&s.hash).map(|h| (s.left, h)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "receipt path is not hex of hashes".to_string())?;
+    let leaf = receipt_leaf(server, mailbox, r.seq, &envelope_hash(envelope));
     key.verify(
-        RECEIPT_TAG,
-        &receipt_payload(server, mailbox, r.seq, &envelope_hash(envelope)),
+        RECEIPT_ROOT_TAG,
+        &receipt_root_payload(server, &receipt_root(leaf, &path)),
         &sig,
     )
     .map_err(|_| "receipt is not signed by the server key in its verified record".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use xirtam_proofs::SecretKey;
+
+    fn batch_receipts(
+        key: &SecretKey,
+        server: &Name,
+        deposits: &[(Hash, u64, Vec<u8>)],
+    ) -> Vec<Receipt> {
+        let leaves: Vec<Hash> = deposits
+            .iter()
+            .map(|(m, seq, env)| receipt_leaf(server, m, *seq, &envelope_hash(env)))
+            .collect();
+        let (root, paths) = receipt_tree(&leaves);
+        let sig = key.sign(RECEIPT_ROOT_TAG, &receipt_root_payload(server, &root));
+        deposits
+            .iter()
+            .zip(paths)
+            .map(|((m, seq, _), path)| Receipt {
+                mailbox: m.to_hex(),
+                seq: *seq,
+                sig: hex::encode(sig.0),
+                path: path
+                    .into_iter()
+                    .map(|(left, h)| ReceiptStep {
+                        left,
+                        hash: h.to_hex(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Every deposit of a batch checks against the one signature, and
+        /// no receipt checks for another deposit than its own.
+        #[test]
+        fn every_receipt_of_a_batch_checks_and_only_for_its_deposit(
+            n in 1usize..70,
+            seed in any::<[u8; 32]>(),
+            pick in any::<prop::sample::Index>(),
+        ) {
+            let key = SecretKey::from_seed(seed);
+            let server = Name::new("~srv").expect("valid");
+            let deposits: Vec<(Hash, u64, Vec<u8>)> = (0..n)
+                .map(|i| (Hash([(i % 7) as u8; 32]), i as u64 + 1, vec![i as u8; 3]))
+                .collect();
+            let receipts = batch_receipts(&key, &server, &deposits);
+            let max_path = receipts.iter().map(|r| r.path.len()).max().unwrap_or(0);
+            prop_assert!(max_path <= n.next_power_of_two().trailing_zeros() as usize);
+            for ((m, _, env), r) in deposits.iter().zip(&receipts) {
+                prop_assert_eq!(check_receipt(&server, &key.public(), m, env, r), Ok(()));
+            }
+            // Another deposit's receipt, or a changed sequence number,
+            // envelope or path, does not check.
+            let i = pick.index(n);
+            let (m, _, env) = &deposits[i];
+            if n > 1 {
+                let other = &receipts[(i + 1) % n];
+                if other.mailbox == m.to_hex() {
+                    prop_assert!(check_receipt(&server, &key.public(), m, env, other).is_err());
+                }
+            }
+            let mut r = receipts[i].clone();
+            r.seq += 1;
+            prop_assert!(check_receipt(&server, &key.public(), m, env, &r).is_err());
+            prop_assert!(check_receipt(&server, &key.public(), m, b"other", &receipts[i]).is_err());
+            if let Some(step) = receipts[i].path.first() {
+                let mut r = receipts[i].clone();
+                r.path[0].left = !step.left;
+                prop_assert!(check_receipt(&server, &key.public(), m, env, &r).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_receipt_with_an_overlong_path_is_refused() {
+        let key = SecretKey::from_seed([9; 32]);
+        let server = Name::new("~srv").expect("valid");
+        let m = Hash([1; 32]);
+        let mut r = batch_receipts(&key, &server, &[(m, 1, b"e".to_vec())]).remove(0);
+        assert_eq!(check_receipt(&server, &key.public(), &m, b"e", &r), Ok(()));
+        r.path = vec![
+            ReceiptStep {
+                left: false,
+                hash: Hash([0; 32]).to_hex(),
+            };
+            MAX_RECEIPT_PATH + 1
+        ];
+        let e = check_receipt(&server, &key.public(), &m, b"e", &r).expect_err("too long");
+        assert!(e.contains("steps"), "{e}");
+    }
 }

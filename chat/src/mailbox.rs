@@ -126,6 +126,9 @@ pub struct MailboxStore {
 
 /// What the store and its writer thread share.
 struct Core {
+    /// The options the database was opened with (their statistics).
+    #[cfg(test)]
+    opts: Options,
     db: DB,
     /// Held by whoever writes metadata (the writer thread, `create`,
     /// `update_passes`).
@@ -244,8 +247,13 @@ impl MailboxStore {
         let cfs = [CF_MAILBOXES, CF_MESSAGES, CF_KEYS, CF_PASSES]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
+        // Tests count the WAL syncs (`wal_syncs`).
+        #[cfg(test)]
+        opts.enable_statistics();
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let core = Arc::new(Core {
+            #[cfg(test)]
+            opts,
             db,
             write: Mutex::new(()),
             metas: Mutex::new(HashMap::new()),
@@ -820,6 +828,43 @@ mod tests {
     const DAY: u64 = 86_400;
     const D1: PublicKey = PublicKey([1; 32]);
     const D2: PublicKey = PublicKey([2; 32]);
+
+    impl MailboxStore {
+        /// How many times RocksDB has synced its WAL to disk.
+        fn wal_syncs(&self) -> u64 {
+            self.core
+                .opts
+                .get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced)
+        }
+    }
+
+    /// Every write a caller is told about (an append that gets a receipt,
+    /// an acknowledgement, a mailbox, passes, a medium-term key) was synced
+    /// to disk before the call returned: `kill -9` cannot lose it, and
+    /// neither can a power loss.
+    #[test]
+    fn every_acknowledged_write_was_synced_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = MailboxStore::open(dir.path(), DAY).expect("open");
+        let id = Hash([7; 32]);
+        let mut syncs = s.wal_syncs();
+        let mut synced = |what: &str| {
+            let now = s.wal_syncs();
+            assert!(now > syncs, "{what} returned before a WAL sync");
+            syncs = now;
+        };
+        s.create(&id, &name("@bob"), 10).expect("create");
+        synced("create");
+        s.append(&id, b"one").expect("append");
+        synced("append");
+        s.ack(&id, &D1, &[D1], 1).expect("ack");
+        synced("ack");
+        s.update_passes(&id, &[Hash([3; 32])], &[], 4)
+            .expect("passes");
+        synced("update_passes");
+        s.put_medium_key(&name("@bob"), &D1, b"key").expect("key");
+        synced("put_medium_key");
+    }
 
     #[test]
     fn append_read_ack_and_reopen() {

@@ -266,6 +266,53 @@ struct Concierge {
     /// second).
     postage_sync: tokio::sync::Mutex<Option<Instant>>,
     registered_at: Mutex<Option<u64>>,
+    /// To the receipt signer (see [`sign_receipts`]).
+    receipts: tokio::sync::mpsc::Sender<ReceiptRequest>,
+}
+
+/// A deposit's receipt leaf, and where its signature and path go.
+type ReceiptRequest = (
+    Hash,
+    tokio::sync::oneshot::Sender<(Signature, Vec<(bool, Hash)>)>,
+);
+
+/// Most deposits one receipt signature covers (a path of at most 8 steps).
+const MAX_RECEIPT_BATCH: usize = 256;
+
+/// Sign receipts in batches: take every leaf waiting, sign the root of
+/// their tree once, and hand each deposit its path. Deposits answered by
+/// one group commit arrive together, so one Ed25519 signature serves
+/// several (it was the largest single cost of a deposit). Ends when the
+/// server is dropped.
+async fn sign_receipts(
+    name: Name,
+    key: SecretKey,
+    mut rx: tokio::sync::mpsc::Receiver<ReceiptRequest>,
+) {
+    while let Some(first) = rx.recv().await {
+        // The deposits of a group commit are woken together, but the first
+        // would have this task run before the others send (tokio runs a
+        // task woken by the running one next): let them run first.
+        tokio::task::yield_now().await;
+        let mut batch = vec![first];
+        while batch.len() < MAX_RECEIPT_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let leaves: Vec<Hash> = batch.iter().map(|(leaf, _)| *leaf).collect();
+        tracing::trace!(target: "server::receipts", batch = leaves.len(), "signing");
+        let (root, paths) = api::receipt_tree(&leaves);
+        let sig = key.sign(
+            api::RECEIPT_ROOT_TAG,
+            &api::receipt_root_payload(&name, &root),
+        );
+        for ((_, reply), path) in batch.into_iter().zip(paths) {
+            // The deposit may have been dropped: nothing to tell.
+            let _ = reply.send((sig, path));
+        }
+    }
 }
 
 /// Unix time in seconds.
@@ -532,6 +579,18 @@ impl Concierge {
             ));
         }
         Ok(())
+    }
+
+    /// The signature and path of the receipt for `leaf` (from the batch
+    /// signer).
+    async fn receipt(&self, leaf: Hash) -> RpcResult<(Signature, Vec<(bool, Hash)>)> {
+        let gone = || err(code::INTERNAL, "the receipt signer stopped".to_string());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.receipts
+            .send((leaf, reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
     }
 
     fn waiter(&self, id: &Hash) -> Arc<Notify> {
@@ -851,14 +910,25 @@ impl ConciergeApiServer for Rpc {
                 other => store_err(other),
             })?;
         c.waiter(&id).notify_waiters();
-        let sig = c.keys.server.sign(
-            api::RECEIPT_TAG,
-            &api::receipt_payload(&c.name, &id, seq, &api::envelope_hash(&bytes)),
-        );
+        let (sig, path) = c
+            .receipt(api::receipt_leaf(
+                &c.name,
+                &id,
+                seq,
+                &api::envelope_hash(&bytes),
+            ))
+            .await?;
         Ok(api::Receipt {
             mailbox: id.to_hex(),
             seq,
             sig: hex::encode(sig.0),
+            path: path
+                .into_iter()
+                .map(|(left, h)| api::ReceiptStep {
+                    left,
+                    hash: h.to_hex(),
+                })
+                .collect(),
         })
     }
 
@@ -1090,6 +1160,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let server_key = keys.server.public();
+    let (receipts, receipt_rx) = tokio::sync::mpsc::channel(4 * MAX_RECEIPT_BATCH);
+    tokio::spawn(sign_receipts(
+        config.name.clone(),
+        SecretKey::from_seed(keys.server.to_seed()),
+        receipt_rx,
+    ));
     let concierge = Arc::new(Concierge {
         name: config.name.clone(),
         params: config.params,
@@ -1111,6 +1187,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         used_postage: Mutex::new(HashMap::new()),
         postage_sync: tokio::sync::Mutex::new(None),
         registered_at: Mutex::new(None),
+        receipts,
     });
     let (stop, handle) = jsonrpsee::server::stop_channel();
     tokio::spawn(serve(

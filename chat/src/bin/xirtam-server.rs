@@ -11,6 +11,11 @@ use xirtam_proofs::params::Params;
 
 mod common;
 
+/// mimalloc rather than glibc malloc: a server allocates and frees small
+/// buffers for every request (docs/BENCHMARKS.md, "Concierge server").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Host mailboxes for the users who name this server in their records.
 /// Stores only ciphertext; learns users' device keys from verified
 /// directory lookups.

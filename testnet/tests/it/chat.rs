@@ -844,6 +844,64 @@ async fn publish_record(
     }
 }
 
+/// A long-poll's cursor with `ack` acknowledges for its own device only:
+/// the envelopes stay until every device of the record has acknowledged
+/// them, one way or the other.
+#[tokio::test]
+async fn a_cursor_acknowledges_for_its_own_device() {
+    let net = chat_net(1, &["~s1"]).await;
+    let (d1, d2) = (
+        DeviceKeys::from_seed([31; 32]),
+        DeviceKeys::from_seed([32; 32]),
+    );
+    publish_devices(&net, "@fay", "~s1", &[&d1, &d2], 120).await;
+    let s1 = net.server(0).rpc().clone();
+    let t1 = login(&s1, "~s1", "@fay", &d1).await;
+    let t2 = login(&s1, "~s1", "@fay", &d2).await;
+    s1.mailbox_create(t1.clone()).await.expect("mailbox");
+    for text in ["one", "two"] {
+        let env = seal(
+            &event(&d1, "@fay", "@fay", text),
+            &[Recipient {
+                device: d1.device().sign,
+                kx: d1.device().kx,
+            }],
+        )
+        .expect("seal");
+        stranger_deposit(&net, &s1, "@fay", hex::encode(encode(&env)))
+            .await
+            .expect("deposit");
+    }
+    let lane = api::requests_id(&n("@fay")).to_hex();
+    let cursor = |after: u64, ack: bool| {
+        vec![Cursor {
+            mailbox: lane.clone(),
+            after,
+            ack,
+        }]
+    };
+    let stored = |b: Vec<api::Batch>| b.iter().map(|b| b.messages.len()).sum::<usize>();
+    // Device 1 acknowledges both in its next long-poll's cursor: device 2
+    // has not, so both stay.
+    s1.mailbox_receive(t1.clone(), cursor(2, true), 0)
+        .await
+        .expect("device 1 polls");
+    let left = s1
+        .mailbox_receive(t2.clone(), cursor(0, false), 0)
+        .await
+        .expect("device 2 reads");
+    assert_eq!(stored(left), 2, "one device's ack deleted for both");
+    // Device 2 acknowledges the same way: now they are gone.
+    s1.mailbox_receive(t2.clone(), cursor(2, true), 0)
+        .await
+        .expect("device 2 polls");
+    let left = s1
+        .mailbox_receive(t1.clone(), cursor(0, false), 0)
+        .await
+        .expect("device 1 reads");
+    assert_eq!(stored(left), 0, "the cursor acknowledged nothing");
+}
+
 /// Attack 11: a device removed from the record kept its session until its
 /// token expired (an hour); one call could name a mailbox 16 times; a
 /// deposit to a made-up name created rate-limit state.
