@@ -434,8 +434,13 @@ impl Core {
         if let Some(m) = self.metas.lock().get(id) {
             return Ok(Some(m.clone()));
         }
+        // Mailboxes that do not exist are not cached, and anyone can ask
+        // for one: answer them without touching the writer's lock.
+        let Some(m) = self.read_meta(id)? else {
+            return Ok(None);
+        };
         // Holding `write`, nothing can change the value between the read
-        // and the insert; if a writer holds it, just read.
+        // and the insert; if a writer holds it, do not wait.
         match self.write.try_lock() {
             Some(_w) => {
                 let m = self.read_meta(id)?;
@@ -444,7 +449,7 @@ impl Core {
                 }
                 Ok(m)
             }
-            None => self.read_meta(id),
+            None => Ok(Some(m)),
         }
     }
 

@@ -671,13 +671,22 @@ impl Concierge {
                     .into_iter()
                     .map(|m| Delivered {
                         seq: m.seq,
-                        envelope: hex::encode(m.bytes),
+                        envelope: envelope_hex(&m.bytes),
                     })
                     .collect(),
             });
         }
         Ok(out)
     }
+}
+
+/// Hex of an envelope, byte by byte (`hex::encode` goes through `char`s,
+/// which showed in the server's profile for every delivered envelope).
+fn envelope_hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    // The output is exactly twice the input, so this cannot fail.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The signing keys of the devices in a verified record: the devices that
@@ -959,7 +968,10 @@ impl ConciergeApiServer for Rpc {
                     return Err(err(code::FORBIDDEN, format!("mailbox {id} is not yours")));
                 }
                 Some(m) => {
-                    if cur.ack && cur.after > m.acked(&device) {
+                    // Never past the mailbox's end: a cursor ahead of it
+                    // (a server restored from a backup) must not delete
+                    // envelopes the device has not seen.
+                    if cur.ack && cur.after > m.acked(&device) && cur.after < m.next_seq {
                         acks.push((id, cur.after));
                     }
                     ids.push((id, cur.after));
@@ -972,8 +984,12 @@ impl ConciergeApiServer for Rpc {
                 .iter()
                 .map(|(id, up_to)| c.store.ack_async(id, &device, &listed, *up_to))
                 .collect();
+            // Best effort: a failed write must not stop the device from
+            // reading what is stored; its next poll acknowledges again.
             for r in futures::future::join_all(pending).await {
-                r.map_err(store_err)?;
+                if let Err(e) = r {
+                    tracing::warn!(target: "server", error = %e, "acknowledgement in a cursor failed");
+                }
             }
         }
         let wait = Duration::from_millis(wait_ms).min(c.limits.max_wait);
