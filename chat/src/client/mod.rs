@@ -1130,33 +1130,62 @@ impl ChatClient {
         Ok(self.store.outbox()?)
     }
 
-    /// Try to deliver every queued message that is due.
+    /// Try to deliver every queued message that is due. If one gets
+    /// through, the others waiting out a backoff get one early try too: a
+    /// server that answers again (after a restart, or a network that came
+    /// back) should not leave them queued until their backoff ends, a
+    /// minute or more later. A failed early try keeps its schedule.
     pub async fn flush(&mut self) -> Result<FlushReport> {
         let mut report = FlushReport::default();
         let now = unix_ms();
-        for mut p in self.store.outbox()? {
+        let mut waiting = Vec::new();
+        let mut got_through = false;
+        for p in self.store.outbox()? {
             if p.next_try_ms > now {
+                waiting.push(p);
+                continue;
+            }
+            got_through |= self.try_deliver(p, true, &mut report).await?;
+        }
+        for p in waiting {
+            if got_through {
+                self.try_deliver(p, false, &mut report).await?;
+            } else {
                 report
                     .queued
                     .push((p.local, p.to.clone(), p.last_error.clone()));
-                continue;
             }
-            match self.deliver(&p).await {
-                Ok(d) => {
-                    let mut b = self.store.batch();
-                    b.sent(p.local)?;
-                    // Control events (contact passes) have no message and
-                    // are not reported.
-                    if let Some(mut m) = self.store.message(p.local)? {
-                        m.delivered = true;
-                        m.via = Some(d.server.clone());
-                        m.verified_at = d.record_height;
-                        b.message(&m)?;
-                        report.delivered.push(d);
-                    }
-                    b.commit()?;
+        }
+        Ok(report)
+    }
+
+    /// Try to deliver queued message `p`; on failure it stays queued, with
+    /// its backoff grown if `due` (an early try leaves it as it was).
+    /// Returns whether it was delivered.
+    async fn try_deliver(
+        &mut self,
+        mut p: Pending,
+        due: bool,
+        report: &mut FlushReport,
+    ) -> Result<bool> {
+        match self.deliver(&p).await {
+            Ok(d) => {
+                let mut b = self.store.batch();
+                b.sent(p.local)?;
+                // Control events (contact passes) have no message and
+                // are not reported.
+                if let Some(mut m) = self.store.message(p.local)? {
+                    m.delivered = true;
+                    m.via = Some(d.server.clone());
+                    m.verified_at = d.record_height;
+                    b.message(&m)?;
+                    report.delivered.push(d);
                 }
-                Err(e) => {
+                b.commit()?;
+                Ok(true)
+            }
+            Err(e) => {
+                if due {
                     p.attempts += 1;
                     p.next_try_ms = unix_ms() + backoff(p.attempts).as_millis() as u64;
                     p.last_error = e.to_string();
@@ -1164,13 +1193,13 @@ impl ChatClient {
                     let mut b = self.store.batch();
                     b.pending(&p)?;
                     b.commit()?;
-                    report
-                        .queued
-                        .push((p.local, p.to.clone(), p.last_error.clone()));
                 }
+                report
+                    .queued
+                    .push((p.local, p.to.clone(), p.last_error.clone()));
+                Ok(false)
             }
         }
-        Ok(report)
     }
 
     /// The devices of `user` to wrap to: each with its newest valid

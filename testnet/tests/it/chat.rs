@@ -171,6 +171,13 @@ async fn server_kill_9_loses_no_acknowledged_message_and_queued_ones_survive_cli
         .expect("queued");
     assert!(r.delivered.is_empty() && !m.delivered);
     assert_eq!(alice.outbox().expect("outbox").len(), 1);
+    // Retried while the server stays down, its backoff grows to 8 s.
+    let deadline = Instant::now() + WAIT;
+    while alice.outbox().expect("outbox")[0].attempts < 3 {
+        assert!(Instant::now() < deadline, "no retries");
+        alice.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // ... across a client restart too.
     drop(alice);
     net.restart_server(0).await.expect("server restarts");
@@ -181,14 +188,21 @@ async fn server_kill_9_loses_no_acknowledged_message_and_queued_ones_survive_cli
         1,
         "kept across restarts"
     );
-    let deadline = Instant::now() + WAIT;
-    while !alice.outbox().expect("outbox").is_empty() {
-        assert!(Instant::now() < deadline, "queued message never delivered");
-        alice.flush().await.expect("flush");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (got, _, _) = receive(&mut bob, 31).await;
+    // The server answers again: the next send takes the queued message
+    // along at once, not when its backoff ends.
+    let (_, r) = alice
+        .send(&n("@bob"), "after the restart")
+        .await
+        .expect("send");
+    assert_eq!(
+        r.delivered.len(),
+        2,
+        "the queued message waited for its backoff: {r:?}"
+    );
+    assert!(alice.outbox().expect("outbox").is_empty());
+    let (got, _, _) = receive(&mut bob, 32).await;
     let mut want: Vec<String> = (0..30).map(|i| format!("before {i}")).collect();
+    want.push("after the restart".into());
     want.push("while the server was down".into());
     let texts: Vec<String> = got.into_iter().map(|m| m.text).collect();
     assert_eq!(texts, want);
