@@ -170,12 +170,13 @@ pub fn receipt_tree(leaves: &[Hash]) -> (Hash, Vec<Vec<(bool, Hash)>>) {
             }
             *p /= 2;
         }
+        // A pair becomes its node; the odd one out stays itself.
         level = level
             .chunks(2)
-            .map(|c| match c {
-                [l, r] => xirtam_proofs::hash::hash_pair(RECEIPT_NODE_TAG, l, r),
-                [one] => *one,
-                _ => unreachable!("chunks(2) yields one or two"),
+            .filter_map(|c| {
+                c.iter()
+                    .copied()
+                    .reduce(|l, r| xirtam_proofs::hash::hash_pair(RECEIPT_NODE_TAG, &l, &r))
             })
             .collect();
     }
