@@ -858,21 +858,38 @@ async fn publish_record(
     }
 }
 
+/// A user with two devices on `~s1` (server 0 of `net`), both logged in
+/// (the second device's keys are not needed after its login), and a
+/// mailbox.
+struct TwoDevices {
+    d1: DeviceKeys,
+    s1: HttpClient,
+    t1: String,
+    t2: String,
+}
+
+/// Register `name` with two devices (seeds `seed` and `seed + 1`) on
+/// `~s1`, log both in and create the mailbox.
+async fn two_devices(net: &Testnet, name: &str, seed: u8) -> TwoDevices {
+    let (d1, d2) = (
+        DeviceKeys::from_seed([seed; 32]),
+        DeviceKeys::from_seed([seed + 1; 32]),
+    );
+    publish_devices(net, name, "~s1", &[&d1, &d2], 120).await;
+    let s1 = net.server(0).rpc().clone();
+    let t1 = login(&s1, "~s1", name, &d1).await;
+    let t2 = login(&s1, "~s1", name, &d2).await;
+    s1.mailbox_create(t1.clone()).await.expect("mailbox");
+    TwoDevices { d1, s1, t1, t2 }
+}
+
 /// A long-poll's cursor with `ack` acknowledges for its own device only:
 /// the envelopes stay until every device of the record has acknowledged
 /// them, one way or the other.
 #[tokio::test]
 async fn a_cursor_acknowledges_for_its_own_device() {
     let net = chat_net(1, &["~s1"]).await;
-    let (d1, d2) = (
-        DeviceKeys::from_seed([31; 32]),
-        DeviceKeys::from_seed([32; 32]),
-    );
-    publish_devices(&net, "@fay", "~s1", &[&d1, &d2], 120).await;
-    let s1 = net.server(0).rpc().clone();
-    let t1 = login(&s1, "~s1", "@fay", &d1).await;
-    let t2 = login(&s1, "~s1", "@fay", &d2).await;
-    s1.mailbox_create(t1.clone()).await.expect("mailbox");
+    let TwoDevices { d1, s1, t1, t2 } = two_devices(&net, "@fay", 31).await;
     for text in ["one", "two"] {
         let env = seal(
             &event(&d1, "@fay", "@fay", text),
@@ -931,15 +948,7 @@ async fn a_cursor_acknowledges_for_its_own_device() {
 #[tokio::test]
 async fn a_removed_device_loses_its_session_and_server_state_stays_bounded() {
     let net = chat_net(1, &["~s1"]).await;
-    let (d1, d2) = (
-        DeviceKeys::from_seed([21; 32]),
-        DeviceKeys::from_seed([22; 32]),
-    );
-    publish_devices(&net, "@erin", "~s1", &[&d1, &d2], 120).await;
-    let s1 = net.server(0).rpc().clone();
-    let t1 = login(&s1, "~s1", "@erin", &d1).await;
-    let t2 = login(&s1, "~s1", "@erin", &d2).await;
-    s1.mailbox_create(t1.clone()).await.expect("mailbox");
+    let TwoDevices { d1, s1, t1, t2 } = two_devices(&net, "@erin", 21).await;
     let cursor = Cursor {
         mailbox: api::mailbox_id(&n("@erin")).to_hex(),
         after: 0,
