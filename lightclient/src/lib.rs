@@ -11,7 +11,9 @@
 //! * [`client`]: [`LightClient`] - sync (headers verified one by one,
 //!   faulty sources dropped) and [`LightClient::resolve`];
 //! * `store`: the verified headers on disk, so a restart resumes;
-//! * [`verified`]: [`Verified`], which only this crate can construct.
+//! * [`verified`]: [`Verified`], which only this crate can construct;
+//! * `memory` (feature `memory`): an in-memory chain and an honest source
+//!   over it, for tests of what is built on the light client.
 //!
 //! Verification itself (proof of work, difficulty, timestamps, state proofs)
 //! is `xirtam-proofs`; this crate adds sources and storage. The trust model
@@ -19,6 +21,8 @@
 
 pub mod client;
 mod faults;
+#[cfg(feature = "memory")]
+pub mod memory;
 pub mod source;
 mod store;
 pub mod verified;

@@ -66,7 +66,7 @@ async fn receive(c: &mut ChatClient, n: usize, timeout: Duration) -> Result<Vec<
 }
 
 async fn send(log: &mut Log, c: &mut ChatClient, to: &Name, text: &str) -> Result<()> {
-    let from = c.name().cloned().context("sender has no name")?;
+    let from = c.name().context("sender has no name")?;
     let (_, FlushReport { delivered, queued }) = c.send(to, text).await?;
     if let Some((_, _, e)) = queued.first() {
         bail!("{from} -> {to}: not delivered: {e}");
@@ -81,7 +81,7 @@ async fn send(log: &mut Log, c: &mut ChatClient, to: &Name, text: &str) -> Resul
 }
 
 async fn show_received(log: &mut Log, c: &mut ChatClient, n: usize) -> Result<()> {
-    let me = c.name().cloned().context("no name")?;
+    let me = c.name().context("no name")?;
     for m in receive(c, n, Duration::from_secs(60)).await? {
         log.say(format!(
             "{me} <- {}: {:?}\n           via {}; signature checked against {}'s record verified at height {}",

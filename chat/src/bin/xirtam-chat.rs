@@ -215,7 +215,7 @@ async fn run(cli: Cli) -> Result<()> {
         );
         return Ok(());
     }
-    let mut c = ChatClient::open(&dir, config)?;
+    let c = ChatClient::open(&dir, config)?;
     match cli.cmd {
         Cmd::Init => {}
         Cmd::Register { name: n, server } => {

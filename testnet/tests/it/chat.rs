@@ -54,7 +54,7 @@ async fn chat_net(nodes: usize, servers: &[&str]) -> Testnet {
 }
 
 async fn user(net: &Testnet, dir: &Path, name: &str, server: &str) -> ChatClient {
-    let mut c = ChatClient::init(dir, net.client_config().expect("config")).expect("init");
+    let c = ChatClient::init(dir, net.client_config().expect("config")).expect("init");
     c.register(&n(name), &n(server)).await.expect("register");
     c
 }
@@ -121,7 +121,7 @@ async fn demo_story() {
 async fn offline_user_gets_200_messages_in_order_after_reconnect() {
     let net = chat_net(2, &["~s1"]).await;
     let root = net.root().to_path_buf();
-    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
     let bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
     drop(bob); // Bob goes offline.
     for i in 0..200 {
@@ -154,7 +154,7 @@ async fn offline_user_gets_200_messages_in_order_after_reconnect() {
 async fn server_kill_9_loses_no_acknowledged_message_and_queued_ones_survive_client_restart() {
     let mut net = chat_net(2, &["~s1"]).await;
     let root = net.root().to_path_buf();
-    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
     let mut bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
     for i in 0..30 {
         let (_, r) = alice
@@ -181,7 +181,7 @@ async fn server_kill_9_loses_no_acknowledged_message_and_queued_ones_survive_cli
     // ... across a client restart too.
     drop(alice);
     net.restart_server(0).await.expect("server restarts");
-    let mut alice = ChatClient::open(&root.join("alice"), net.client_config().expect("config"))
+    let alice = ChatClient::open(&root.join("alice"), net.client_config().expect("config"))
         .expect("reopen");
     assert_eq!(
         alice.outbox().expect("outbox").len(),
@@ -348,7 +348,7 @@ fn event(keys: &DeviceKeys, sender: &str, to: &str, body: &str) -> SignedEvent {
 async fn security_plaintext_forgery_and_replay() {
     let net = chat_net(2, &["~s1"]).await;
     let root = net.root().to_path_buf();
-    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
     let mut bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
     let carol_keys = DeviceKeys::from_seed([7; 32]);
     manual_user(&net, "@carol", "~s1", &carol_keys, 70).await;
@@ -644,7 +644,7 @@ async fn key_front(
 async fn forged_and_stale_medium_keys_are_refused() {
     let net = chat_net(2, &["~s1"]).await;
     let root = net.root().to_path_buf();
-    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
     // ~evil: a real server whose published URL is a front that serves
     // bad keys for @carol.
     let carol = DeviceKeys::from_seed([9; 32]);
@@ -718,8 +718,8 @@ async fn forged_and_stale_medium_keys_are_refused() {
 async fn blanked_medium_keys_never_silently_lose_forward_secrecy() {
     let net = chat_net(2, &["~s1"]).await;
     let root = net.root().to_path_buf();
-    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
-    let mut dave = user(&net, &root.join("dave"), "@dave", "~s1").await;
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let dave = user(&net, &root.join("dave"), "@dave", "~s1").await;
     let carol = DeviceKeys::from_seed([11; 32]);
     let answer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (evil, inner, token, _front) =
@@ -1021,7 +1021,7 @@ async fn a_move_switches_only_once_the_record_is_confirmed() {
         .register(&n("@alice"), &n("~s1"))
         .await
         .expect("register");
-    let mut bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
+    let bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
 
     net.stop_auto_mine();
     let e = alice
@@ -1234,7 +1234,7 @@ async fn an_envelope_from_an_unregistered_sender_does_not_block_the_inbox() {
 async fn the_cli_escapes_what_a_peer_wrote() {
     let net = chat_net(2, &["~s1"]).await;
     let root = net.root().to_path_buf();
-    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
     let bob_dir = root.join("bob");
     let mut bob = user(&net, &bob_dir, "@bob", "~s1").await;
     let spoof =
@@ -1828,7 +1828,7 @@ async fn a_man_in_the_middle_with_another_key_is_refused() {
 
     // Through the relay: logins, deposits, receives, all over TLS with the
     // record's key.
-    let mut alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
     let mut bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
     let secret = format!("over-tls-{}", hex::encode(rand_marker()));
     alice.send(&n("@bob"), &secret).await.expect("send");
@@ -1858,7 +1858,7 @@ async fn a_man_in_the_middle_with_another_key_is_refused() {
     relay
         .intercept
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut carol =
+    let carol =
         ChatClient::init(&root.join("carol"), net.client_config().expect("config")).expect("init");
     let e = carol
         .register(&n("@carol"), &n("~s1"))
@@ -1887,7 +1887,7 @@ async fn a_man_in_the_middle_with_another_key_is_refused() {
     )
     .await
     .expect("server starts");
-    let mut dave =
+    let dave =
         ChatClient::init(&root.join("dave"), net.client_config().expect("config")).expect("init");
     let e = dave
         .register(&n("@dave"), &n("~plain"))
