@@ -400,6 +400,47 @@ pub trait ConciergeApi {
     /// checks them against the verified record.
     #[method(name = "keys_fetch")]
     fn keys_fetch(&self, user: String) -> RpcResult<Vec<String>>;
+
+    /// Device linking relay: append `payload` (hex, at most
+    /// [`MAX_LINK_PAYLOAD`] bytes) to `side` (0: the new device writes, 1:
+    /// the approving device writes) of link slot `slot` (hex,
+    /// [`link_slot`]). No login: the new device has none yet; what is
+    /// relayed is a password-authenticated exchange the server cannot
+    /// read or join undetected. Slots expire after [`LINK_TTL_SECS`].
+    #[method(name = "link_post")]
+    fn link_post(&self, slot: String, side: u8, payload: String) -> RpcResult<bool>;
+
+    /// The messages on `side` of `slot` from index `after` on (hex); waits
+    /// up to `wait_ms` (at most 30 s) for one.
+    #[method(name = "link_read")]
+    async fn link_read(
+        &self,
+        slot: String,
+        side: u8,
+        after: u32,
+        wait_ms: u64,
+    ) -> RpcResult<Vec<String>>;
+}
+
+/// Largest message one `link_post` relays.
+pub const MAX_LINK_PAYLOAD: usize = 4096;
+/// Most messages one side of a link slot holds.
+pub const MAX_LINK_MESSAGES: usize = 4;
+/// Most link slots a server keeps at once.
+pub const MAX_LINK_SLOTS: usize = 4096;
+/// How long a link slot lives (seconds from its first message).
+pub const LINK_TTL_SECS: u64 = 600;
+/// Tag of [`link_slot`].
+pub const LINK_SLOT_TAG: &str = "xirtam/chat/link-slot/v1";
+
+/// The relay slot of a device link for `user`, from the first group of
+/// the link code (the rest of the code stays secret from the server).
+pub fn link_slot(network: &Hash, user: &Name, first_group: &str) -> Hash {
+    let mut b = network.0.to_vec();
+    b.extend_from_slice(user.as_str().as_bytes());
+    b.push(0);
+    b.extend_from_slice(first_group.as_bytes());
+    xirtam_proofs::hash::hash_tagged(LINK_SLOT_TAG, &b)
 }
 
 /// Check a deposit receipt against the server key from the verified

@@ -266,6 +266,8 @@ struct Concierge {
     /// second).
     postage_sync: tokio::sync::Mutex<Option<Instant>>,
     registered_at: Mutex<Option<u64>>,
+    /// The device-linking relay.
+    links: Links,
     /// To the receipt signer (see [`sign_receipts`]).
     receipts: tokio::sync::mpsc::Sender<ReceiptRequest>,
 }
@@ -1100,6 +1102,108 @@ impl ConciergeApiServer for Rpc {
             .map_err(store_err)?;
         Ok(keys.into_iter().map(hex::encode).collect())
     }
+
+    fn link_post(&self, slot: String, side: u8, payload: String) -> RpcResult<bool> {
+        let slot = Hash(parse_hex32("slot", &slot)?);
+        let side = link_side(side)?;
+        if payload.len() > 2 * api::MAX_LINK_PAYLOAD {
+            return Err(err(
+                code::TOO_LARGE,
+                format!("a link message is at most {} bytes", api::MAX_LINK_PAYLOAD),
+            ));
+        }
+        let payload = hex::decode(&payload).map_err(|_| invalid("payload must be hex"))?;
+        self.0.links.post(slot, side, payload)?;
+        Ok(true)
+    }
+
+    async fn link_read(
+        &self,
+        slot: String,
+        side: u8,
+        after: u32,
+        wait_ms: u64,
+    ) -> RpcResult<Vec<String>> {
+        let slot = Hash(parse_hex32("slot", &slot)?);
+        let side = link_side(side)?;
+        let deadline = Instant::now() + Duration::from_millis(wait_ms.min(30_000));
+        loop {
+            let posted = self.0.links.posted.notified();
+            let got = self.0.links.read(&slot, side, after as usize);
+            if !got.is_empty() || Instant::now() >= deadline {
+                return Ok(got.iter().map(hex::encode).collect());
+            }
+            // A post to any slot wakes every reader, which looks again.
+            let _ = tokio::time::timeout_at(deadline.into(), posted).await;
+        }
+    }
+}
+
+fn link_side(side: u8) -> RpcResult<usize> {
+    match side {
+        0 | 1 => Ok(side as usize),
+        _ => Err(invalid("side is 0 (new device) or 1 (approving device)")),
+    }
+}
+
+/// The device-linking relay: short-lived slots of a few small messages
+/// each, in memory (a link that a restart interrupts is started again).
+/// Bounded: at most [`api::MAX_LINK_SLOTS`] slots of
+/// [`api::MAX_LINK_MESSAGES`] messages of [`api::MAX_LINK_PAYLOAD`] bytes
+/// per side, each slot gone [`api::LINK_TTL_SECS`] after it was opened.
+#[derive(Default)]
+struct Links {
+    slots: Mutex<HashMap<Hash, LinkSlot>>,
+    posted: Notify,
+}
+
+struct LinkSlot {
+    expires: Instant,
+    sides: [Vec<Vec<u8>>; 2],
+}
+
+impl Links {
+    fn post(&self, slot: Hash, side: usize, payload: Vec<u8>) -> RpcResult<()> {
+        if payload.len() > api::MAX_LINK_PAYLOAD {
+            return Err(err(
+                code::TOO_LARGE,
+                format!("a link message is at most {} bytes", api::MAX_LINK_PAYLOAD),
+            ));
+        }
+        let now = Instant::now();
+        let mut slots = self.slots.lock();
+        slots.retain(|_, s| s.expires > now);
+        if !slots.contains_key(&slot) && slots.len() >= api::MAX_LINK_SLOTS {
+            return Err(err(
+                code::RATE_LIMITED,
+                "too many device links in progress here; try again in a few minutes",
+            ));
+        }
+        let s = slots.entry(slot).or_insert_with(|| LinkSlot {
+            expires: now + Duration::from_secs(api::LINK_TTL_SECS),
+            sides: [Vec::new(), Vec::new()],
+        });
+        if s.sides[side].len() >= api::MAX_LINK_MESSAGES {
+            return Err(err(
+                code::TOO_LARGE,
+                "this link slot is full: start the link again with a new code",
+            ));
+        }
+        s.sides[side].push(payload);
+        drop(slots);
+        self.posted.notify_waiters();
+        Ok(())
+    }
+
+    fn read(&self, slot: &Hash, side: usize, after: usize) -> Vec<Vec<u8>> {
+        let now = Instant::now();
+        self.slots
+            .lock()
+            .get(slot)
+            .filter(|s| s.expires > now)
+            .map(|s| s.sides[side].iter().skip(after).cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// A running server.
@@ -1203,6 +1307,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         used_postage: Mutex::new(HashMap::new()),
         postage_sync: tokio::sync::Mutex::new(None),
         registered_at: Mutex::new(None),
+        links: Links::default(),
         receipts,
     });
     let (stop, handle) = jsonrpsee::server::stop_channel();

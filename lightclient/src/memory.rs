@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use xirtam_proofs::header::{ChainState, Header, header_template, mine};
-use xirtam_proofs::op::Record;
+use xirtam_proofs::op::{Op, Record, apply};
 use xirtam_proofs::params::Params;
 use xirtam_proofs::state::{MemoryNodeStore, prove, update};
 use xirtam_proofs::{Hash, Name};
@@ -181,6 +181,30 @@ impl Source for MemorySource {
 
     async fn dir_get(&self, name: &Name, at: u64) -> Result<DirAnswer, SourceError> {
         self.chain.lock().dir_get(name, at)
+    }
+
+    /// An update (not a claim: tests write first records with
+    /// [`MemoryChain::block`]) that passes the stateless checks and the
+    /// state rule is mined into a block of its own at once.
+    async fn submit(&self, op: &Op) -> Result<(), SourceError> {
+        let refused = |e: String| SourceError::Rpc {
+            code: xirtam_node_api::code::INVALID_PARAMS,
+            message: e,
+        };
+        let mut c = self.chain.lock();
+        op.check_stateless(c.params)
+            .map_err(|e| refused(e.to_string()))?;
+        let Op::Write(w) = op else {
+            return Err(refused("the memory chain takes updates only".into()));
+        };
+        if w.claim.is_some() {
+            return Err(refused("the memory chain takes updates only".into()));
+        }
+        let height = c.height() + 1;
+        let record = apply(c.params, c.record(&w.key), w, height, false)
+            .map_err(|e| refused(e.to_string()))?;
+        c.block(&[(w.key.clone(), record)])
+            .map_err(|e| refused(e.to_string()))
     }
 
     fn bytes_received(&self) -> u64 {

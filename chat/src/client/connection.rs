@@ -129,6 +129,22 @@ pub trait ServerConn: Send + Sync + 'static {
         &self,
         user: &Name,
     ) -> impl Future<Output = Result<Vec<Vec<u8>>, CallError>> + Send;
+    /// `link_post`: relay one device-linking message.
+    fn link_post(
+        &self,
+        slot: &Hash,
+        side: u8,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), CallError>> + Send;
+    /// `link_read`: the messages on `side` of `slot` from index `after` on,
+    /// waiting up to `wait` for one.
+    fn link_read(
+        &self,
+        slot: &Hash,
+        side: u8,
+        after: u32,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Vec<u8>>, CallError>> + Send;
 }
 
 /// Makes connections to servers found through verified lookups.
@@ -325,6 +341,37 @@ impl ServerConn for HttpConn {
         keys.iter()
             .take(crate::records::MAX_DEVICES * 2)
             .map(|k| unhex("a medium-term key", k))
+            .collect()
+    }
+
+    async fn link_post(&self, slot: &Hash, side: u8, payload: &[u8]) -> Result<(), CallError> {
+        self.rpc
+            .link_post(slot.to_hex(), side, hex::encode(payload))
+            .await
+            .map_err(call_err)?;
+        Ok(())
+    }
+
+    async fn link_read(
+        &self,
+        slot: &Hash,
+        side: u8,
+        after: u32,
+        wait: Duration,
+    ) -> Result<Vec<Vec<u8>>, CallError> {
+        let got = self
+            .rpc
+            .link_read(slot.to_hex(), side, after, wait.as_millis() as u64)
+            .await
+            .map_err(call_err)?;
+        got.iter()
+            .take(api::MAX_LINK_MESSAGES)
+            .map(|m| {
+                if m.len() > 2 * api::MAX_LINK_PAYLOAD {
+                    return Err(CallError::Malformed("an oversized link message".into()));
+                }
+                unhex("a link message", m)
+            })
             .collect()
     }
 }

@@ -12,11 +12,12 @@ use xirtam_proofs::{Hash, Name, decode};
 
 use super::connection::{Connector, ReadFrom, ServerConn, to_client_error};
 use super::contacts::pass_key;
+use super::devices::SyncPart;
 use super::directory::Directory;
 use super::store::{self, Message};
 use super::{ClientError, ClientEvent, Core, PollReport, Result, head_key, unix_ms};
 use crate::api;
-use crate::crypto::{self, CryptoError, KIND_PASS, KIND_TEXT};
+use crate::crypto::{self, CryptoError, KIND_PASS, KIND_SYNC, KIND_TEXT};
 use crate::records::RecordError;
 
 /// Most envelopes kept aside for a later verification; past it, new ones
@@ -78,6 +79,8 @@ enum Processed {
         pass: [u8; 32],
         id: Hash,
     },
+    /// Part of a provisioning bundle from another of our devices.
+    Sync(SyncPart, Hash),
     /// Not for this device (a copy for our other devices), or a control
     /// event with nothing to do here.
     Skipped,
@@ -139,6 +142,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
             match self.token(s).await {
                 Ok(token) => calls.push((s.clone(), self.conn(s).await?, token, from)),
                 Err(e) => {
+                    self.check_refusal(&me, &e).await?;
                     report.errors.push(e.to_string());
                     self.drop_token(s, &e);
                 }
@@ -173,6 +177,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
             let batches = match r {
                 Ok(b) => b,
                 Err(e) => {
+                    self.check_refusal(&me, &e).await?;
                     self.drop_token(&s, &e);
                     report.errors.push(e.to_string());
                     continue;
@@ -222,6 +227,13 @@ impl<D: Directory, C: Connector> Core<D, C> {
         }
         let moving: Option<Name> = self.store.state(super::MOVING_KEY)?;
         if let Ok(mine) = self.user(me, false).await {
+            let sign = self.device.device().sign;
+            if mine.record().device(&sign).is_none() {
+                return Err(ClientError::Removed {
+                    name: me.clone(),
+                    device: sign,
+                });
+            }
             let named = mine.record().server.clone();
             if servers.current.as_ref() != Some(&named) {
                 if moving.as_ref() != Some(&named)
@@ -317,6 +329,21 @@ impl<D: Directory, C: Connector> Core<D, C> {
                         });
                     }
                     report.messages.push(m);
+                }
+                Processed::Sync(part, id) => {
+                    if !batch_seen.insert(id) {
+                        report.duplicates += 1;
+                        continue;
+                    }
+                    b.seen(&id)?;
+                    let (n, of) = (part.part, part.parts);
+                    let added = self.apply_sync(part, &mut batch_seen, &mut b)?;
+                    report.synced += added;
+                    events.push(ClientEvent::Synced {
+                        part: n,
+                        parts: of,
+                        messages: added,
+                    });
                 }
                 Processed::Duplicate => report.duplicates += 1,
                 Processed::Skipped => report.skipped += 1,
@@ -454,6 +481,19 @@ impl<D: Directory, C: Connector> Core<D, C> {
         }
         match ev.event.kind {
             KIND_TEXT => {}
+            // A bundle for a newly linked device of ours (sealed to it
+            // alone, so this device is that one).
+            KIND_SYNC if &sender == me => {
+                return Ok(match decode::<SyncPart>(&ev.event.body) {
+                    Ok(part) => Processed::Sync(part, id),
+                    Err(e) => Processed::Rejected(format!("a malformed provisioning bundle: {e}")),
+                });
+            }
+            KIND_SYNC => {
+                return Ok(Processed::Rejected(format!(
+                    "a provisioning bundle from {sender}: only our own devices send those"
+                )));
+            }
             // Our own grant, copied to our other devices: nothing to do.
             KIND_PASS if &sender == me => return Ok(Processed::Skipped),
             KIND_PASS => {

@@ -31,6 +31,7 @@
 
 pub mod connection;
 pub mod contacts;
+pub mod devices;
 pub mod directory;
 pub mod inbox;
 pub mod keys;
@@ -53,6 +54,7 @@ use crate::crypto::{CryptoError, DeviceKeys, MediumSecret, Sealer};
 use crate::records::{Device, RecordError, UserRecord, VerifiedUser};
 pub use connection::{CallError, Connector, HttpConnector, ServerConn};
 pub use contacts::Grant;
+pub use devices::{Approved, LinkCode, PendingLink, SyncPart};
 pub use directory::Directory;
 pub use inbox::{MAX_HELD, MAX_REJECTED_LOG, Rejection};
 use store::{Identity, LocalStore, Message, Servers, StoreError, StoredMedium};
@@ -210,6 +212,20 @@ pub enum ClientError {
     /// A bad argument.
     #[error("{0}")]
     Invalid(String),
+    /// Linking a device failed (nothing was added to the record).
+    #[error("device link failed: {0}")]
+    LinkFailed(String),
+    /// Our verified record no longer lists this device: it was removed
+    /// (with the root key, from another device).
+    #[error(
+        "this device ({device}) was removed from {name}'s record; it can no longer send or receive as {name}"
+    )]
+    Removed {
+        /// Our name.
+        name: Name,
+        /// This device's signing key.
+        device: PublicKey,
+    },
 }
 
 type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -263,6 +279,8 @@ pub struct PollReport {
     /// Peers whose contact pass arrived (our messages to them now skip
     /// their requests lane).
     pub passes: Vec<Name>,
+    /// Messages added by provisioning bundles from our other devices.
+    pub synced: usize,
     /// Envelopes kept aside because their sender could not be verified now
     /// (retried on the next polls, for `hold_unverified`).
     pub held: Vec<String>,
@@ -328,6 +346,16 @@ pub enum ClientEvent {
     Pass(Name),
     /// An envelope was rejected (`~server #seq: reason`).
     Rejected(String),
+    /// Part of a provisioning bundle from another of our devices was
+    /// stored (history: reload the conversations).
+    Synced {
+        /// The part's number, from 0.
+        part: u32,
+        /// How many parts the bundle has.
+        parts: u32,
+        /// Messages it added.
+        messages: usize,
+    },
     /// The background task hit an error; it keeps trying.
     Error(String),
     /// This many events were dropped because the stream was read too

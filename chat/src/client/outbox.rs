@@ -30,6 +30,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
     /// an event.
     pub async fn queue(&self, to: &Name, text: &str) -> Result<Message> {
         let me = self.me()?;
+        self.check_listed(&me).await?;
         if text.len() > crypto::MAX_BODY {
             return Err(ClientError::Invalid(format!(
                 "message of {} bytes; at most {}",
@@ -200,7 +201,12 @@ impl<D: Directory, C: Connector> Core<D, C> {
 
     /// Deposit into `to`'s contacts lane with the pass they gave us, or
     /// (no pass, or refused) into their requests lane with postage.
-    async fn deposit(&self, server: &Name, to: &Name, bytes: &[u8]) -> Result<api::Receipt> {
+    pub(crate) async fn deposit(
+        &self,
+        server: &Name,
+        to: &Name,
+        bytes: &[u8],
+    ) -> Result<api::Receipt> {
         let pass: Option<[u8; 32]> = self.store.state(&pass_key(to))?;
         if let Some(pass) = pass {
             match self.deposit_lane(server, to, bytes, Some(pass)).await {

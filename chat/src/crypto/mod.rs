@@ -310,6 +310,9 @@ pub const KIND_TEXT: u8 = 1;
 /// Event kind: a contact pass (body: 32 bytes) the sender grants the
 /// recipient, to deposit into the sender's contacts lane.
 pub const KIND_PASS: u8 = 2;
+/// Event kind: part of a provisioning bundle for a newly linked device of
+/// the sender (body: `client::devices::SyncPart`); sent only to oneself.
+pub const KIND_SYNC: u8 = 3;
 
 /// An event with its device signature.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

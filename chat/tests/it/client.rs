@@ -213,3 +213,142 @@ async fn the_outbox_survives_a_client_restart_and_goes_out_when_the_server_is_ba
     let texts: Vec<_> = got.messages.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(texts, ["hello", "queued"], "once each, in order");
 }
+
+const MONTH: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn texts(ms: &[xirtam_chat::client::store::Message]) -> Vec<&str> {
+    ms.iter().map(|m| m.text.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_device_gets_the_history_then_sends_and_receives() {
+    let w = World::new(&["~s1"]);
+    let alice = w.user("@alice", "~s1", 1).await.remove(0);
+    let bob = w.user("@bob", "~s1", 1).await.remove(0);
+    let (a, b) = (name("@alice"), name("@bob"));
+    for i in 0..3 {
+        bob.send(&a, &format!("b{i}")).await.expect("send");
+        alice.send(&b, &format!("a{i}")).await.expect("send");
+    }
+    alice.poll(Duration::ZERO).await.expect("poll");
+    bob.poll(Duration::ZERO).await.expect("poll");
+
+    let new = w.device("alice-new");
+    let link = new.link(&a, Duration::from_secs(60)).await.expect("link");
+    let code = link.code().to_string();
+    let (approved, joined) = tokio::join!(alice.approve(&code, MONTH), new.finish_link(link));
+    let approved = approved.expect("approve");
+    joined.expect("the new device takes the name");
+    assert_eq!(approved.device, new.device());
+    assert_eq!(approved.messages, 6);
+    assert_eq!(alice.devices().await.expect("devices").len(), 2);
+
+    // The bundle arrives through the mailbox, end to end encrypted.
+    let mut events = new.events();
+    let got = new.poll(Duration::ZERO).await.expect("poll");
+    assert_eq!(got.synced, 6, "{got:?}");
+    let synced = expect(&mut events, "the bundle", |e| match e {
+        ClientEvent::Synced { messages, .. } => Some(messages),
+        _ => None,
+    })
+    .await;
+    assert_eq!(synced, 6);
+    let (mine, theirs) = (alice.inbox().expect("inbox"), new.inbox().expect("inbox"));
+    assert_eq!(texts(&theirs), texts(&mine), "the same conversation");
+    assert_eq!(theirs.len(), 6);
+
+    // It sends as alice (bob's contact already: the pass came along)...
+    let (_, report) = new.send(&b, "from the new device").await.expect("send");
+    assert_eq!(report.delivered.len(), 1, "{report:?}");
+    let got = bob.poll(Duration::ZERO).await.expect("poll");
+    assert_eq!(texts(&got.messages), ["from the new device"]);
+    assert!(!got.messages[0].request, "alice is bob's contact");
+    // ...alice's first device sees it too, and both receive bob's answer.
+    let got = alice.poll(Duration::ZERO).await.expect("poll");
+    assert_eq!(texts(&got.messages), ["from the new device"]);
+    bob.send(&a, "to both").await.expect("send");
+    for d in [&alice, &new] {
+        let got = d.poll(Duration::ZERO).await.expect("poll");
+        assert_eq!(texts(&got.messages), ["to both"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_or_expired_code_fails_cleanly_on_both_devices() {
+    let w = World::new(&["~s1"]);
+    let alice = w.user("@alice", "~s1", 1).await.remove(0);
+    let a = name("@alice");
+
+    // Right slot, wrong secret digits: the keys do not match.
+    let new = w.device("alice-new");
+    let link = new.link(&a, Duration::from_secs(60)).await.expect("link");
+    let code = link.code().to_string();
+    let last = code.chars().last().expect("digits");
+    let wrong = format!(
+        "{}{}",
+        &code[..code.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    let (approved, joined) = tokio::join!(alice.approve(&wrong, MONTH), new.finish_link(link));
+    let (e1, e2) = (approved.expect_err("approve"), joined.expect_err("finish"));
+    assert!(e1.to_string().contains("mistyped"), "{e1}");
+    assert!(e2.to_string().contains("mistyped"), "{e2}");
+    assert_eq!(alice.devices().await.expect("devices").len(), 1);
+    assert!(new.name().is_none());
+
+    // An expired code: the new device gives up, and a late approval is
+    // told so at once.
+    let new = w.device("alice-late");
+    let link = new
+        .link(&a, Duration::from_millis(300))
+        .await
+        .expect("link");
+    let code = link.code().to_string();
+    let e = new.finish_link(link).await.expect_err("expires");
+    assert!(e.to_string().contains("expired"), "{e}");
+    let e = alice.approve(&code, MONTH).await.expect_err("too late");
+    assert!(e.to_string().contains("expired"), "{e}");
+    assert_eq!(alice.devices().await.expect("devices").len(), 1);
+
+    // A code nobody shows.
+    let e = alice
+        .approve("0000-0000-0000", MONTH)
+        .await
+        .expect_err("nobody");
+    assert!(e.to_string().contains("no device is waiting"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_is_told_and_gets_nothing_new() {
+    let w = World::new(&["~s1"]);
+    let mut alice = w.user("@alice", "~s1", 2).await;
+    let bob = w.user("@bob", "~s1", 1).await.remove(0);
+    let (a, b) = (name("@alice"), name("@bob"));
+    let (first, lost) = (alice.remove(0), alice.remove(0));
+    first
+        .remove_device(&lost.device().sign)
+        .await
+        .expect("remove");
+    assert_eq!(
+        first.devices().await.expect("devices"),
+        vec![first.device()]
+    );
+    bob.send(&a, "after the removal").await.expect("send");
+    // The removed device's next call says what happened.
+    let e = lost.poll(Duration::ZERO).await.expect_err("removed");
+    assert!(
+        matches!(e, xirtam_chat::client::ClientError::Removed { .. }),
+        "{e}"
+    );
+    let e = lost.send(&b, "still here?").await.expect_err("removed");
+    assert!(e.to_string().contains("was removed"), "{e}");
+    // Bob wrapped the message to the remaining device only.
+    let got = first.poll(Duration::ZERO).await.expect("poll");
+    assert_eq!(texts(&got.messages), ["after the removal"]);
+    // The last device cannot be removed.
+    let e = first
+        .remove_device(&first.device().sign)
+        .await
+        .expect_err("last");
+    assert!(e.to_string().contains("only device"), "{e}");
+}

@@ -34,11 +34,13 @@ pub(crate) fn name(s: &str) -> Name {
 #[derive(Default)]
 struct State {
     challenges: Vec<[u8; 32]>,
-    tokens: HashMap<String, Name>,
+    tokens: HashMap<String, (Name, PublicKey)>,
     mailboxes: HashMap<Hash, Vec<(u64, Vec<u8>)>>,
     next_seq: HashMap<Hash, u64>,
     passes: HashMap<Name, Vec<Hash>>,
     keys: HashMap<Name, HashMap<PublicKey, Vec<u8>>>,
+    /// Device-linking relay slots: both sides' messages.
+    links: HashMap<Hash, [Vec<Vec<u8>>; 2]>,
     /// The last deposit: mailbox and sequence number.
     last: Option<(Hash, u64)>,
 }
@@ -46,6 +48,8 @@ struct State {
 /// One concierge, in memory.
 pub(crate) struct MemoryServer {
     name: Name,
+    /// The chain, for the records logins are checked against.
+    chain: Arc<Mutex<MemoryChain>>,
     key: SecretKey,
     down: AtomicBool,
     state: Mutex<State>,
@@ -75,17 +79,34 @@ impl MemoryServer {
         Ok(())
     }
 
+    /// The user a token is for, while their record on the chain lists the
+    /// token's device (a removed device's session ends at once).
     fn user_of(&self, token: &str) -> Result<Name, CallError> {
         self.up()?;
-        self.state
+        let unauthorized = |m: &str| CallError::Refused {
+            code: code::UNAUTHORIZED,
+            message: m.into(),
+        };
+        let (user, device) = self
+            .state
             .lock()
             .tokens
             .get(token)
             .cloned()
-            .ok_or(CallError::Refused {
-                code: code::UNAUTHORIZED,
-                message: "unknown token".into(),
-            })
+            .ok_or_else(|| unauthorized("unknown token"))?;
+        if !self.lists(&user, &device) {
+            return Err(unauthorized("the device is not in the user's record"));
+        }
+        Ok(user)
+    }
+
+    /// Whether `user`'s record on the chain lists `device`.
+    fn lists(&self, user: &Name, device: &PublicKey) -> bool {
+        self.chain
+            .lock()
+            .record(user)
+            .and_then(|r| UserRecord::from_value(user, r.value.as_bytes()).ok())
+            .is_some_and(|r| r.device(device).is_some())
     }
 
     /// Drop the envelope deposited last, as a server that loses it
@@ -198,8 +219,13 @@ impl ServerConn for MemoryConn {
                 sig,
             )
             .map_err(|_| refused("bad signature"))?;
+        drop(st);
+        if !self.server.lists(user, device) {
+            return Err(refused("the device is not in the user's record"));
+        }
         let token = hex::encode(challenge);
-        st.tokens.insert(token.clone(), user.clone());
+        let mut st = self.server.state.lock();
+        st.tokens.insert(token.clone(), (user.clone(), *device));
         Ok(Login {
             token,
             valid: Duration::from_secs(3600),
@@ -332,6 +358,45 @@ impl ServerConn for MemoryConn {
             .map(|k| k.values().cloned().collect())
             .unwrap_or_default())
     }
+
+    async fn link_post(&self, slot: &Hash, side: u8, payload: &[u8]) -> Result<(), CallError> {
+        self.server.up()?;
+        self.server.state.lock().links.entry(*slot).or_default()[usize::from(side & 1)]
+            .push(payload.to_vec());
+        self.server.deposited.notify_waiters();
+        Ok(())
+    }
+
+    async fn link_read(
+        &self,
+        slot: &Hash,
+        side: u8,
+        after: u32,
+        wait: Duration,
+    ) -> Result<Vec<Vec<u8>>, CallError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.server.deposited.notified();
+            self.server.up()?;
+            let got: Vec<Vec<u8>> = self
+                .server
+                .state
+                .lock()
+                .links
+                .get(slot)
+                .map(|s| {
+                    s[usize::from(side & 1)]
+                        .iter()
+                        .skip(after as usize)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !got.is_empty() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(got);
+            }
+        }
+    }
 }
 
 /// A chain, servers, and clients over them, in one process.
@@ -339,7 +404,6 @@ pub(crate) struct World {
     pub(crate) chain: Arc<Mutex<MemoryChain>>,
     pub(crate) servers: Servers,
     pub(crate) tmp: tempfile::TempDir,
-    owner: SecretKey,
 }
 
 fn record(owner: &SecretKey, value: Vec<u8>, nonce: u64) -> Record {
@@ -355,7 +419,7 @@ impl World {
     /// A chain with the servers `names` (`~s1`...) registered.
     pub(crate) fn new(names: &[&str]) -> World {
         let owner = SecretKey::from_seed([9; 32]);
-        let mut chain = MemoryChain::new(&REGTEST);
+        let chain = Arc::new(Mutex::new(MemoryChain::new(&REGTEST)));
         let servers = Servers::default();
         let mut writes = Vec::new();
         for (i, n) in names.iter().enumerate() {
@@ -372,6 +436,7 @@ impl World {
                 url,
                 Arc::new(MemoryServer {
                     name: name(n),
+                    chain: chain.clone(),
                     key,
                     down: AtomicBool::new(false),
                     state: Mutex::new(State::default()),
@@ -382,12 +447,11 @@ impl World {
                 }),
             );
         }
-        chain.block(&writes).expect("a block");
+        chain.lock().block(&writes).expect("a block");
         World {
-            chain: Arc::new(Mutex::new(chain)),
+            chain,
             servers,
             tmp: tempfile::tempdir().expect("tempdir"),
-            owner,
         }
     }
 
@@ -445,8 +509,15 @@ impl World {
         .expect("the identity")
     }
 
-    /// Write `user`'s record (on `server`, listing `devices`) and mine it.
+    /// Write `user`'s record (on `server`, listing `devices`, owned by the
+    /// first one's root key) and mine it.
     pub(crate) fn publish(&self, user: &str, server: &str, devices: &[&TestClient]) {
+        let root = std::fs::read_to_string(devices[0].root_key_path()).expect("root key file");
+        let seed: [u8; 32] = hex::decode(root.trim())
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes");
+        let owner = SecretKey::from_seed(seed);
         let value = UserRecord {
             server: name(server),
             devices: devices.iter().map(|d| d.device()).collect(),
@@ -456,7 +527,7 @@ impl World {
         let mut chain = self.chain.lock();
         let nonce = chain.record(&name(user)).map_or(0, |r| r.nonce + 1);
         chain
-            .block(&[(name(user), record(&self.owner, value, nonce))])
+            .block(&[(name(user), record(&owner, value, nonce))])
             .expect("a block");
     }
 

@@ -477,32 +477,16 @@ struct KeyForger {
 #[async_trait]
 impl ConciergeApiServer for KeyForger {
     fn server_info(&self) -> RpcResult<ServerInfo> {
-        Err(jsonrpsee::types::ErrorObjectOwned::owned(
-            -32000,
-            "not forwarded",
-            None::<()>,
-        ))
+        Err(not_forwarded())
     }
     fn auth_challenge(&self, _user: String) -> RpcResult<Challenge> {
-        Err(jsonrpsee::types::ErrorObjectOwned::owned(
-            -32000,
-            "not forwarded",
-            None::<()>,
-        ))
+        Err(not_forwarded())
     }
     async fn auth_login(&self, _: String, _: String, _: String, _: String) -> RpcResult<Token> {
-        Err(jsonrpsee::types::ErrorObjectOwned::owned(
-            -32000,
-            "not forwarded",
-            None::<()>,
-        ))
+        Err(not_forwarded())
     }
     async fn mailbox_create(&self, _token: String) -> RpcResult<MailboxInfo> {
-        Err(jsonrpsee::types::ErrorObjectOwned::owned(
-            -32000,
-            "not forwarded",
-            None::<()>,
-        ))
+        Err(not_forwarded())
     }
     async fn mailbox_deposit(
         &self,
@@ -518,36 +502,30 @@ impl ConciergeApiServer for KeyForger {
         ))
     }
     async fn mailbox_receive(&self, _: String, _: Vec<Cursor>, _: u64) -> RpcResult<Vec<Batch>> {
-        Err(jsonrpsee::types::ErrorObjectOwned::owned(
-            -32000,
-            "not forwarded",
-            None::<()>,
-        ))
+        Err(not_forwarded())
     }
     async fn mailbox_ack(&self, _: String, _: String, _: u64) -> RpcResult<u64> {
-        Err(jsonrpsee::types::ErrorObjectOwned::owned(
-            -32000,
-            "not forwarded",
-            None::<()>,
-        ))
+        Err(not_forwarded())
     }
     async fn mailbox_passes(&self, _: String, _: Vec<String>, _: Vec<String>) -> RpcResult<u64> {
-        Err(jsonrpsee::types::ErrorObjectOwned::owned(
-            -32000,
-            "not forwarded",
-            None::<()>,
-        ))
+        Err(not_forwarded())
     }
     async fn keys_publish(&self, _: String, _: String) -> RpcResult<bool> {
-        Err(jsonrpsee::types::ErrorObjectOwned::owned(
-            -32000,
-            "not forwarded",
-            None::<()>,
-        ))
+        Err(not_forwarded())
     }
     fn keys_fetch(&self, _user: String) -> RpcResult<Vec<String>> {
         Ok(self.answer.lock().expect("lock").clone())
     }
+    fn link_post(&self, _: String, _: u8, _: String) -> RpcResult<bool> {
+        Err(not_forwarded())
+    }
+    async fn link_read(&self, _: String, _: u8, _: u32, _: u64) -> RpcResult<Vec<String>> {
+        Err(not_forwarded())
+    }
+}
+
+fn not_forwarded() -> jsonrpsee::types::ErrorObjectOwned {
+    jsonrpsee::types::ErrorObjectOwned::owned(-32000, "not forwarded", None::<()>)
 }
 
 /// A real concierge server `server` whose published URL is a [`KeyForger`]
