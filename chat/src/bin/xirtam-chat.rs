@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use xirtam_chat::client::store::Message;
-use xirtam_chat::client::{ChatClient, ClientConfig, FlushReport, PollReport};
+use xirtam_chat::client::{ChatClient, ClientConfig, ClientEvent, FlushReport, PollReport};
 use xirtam_chat::display;
 use xirtam_proofs::Name;
 use xirtam_proofs::params::Params;
@@ -94,6 +94,38 @@ enum Cmd {
         #[arg(long)]
         server: String,
     },
+    /// Link, list and remove this name's devices.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCmd {
+    /// On a new device (after `init`): show a one-time code for `@name`,
+    /// and wait until a device holding the root key approves it.
+    Link {
+        /// The name to join (`@...`).
+        name: String,
+        /// Seconds the code stays valid (at most 600).
+        #[arg(long, default_value_t = 300)]
+        expires: u64,
+    },
+    /// On a device with the root key: approve the new device showing
+    /// `code`, add it to the record and send it the recent history.
+    Approve {
+        /// The code the new device shows (`1234-5678-9012`).
+        code: String,
+        /// Days of history the new device receives.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
+    /// The devices of this name's verified record.
+    List,
+    /// Remove a device (a lost phone) from the record; needs the root key.
+    Remove {
+        /// The device's key (as `device list` shows it).
+        id: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -133,6 +165,102 @@ fn show(m: &Message) {
 }
 
 /// Envelopes of this poll that were not shown as messages.
+/// One event of `listen`. Whatever a peer or server chose is escaped.
+fn show_event(e: &ClientEvent) {
+    match e {
+        ClientEvent::Message(m) | ClientEvent::Request(m) => show(m),
+        ClientEvent::Delivered(d) => println!(
+            "delivered [{}] to {} via {} (seq {})",
+            d.local, d.to, d.server, d.seq
+        ),
+        ClientEvent::Retrying {
+            local,
+            to,
+            attempts,
+            error,
+        } => eprintln!(
+            "queued [{local}] for {to} after {attempts} attempt(s): {}",
+            display::escape_line(error)
+        ),
+        ClientEvent::Missing { .. } => println!(
+            "    ! a message is missing before the last one: the one it follows never arrived on this device"
+        ),
+        ClientEvent::Moved { user, from, to } => println!("{user} moved from {from} to {to}"),
+        ClientEvent::Devices {
+            user,
+            added,
+            removed,
+        } => println!(
+            "{user}'s devices changed: {} added, {} removed",
+            added.len(),
+            removed.len()
+        ),
+        ClientEvent::Pass(p) => println!("{p} accepted you as a contact"),
+        ClientEvent::Rejected(w) => eprintln!("rejected: {}", display::escape_line(w)),
+        ClientEvent::Synced {
+            part,
+            parts,
+            messages,
+        } => println!(
+            "history from another of your devices: part {} of {parts}, {messages} message(s)",
+            part + 1
+        ),
+        ClientEvent::Error(w) => eprintln!("warning: {}", display::escape_line(w)),
+        ClientEvent::Lagged(n) => eprintln!("warning: {n} event(s) missed; run `inbox`"),
+        other => eprintln!("{other:?}"),
+    }
+}
+
+async fn device(c: &ChatClient, cmd: DeviceCmd) -> Result<()> {
+    match cmd {
+        DeviceCmd::Link { name: n, expires } => {
+            let n = name(&n)?;
+            let link = c.link(&n, Duration::from_secs(expires)).await?;
+            println!(
+                "link code: {}\non a device of {n} that has the root key, run: xirtam-chat device approve {}\n(valid for {expires} s; waiting...)",
+                link.code(),
+                link.code()
+            );
+            let v = c.finish_link(link).await?;
+            println!(
+                "this device is now {n} on {} (record verified at height {}); history arrives with the next `inbox`",
+                v.record().server,
+                v.lookup().height()
+            );
+        }
+        DeviceCmd::Approve { code, days } => {
+            let a = c
+                .approve(&code, Duration::from_secs(days.saturating_mul(86_400)))
+                .await?;
+            println!(
+                "device {} added (record verified at height {}); sent it {} message(s) of history in {} part(s)",
+                a.device.sign,
+                a.record.lookup().height(),
+                a.messages,
+                a.parts
+            );
+        }
+        DeviceCmd::List => {
+            let me = c.device().sign;
+            for d in c.devices().await? {
+                let this = if d.sign == me { "  (this device)" } else { "" };
+                println!("{}{this}", d.sign);
+            }
+        }
+        DeviceCmd::Remove { id } => {
+            let key = xirtam_proofs::PublicKey::from_hex(id.trim()).map_err(|_| {
+                anyhow!("{id:?} is not a device key (64 hex digits, as `device list` shows)")
+            })?;
+            let v = c.remove_device(&key).await?;
+            println!(
+                "device {key} removed (record verified at height {}); it can no longer log in, and new messages are not encrypted to it",
+                v.lookup().height()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn report_envelopes(r: &PollReport) {
     for e in &r.rejected {
         eprintln!("rejected: {}", display::escape_line(e));
@@ -289,24 +417,22 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{held} envelope(s) wait for their sender to be verified");
             }
         }
-        Cmd::Listen => loop {
-            tokio::select! {
-                r = c.poll(Duration::from_secs(25)) => {
-                    let r = r?;
-                    for m in &r.messages {
-                        show(m);
-                    }
-                    report_envelopes(&r);
-                    for e in &r.errors {
-                        eprintln!("warning: {}", display::escape_line(e));
-                    }
-                    if !r.errors.is_empty() {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
+        Cmd::Listen => {
+            // The client core's background work and its events.
+            let mut events = c.events();
+            let _running = c.start(Duration::from_secs(25));
+            loop {
+                tokio::select! {
+                    e = events.next() => match e {
+                        Some(ClientEvent::Stopped(why)) => bail!("{why}"),
+                        Some(e) => show_event(&e),
+                        None => return Ok(()),
+                    },
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
                 }
-                _ = tokio::signal::ctrl_c() => return Ok(()),
             }
-        },
+        }
+        Cmd::Device(d) => device(&c, d).await?,
         Cmd::Move { server } => {
             let s = name(&server)?;
             println!("moving to {s} (waiting for confirmation)...");

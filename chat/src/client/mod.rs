@@ -358,6 +358,9 @@ pub enum ClientEvent {
     },
     /// The background task hit an error; it keeps trying.
     Error(String),
+    /// The background work stopped for good (this device was removed
+    /// from our record).
+    Stopped(String),
     /// This many events were dropped because the stream was read too
     /// slowly; reload from the store.
     Lagged(u64),
@@ -662,6 +665,10 @@ impl<D: Directory, C: Connector> Client<D, C> {
                         self.emit(ClientEvent::Error(e));
                     }
                     failures += 1;
+                }
+                Err(e @ ClientError::Removed { .. }) => {
+                    self.emit(ClientEvent::Stopped(e.to_string()));
+                    return;
                 }
                 Err(e) => {
                     self.emit(ClientEvent::Error(e.to_string()));

@@ -211,6 +211,20 @@ async fn server_kill_9_loses_no_acknowledged_message_and_queued_ones_survive_cli
 /// Run `xirtam-chat` on regtest with every node of `net` and data
 /// directory `dir`, then `args`.
 fn chat_cli(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Output {
+    chat_cli_command(net, dir, args)
+        .output()
+        .expect("run xirtam-chat")
+}
+
+/// `chat_cli` without blocking the runtime (the network keeps mining).
+async fn chat_cli_async(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::from(chat_cli_command(net, dir, args))
+        .output()
+        .await
+        .expect("run xirtam-chat")
+}
+
+fn chat_cli_command(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Command {
     let bin =
         xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
     let mut full = vec![
@@ -224,10 +238,9 @@ fn chat_cli(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Output {
         full.push(u);
     }
     full.extend(args.iter().map(|s| s.to_string()));
-    std::process::Command::new(&bin)
-        .args(&full)
-        .output()
-        .expect("run xirtam-chat")
+    let mut c = std::process::Command::new(&bin);
+    c.args(&full);
+    c
 }
 
 /// Register `name` on `server` for a device whose keys the test holds.
@@ -1872,4 +1885,163 @@ async fn a_man_in_the_middle_with_another_key_is_refused() {
         .await
         .expect_err("no token over plain HTTP");
     assert!(e.to_string().contains("in the clear"), "{e}");
+}
+
+/// `xirtam-chat device link` in `dir`, running: the code it shows, and the
+/// process (its output still to read).
+async fn cli_link(
+    net: &Testnet,
+    dir: &Path,
+    expires: &str,
+) -> (String, tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::from(chat_cli_command(
+        net,
+        dir,
+        &["device", "link", "@alice", "--expires", expires],
+    ));
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("device link starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    let code = tokio::time::timeout(WAIT, async {
+        while let Some(l) = lines.next_line().await.expect("read") {
+            seen.push_str(&l);
+            seen.push('\n');
+            if let Some(code) = l.strip_prefix("link code: ") {
+                return code.to_string();
+            }
+        }
+        panic!("no code shown: {seen}");
+    })
+    .await
+    .expect("the code is shown");
+    // Keep reading its output (a closed pipe would fail its next line).
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (code, child, seen)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Issue 15: @alice links a second device with the CLI (a code, a
+/// password-authenticated exchange through her server, the record
+/// updated by the root key): it receives the history, then every message
+/// reaches both her devices in order, what one sends shows on the other;
+/// a removed device is told on its next call; a mistyped and an expired
+/// code fail cleanly on both sides.
+#[tokio::test]
+async fn devices_link_through_the_cli_with_history_and_removal() {
+    let net = chat_net(1, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let alice_dir = root.join("alice");
+    let alice = user(&net, &alice_dir, "@alice", "~s1").await;
+    let mut bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
+    let (a, b) = (n("@alice"), n("@bob"));
+    for i in 0..3 {
+        bob.send(&a, &format!("b{i}")).await.expect("send");
+        alice.send(&b, &format!("a{i}")).await.expect("send");
+    }
+    let mut alice = alice;
+    receive(&mut alice, 3).await;
+    // The CLI opens alice's store: the library lets go of it first.
+    drop(alice);
+
+    let new_dir = root.join("alice-new");
+    let out = chat_cli(&net, &new_dir, &["init"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, child, _) = cli_link(&net, &new_dir, "120").await;
+    let out = chat_cli_async(&net, &alice_dir, &["device", "approve", &code]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("sent it 6 message(s)"),
+        "{}",
+        text(&out)
+    );
+    let linked = child.wait_with_output().await.expect("link ends");
+    assert!(linked.status.success(), "{}", text(&linked));
+
+    // The history is there on the new device.
+    let out = chat_cli_async(&net, &new_dir, &["inbox"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = text(&out);
+    for t in ["a0", "a1", "a2", "b0", "b1", "b2"] {
+        assert!(shown.contains(&format!(": {t}")), "{t} missing: {shown}");
+    }
+    let out = chat_cli_async(&net, &alice_dir, &["device", "list"]).await;
+    assert_eq!(text(&out).lines().count(), 2, "{}", text(&out));
+    assert!(text(&out).contains("(this device)"));
+
+    // Every message from bob reaches both, in order; one device's message
+    // shows on the other.
+    let mut alice =
+        ChatClient::open(&alice_dir, net.client_config().expect("config")).expect("open");
+    let mut alice2 =
+        ChatClient::open(&new_dir, net.client_config().expect("config")).expect("open");
+    // Bob's cached record of alice (30 s) predates the link: a sender
+    // learns of a new device at its next lookup, which `whois` forces.
+    assert_eq!(
+        bob.whois(&a).await.expect("lookup").record().devices.len(),
+        2
+    );
+    for i in 0..5 {
+        bob.send(&a, &format!("in order {i}")).await.expect("send");
+    }
+    for d in [&mut alice, &mut alice2] {
+        let (got, _, rejected) = receive(d, 5).await;
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let texts: Vec<_> = got.iter().map(|m| m.text.clone()).collect();
+        assert_eq!(
+            texts,
+            (0..5).map(|i| format!("in order {i}")).collect::<Vec<_>>()
+        );
+    }
+    alice2.send(&b, "from the new device").await.expect("send");
+    let m = receive_text(&mut bob, "from the new device").await;
+    assert!(!m.request, "the new device has alice's contacts");
+    let copy = receive_text(&mut alice, "from the new device").await;
+    assert_eq!((copy.from, copy.to), (a.clone(), b.clone()));
+
+    // Removed: its next call says so, and it is wrapped to no more.
+    let key = alice2.device().sign.to_hex();
+    drop(alice);
+    let out = chat_cli_async(&net, &alice_dir, &["device", "remove", &key]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    drop(alice2);
+    let out = chat_cli_async(&net, &new_dir, &["inbox"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("was removed"), "{}", text(&out));
+    let wrapped = bob.whois(&a).await.expect("lookup");
+    assert_eq!(wrapped.record().devices.len(), 1);
+
+    // A mistyped code: both sides fail, nothing is added.
+    let late_dir = root.join("alice-late");
+    let out = chat_cli(&net, &late_dir, &["init"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, child, _) = cli_link(&net, &late_dir, "120").await;
+    let last = if code.ends_with('0') { "1" } else { "0" };
+    let wrong = format!("{}{last}", &code[..code.len() - 1]);
+    let out = chat_cli_async(&net, &alice_dir, &["device", "approve", &wrong]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("mistyped"), "{}", text(&out));
+    let failed = child.wait_with_output().await.expect("link ends");
+    assert!(!failed.status.success());
+    assert!(text(&failed).contains("mistyped"), "{}", text(&failed));
+    // An expired code.
+    let (code, child, _) = cli_link(&net, &late_dir, "1").await;
+    let failed = child.wait_with_output().await.expect("link ends");
+    assert!(text(&failed).contains("expired"), "{}", text(&failed));
+    let out = chat_cli_async(&net, &alice_dir, &["device", "approve", &code]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("expired"), "{}", text(&out));
+    let out = chat_cli_async(&net, &alice_dir, &["device", "list"]).await;
+    assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
 }
