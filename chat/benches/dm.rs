@@ -1,5 +1,6 @@
 //! DM crypto: sign an event, encrypt it once, wrap the key to 3 devices
-//! (target ≤ 150 µs) - as a client does it (its `Sealer` has seen the
+//! (target ≤ 150 µs), and from a sender with 3 devices (the copy to its 2
+//! others included, target ≤ 250 µs) - as a client does it (its `Sealer` has seen the
 //! recipients' keys before) and for recipients never seen before; the
 //! receiving side; and postage (the proof of work on a first-contact
 //! deposit).
@@ -40,6 +41,25 @@ fn dm(c: &mut Criterion) {
         b.iter(|| {
             let signed = SignedEvent::sign(&alice, &Hash::ZERO, event.clone());
             seal(&signed, &to).expect("seal")
+        })
+    });
+    // A sender with 3 devices to a recipient with 3: the message for the
+    // recipient's devices and the sender's 2 others is one envelope (as
+    // `Core::deliver` seals it), deposited to both users' mailboxes.
+    let own: Vec<Recipient> = (5..7u8)
+        .map(|i| {
+            let d = DeviceKeys::from_seed([i; 32]).device();
+            Recipient {
+                device: d.sign,
+                kx: d.kx,
+            }
+        })
+        .collect();
+    let both: Vec<Recipient> = to.iter().chain(&own).cloned().collect();
+    c.bench_function("dm_send_3x3_devices", |b| {
+        b.iter(|| {
+            let signed = SignedEvent::sign(&alice, &Hash::ZERO, event.clone());
+            sealer.seal(&signed, &both).expect("seal")
         })
     });
     let env = seal(&SignedEvent::sign(&alice, &Hash::ZERO, event.clone()), &to).expect("seal");

@@ -296,24 +296,36 @@ impl<D: Directory, C: Connector> Core<D, C> {
             refused,
             long_term,
         } = self.recipients(&user, &server, None).await?;
-        let envelope = self.sealer.lock().seal(&event, &to)?;
-        let bytes = encode(&envelope);
-        let receipt = self.deposit(&server, &p.to, &bytes).await?;
-        let server_height = self.conn(&server).await?.server.lookup().height();
-        // A copy for our own other devices, through our own server.
+        // Our other devices get the same envelope, through our own
+        // server: one encryption, wrapped to their devices and ours
+        // (device lists are public in the records, so the extra wraps
+        // tell a server nothing new).
+        let mut copy = None;
         if let Ok(mine) = self.user(&me, false).await
             && mine.record().devices.len() > 1
         {
             let own_server = mine.record().server.clone();
             let skip = self.device.device().sign;
-            let copy = async {
-                let own = self.recipients(&mine, &own_server, Some(&skip)).await?.to;
-                let env = self.sealer.lock().seal(&event, &own)?;
-                self.deposit(&own_server, &me, &encode(&env)).await
-            };
-            if let Err(e) = copy.await {
-                tracing::warn!(target: "client::send", error = %e, "could not deposit the copy for our other devices");
+            match self.recipients(&mine, &own_server, Some(&skip)).await {
+                Ok(r) => copy = Some((own_server, r.to)),
+                Err(e) => {
+                    tracing::warn!(target: "client::send", error = %e, "no copy for our other devices: their keys are not available")
+                }
             }
+        }
+        let wraps: Vec<_> = to
+            .iter()
+            .chain(copy.iter().flat_map(|(_, own)| own))
+            .cloned()
+            .collect();
+        let envelope = self.sealer.lock().seal(&event, &wraps)?;
+        let bytes = encode(&envelope);
+        let receipt = self.deposit(&server, &p.to, &bytes).await?;
+        let server_height = self.conn(&server).await?.server.lookup().height();
+        if let Some((own_server, _)) = copy
+            && let Err(e) = self.deposit(&own_server, &me, &bytes).await
+        {
+            tracing::warn!(target: "client::send", error = %e, "could not deposit the copy for our other devices");
         }
         Ok(Delivery {
             local: p.local,

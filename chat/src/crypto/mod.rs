@@ -452,14 +452,15 @@ impl Sealer {
             .map_err(|_| CryptoError::Tampered)?;
         let body = [&commit.0[..], &ct].concat();
         let body_hash = hash_tagged(BODY_HASH_TAG, &body);
+        let infos: Vec<Vec<u8>> = to.iter().map(|r| wrap_info(&r.device, &r.kx)).collect();
+        let targets: Vec<(&[u8; 32], &[u8])> = to
+            .iter()
+            .zip(&infos)
+            .map(|(r, info)| (&r.kx.0, info.as_slice()))
+            .collect();
+        let sealed = self.wrap_many(&targets, &body_hash.0, content_key.as_ref())?;
         let mut wraps = Vec::with_capacity(to.len());
-        for r in to {
-            let (enc, ct) = self.wrap(
-                &r.kx.0,
-                &wrap_info(&r.device, &r.kx),
-                &body_hash.0,
-                content_key.as_ref(),
-            )?;
+        for (r, (enc, ct)) in to.iter().zip(sealed) {
             let key = <[u8; 48]>::try_from(ct.as_slice()).map_err(|_| CryptoError::Tampered)?;
             wraps.push(Wrap {
                 device: r.device,
