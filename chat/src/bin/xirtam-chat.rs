@@ -84,6 +84,12 @@ enum Cmd {
         /// The name (`@...`).
         name: String,
     },
+    /// Mark the conversation with `@name` read up to its latest message, on
+    /// every device of yours.
+    Read {
+        /// The other side (`@...`).
+        name: String,
+    },
     /// Envelopes refused (undecryptable, forged, from a sender that could
     /// not be verified in time), most recent last.
     Rejected,
@@ -196,6 +202,9 @@ fn show_event(e: &ClientEvent) {
             removed.len()
         ),
         ClientEvent::Pass(p) => println!("{p} accepted you as a contact"),
+        ClientEvent::Read { peer, .. } => {
+            println!("the conversation with {peer} was read on another of your devices")
+        }
         ClientEvent::Rejected(w) => eprintln!("rejected: {}", display::escape_line(w)),
         ClientEvent::Synced {
             part,
@@ -406,6 +415,17 @@ async fn run(cli: Cli) -> Result<()> {
                 show_flush(&f);
             } else {
                 println!("{n} is a contact already");
+            }
+        }
+        Cmd::Read { name: n } => {
+            let n = name(&n)?;
+            match c.mark_read(&n)? {
+                Some(_) => {
+                    let f = c.flush().await?;
+                    println!("the conversation with {n} is read up to its latest message");
+                    show_flush(&f);
+                }
+                None => println!("nothing new to mark read with {n}"),
             }
         }
         Cmd::Rejected => {

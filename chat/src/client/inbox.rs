@@ -14,10 +14,11 @@ use super::connection::{Connector, ReadFrom, ServerConn, to_client_error};
 use super::contacts::pass_key;
 use super::devices::SyncPart;
 use super::directory::Directory;
+use super::read::ReadMark;
 use super::store::{self, Message};
 use super::{ClientError, ClientEvent, Core, PollReport, Result, head_key, unix_ms};
 use crate::api;
-use crate::crypto::{self, CryptoError, KIND_PASS, KIND_SYNC, KIND_TEXT};
+use crate::crypto::{self, CryptoError, KIND_PASS, KIND_READ, KIND_SYNC, KIND_TEXT};
 use crate::records::RecordError;
 
 /// Most envelopes kept aside for a later verification; past it, new ones
@@ -81,6 +82,8 @@ enum Processed {
     },
     /// Part of a provisioning bundle from another of our devices.
     Sync(SyncPart, Hash),
+    /// How far a conversation was read on another of our devices.
+    Read(ReadMark, Hash),
     /// Not for this device (a copy for our other devices), or a control
     /// event with nothing to do here.
     Skipped,
@@ -308,6 +311,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let mut rejected: Vec<Rejection> = self.store.state(REJECTED_KEY)?.unwrap_or_default();
         let now = unix_ms();
         let mut events = Vec::new();
+        let mut reads: std::collections::HashMap<Name, ReadMark> = std::collections::HashMap::new();
         for (via, seq, envelope, first_ms, p) in processed {
             match p {
                 Processed::New(mut m) => {
@@ -344,6 +348,20 @@ impl<D: Directory, C: Connector> Core<D, C> {
                         parts: of,
                         messages: added,
                     });
+                }
+                Processed::Read(mark, id) => {
+                    if !batch_seen.insert(id) {
+                        report.duplicates += 1;
+                        continue;
+                    }
+                    b.seen(&id)?;
+                    // The newest mark per conversation of this round.
+                    match reads.get(&mark.peer) {
+                        Some(m) if m.time_ms >= mark.time_ms => {}
+                        _ => {
+                            reads.insert(mark.peer.clone(), mark);
+                        }
+                    }
                 }
                 Processed::Duplicate => report.duplicates += 1,
                 Processed::Skipped => report.skipped += 1,
@@ -382,6 +400,14 @@ impl<D: Directory, C: Connector> Core<D, C> {
                         request,
                     });
                 }
+            }
+        }
+        for mark in reads.into_values() {
+            if self.apply_read(&mark, &mut b)? {
+                events.push(ClientEvent::Read {
+                    peer: mark.peer,
+                    id: mark.id,
+                });
             }
         }
         let excess = rejected.len().saturating_sub(MAX_REJECTED_LOG);
@@ -492,6 +518,17 @@ impl<D: Directory, C: Connector> Core<D, C> {
             KIND_SYNC => {
                 return Ok(Processed::Rejected(format!(
                     "a provisioning bundle from {sender}: only our own devices send those"
+                )));
+            }
+            KIND_READ if &sender == me => {
+                return Ok(match decode::<ReadMark>(&ev.event.body) {
+                    Ok(mark) => Processed::Read(mark, id),
+                    Err(e) => Processed::Rejected(format!("a malformed read mark: {e}")),
+                });
+            }
+            KIND_READ => {
+                return Ok(Processed::Rejected(format!(
+                    "a read mark from {sender}: only our own devices send those"
                 )));
             }
             // Our own grant, copied to our other devices: nothing to do.

@@ -54,7 +54,11 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 secret: m.secret_bytes(),
             })
             .collect();
-        self.store.put_state("mediums", &stored)?;
+        // Synced before the key is published: a secret lost in a crash
+        // would leave messages to its published key unreadable.
+        let mut b = self.store.batch();
+        b.state("mediums", &stored)?;
+        b.commit()?;
         Ok(true)
     }
 

@@ -16,6 +16,8 @@
 //! * [`outbox`]: queue, deliver, retry;
 //! * [`inbox`]: receive, verify, file, acknowledge;
 //! * [`contacts`]: passes granted and received;
+//! * [`devices`]: link, provision, list and remove devices;
+//! * [`read`]: read state, the same on every device;
 //! * [`store`]: the local store (RocksDB).
 //!
 //! The core is generic over [`Directory`] and [`Connector`], so the whole
@@ -36,6 +38,7 @@ pub mod directory;
 pub mod inbox;
 pub mod keys;
 pub mod outbox;
+pub mod read;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -344,6 +347,14 @@ pub enum ClientEvent {
     /// A peer's contact pass arrived: our messages to them skip their
     /// requests lane.
     Pass(Name),
+    /// Another of our devices read the conversation with `peer` up to
+    /// message `id`.
+    Read {
+        /// The other side of the conversation.
+        peer: Name,
+        /// The last message read.
+        id: Hash,
+    },
     /// An envelope was rejected (`~server #seq: reason`).
     Rejected(String),
     /// Part of a provisioning bundle from another of our devices was

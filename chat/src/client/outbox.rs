@@ -291,17 +291,35 @@ impl<D: Directory, C: Connector> Core<D, C> {
         if p.attempts > 0 {
             self.forget_conn(&server);
         }
+        // An event to ourselves (a read mark) goes to our other devices.
+        let own = p.to == me;
+        let skip = own.then(|| self.device.device().sign);
         let Recipients {
             to,
             refused,
             long_term,
-        } = self.recipients(&user, &server, None).await?;
+        } = self.recipients(&user, &server, skip.as_ref()).await?;
+        if to.is_empty() {
+            // Ourselves, with no other device: nobody to tell.
+            return Ok(Delivery {
+                local: p.local,
+                to: p.to.clone(),
+                server,
+                seq: 0,
+                record_height: user.lookup().height(),
+                server_height: 0,
+                devices: 0,
+                refused_keys: refused,
+                long_term,
+            });
+        }
         // Our other devices get the same envelope, through our own
         // server: one encryption, wrapped to their devices and ours
         // (device lists are public in the records, so the extra wraps
         // tell a server nothing new).
         let mut copy = None;
-        if let Ok(mine) = self.user(&me, false).await
+        if !own
+            && let Ok(mine) = self.user(&me, false).await
             && mine.record().devices.len() > 1
         {
             let own_server = mine.record().server.clone();

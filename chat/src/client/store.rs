@@ -307,8 +307,11 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Apply every change at once.
+    /// Apply every change at once (nothing to write: nothing done).
     pub fn commit(self) -> Result<(), StoreError> {
+        if self.wb.is_empty() {
+            return Ok(());
+        }
         // Synced: what the client acknowledges to a server afterwards, or
         // queues to send, must survive a power loss.
         let mut o = rocksdb::WriteOptions::default();

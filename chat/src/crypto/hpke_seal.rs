@@ -103,6 +103,9 @@ impl Prepared {
     }
 }
 
+/// One HPKE wrap: the encapsulated key and the ciphertext.
+pub(super) type Sealed = ([u8; 32], Vec<u8>);
+
 /// An X25519 result: still an Edwards point (the table path, converted
 /// with the others of the envelope), or a Montgomery u (the ladder).
 enum Dh {
@@ -227,7 +230,7 @@ impl Sealer {
         to: &[(&[u8; 32], &[u8])],
         aad: &[u8],
         plaintext: &[u8],
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, CryptoError> {
+    ) -> Result<Vec<Sealed>, CryptoError> {
         let mut eph = Vec::with_capacity(to.len());
         for _ in to {
             let mut sk_e = Zeroizing::new([0u8; 32]);
@@ -249,7 +252,7 @@ impl Sealer {
         items: &[(&[u8; 32], &[u8; 32], &[u8])],
         aad: &[u8],
         plaintext: &[u8],
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, CryptoError> {
+    ) -> Result<Vec<Sealed>, CryptoError> {
         // The Edwards points to convert: each ephemeral public key, then
         // (table path) the shared secret.
         let mut eds = Zeroizing::new(Vec::with_capacity(2 * items.len()));
@@ -400,7 +403,10 @@ mod tests {
         for _ in 0..4 {
             sealer.begin_envelope();
             let sk = [5u8; 32];
-            assert_eq!(sealer.dh(&pk, &sk).u(), MontgomeryPoint(pk).mul_clamped(sk).0);
+            assert_eq!(
+                sealer.dh(&pk, &sk).u(),
+                MontgomeryPoint(pk).mul_clamped(sk).0
+            );
         }
         assert!(sealer.keys[&pk].table.is_none());
         // A u-coordinate on the twist has no Edwards form: the ladder.

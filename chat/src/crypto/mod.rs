@@ -313,6 +313,9 @@ pub const KIND_PASS: u8 = 2;
 /// Event kind: part of a provisioning bundle for a newly linked device of
 /// the sender (body: `client::devices::SyncPart`); sent only to oneself.
 pub const KIND_SYNC: u8 = 3;
+/// Event kind: how far a conversation was read on one of the sender's
+/// devices (body: `client::read::ReadMark`); sent only to oneself.
+pub const KIND_READ: u8 = 4;
 
 /// An event with its device signature.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

@@ -352,3 +352,40 @@ async fn a_removed_device_is_told_and_gets_nothing_new() {
         .expect_err("last");
     assert!(e.to_string().contains("only device"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_state_is_the_same_on_every_device() {
+    let w = World::new(&["~s1"]);
+    let mut alice = w.user("@alice", "~s1", 2).await;
+    let bob = w.user("@bob", "~s1", 1).await.remove(0);
+    let (a, b) = (name("@alice"), name("@bob"));
+    let (d1, d2) = (alice.remove(0), alice.remove(0));
+    for t in ["one", "two"] {
+        bob.send(&a, t).await.expect("send");
+    }
+    for d in [&d1, &d2] {
+        let got = d.poll(Duration::ZERO).await.expect("poll");
+        assert_eq!(texts(&got.messages), ["one", "two"]);
+    }
+    let mut events = d2.events();
+    let mark = d1.mark_read(&b).expect("mark").expect("something to mark");
+    assert_eq!(d1.read_mark(&b).expect("mark"), Some(mark.clone()));
+    assert!(d1.mark_read(&b).expect("mark").is_none(), "read already");
+    let f = d1.flush().await.expect("flush");
+    assert!(f.queued.is_empty(), "{f:?}");
+    d2.poll(Duration::ZERO).await.expect("poll");
+    let (peer, id) = expect(&mut events, "the read mark", |e| match e {
+        ClientEvent::Read { peer, id } => Some((peer, id)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((peer, id), (b.clone(), mark.id));
+    assert_eq!(d2.read_mark(&b).expect("mark"), Some(mark));
+    // Bob (one device) marks read: there is nobody to tell, and nothing
+    // stays queued.
+    bob.poll(Duration::ZERO).await.expect("poll");
+    bob.send(&a, "three").await.expect("send");
+    assert!(bob.mark_read(&a).expect("mark").is_some());
+    bob.flush().await.expect("flush");
+    assert!(bob.outbox().expect("outbox").is_empty());
+}

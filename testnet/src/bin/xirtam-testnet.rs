@@ -131,6 +131,17 @@ enum BenchCmd {
         #[arg(long, default_value_t = 500_000)]
         headers: u64,
     },
+    /// Device linking: a user with this much history links new devices
+    /// (one per run); times the code shown until the new device holds the
+    /// whole history.
+    Link {
+        /// Messages of history.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Devices linked (median reported; at most 7).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn default_dir() -> PathBuf {
@@ -329,6 +340,33 @@ async fn bench(b: BenchCmd) -> Result<()> {
                 r.rss_kib.1,
                 r.idle,
                 per / 1024.0
+            );
+        }
+        BenchCmd::Link { messages, runs } => {
+            let r = xirtam_testnet::bench_link::run(xirtam_testnet::bench_link::LinkBench {
+                messages,
+                runs,
+            })
+            .await?;
+            println!(
+                "device link with {messages} messages of history (setup: history queued and delivered in {:.1} s)",
+                r.history_setup.as_secs_f64()
+            );
+            for (i, run) in r.runs.iter().enumerate() {
+                println!(
+                    "  run {}: name in {:.2} s, whole history in {:.2} s ({} envelopes)",
+                    i + 1,
+                    run.named.as_secs_f64(),
+                    run.total.as_secs_f64(),
+                    run.parts
+                );
+            }
+            let mut named: Vec<f64> = r.runs.iter().map(|x| x.named.as_secs_f64()).collect();
+            let mut total: Vec<f64> = r.runs.iter().map(|x| x.total.as_secs_f64()).collect();
+            println!(
+                "median: name in {:.2} s, whole history in {:.2} s",
+                percentile(&mut named, 50.0),
+                percentile(&mut total, 50.0)
             );
         }
         BenchCmd::Propagation { nodes, blocks } => {

@@ -1936,8 +1936,9 @@ fn text(out: &std::process::Output) -> String {
 /// password-authenticated exchange through her server, the record
 /// updated by the root key): it receives the history, then every message
 /// reaches both her devices in order, what one sends shows on the other;
-/// a removed device is told on its next call; a mistyped and an expired
-/// code fail cleanly on both sides.
+/// a third device linked then gets the whole history and sends and
+/// receives; removed, it is told on its next call; a mistyped and an
+/// expired code fail cleanly on both sides.
 #[tokio::test]
 async fn devices_link_through_the_cli_with_history_and_removal() {
     let net = chat_net(1, &["~s1"]).await;
@@ -2010,17 +2011,54 @@ async fn devices_link_through_the_cli_with_history_and_removal() {
     let copy = receive_text(&mut alice, "from the new device").await;
     assert_eq!((copy.from, copy.to), (a.clone(), b.clone()));
 
-    // Removed: its next call says so, and it is wrapped to no more.
-    let key = alice2.device().sign.to_hex();
+    // A third device, linked while two are in use: it gets the history
+    // (now 12 messages), then sends and receives.
     drop(alice);
+    drop(alice2);
+    let third_dir = root.join("alice-third");
+    let out = chat_cli(&net, &third_dir, &["init"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, child, _) = cli_link(&net, &third_dir, "120").await;
+    let out = chat_cli_async(&net, &alice_dir, &["device", "approve", &code]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("sent it 12 message(s)"),
+        "{}",
+        text(&out)
+    );
+    let linked = child.wait_with_output().await.expect("link ends");
+    assert!(linked.status.success(), "{}", text(&linked));
+    let out = chat_cli_async(&net, &third_dir, &["inbox"]).await;
+    let shown = text(&out);
+    for t in ["a0", "b2", "in order 4", "from the new device"] {
+        assert!(shown.contains(&format!(": {t}")), "{t} missing: {shown}");
+    }
+    assert_eq!(
+        bob.whois(&a).await.expect("lookup").record().devices.len(),
+        3
+    );
+    let out = chat_cli_async(&net, &third_dir, &["send", "@bob", "from the third device"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    receive_text(&mut bob, "from the third device").await;
+    bob.send(&a, "to all three").await.expect("send");
+    for d in [&alice_dir, &new_dir, &third_dir] {
+        let out = chat_cli_async(&net, d, &["inbox"]).await;
+        assert!(text(&out).contains(": to all three"), "{}", text(&out));
+    }
+
+    // Removed: its next call says so, and it is wrapped to no more.
+    let key = {
+        let third =
+            ChatClient::open(&third_dir, net.client_config().expect("config")).expect("open");
+        third.device().sign.to_hex()
+    };
     let out = chat_cli_async(&net, &alice_dir, &["device", "remove", &key]).await;
     assert!(out.status.success(), "{}", text(&out));
-    drop(alice2);
-    let out = chat_cli_async(&net, &new_dir, &["inbox"]).await;
+    let out = chat_cli_async(&net, &third_dir, &["inbox"]).await;
     assert!(!out.status.success());
     assert!(text(&out).contains("was removed"), "{}", text(&out));
     let wrapped = bob.whois(&a).await.expect("lookup");
-    assert_eq!(wrapped.record().devices.len(), 1);
+    assert_eq!(wrapped.record().devices.len(), 2);
 
     // A mistyped code: both sides fail, nothing is added.
     let late_dir = root.join("alice-late");
@@ -2043,5 +2081,5 @@ async fn devices_link_through_the_cli_with_history_and_removal() {
     assert!(!out.status.success());
     assert!(text(&out).contains("expired"), "{}", text(&out));
     let out = chat_cli_async(&net, &alice_dir, &["device", "list"]).await;
-    assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
+    assert_eq!(text(&out).lines().count(), 2, "{}", text(&out));
 }

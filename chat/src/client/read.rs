@@ -1,0 +1,106 @@
+//! Read state: how far each conversation has been read, the same on every
+//! device of the user. Marking a conversation read on one device stores the
+//! mark and queues it, end to end encrypted, to our other devices (an event
+//! of kind 4 through our own mailbox); a device keeps the newest mark it
+//! has seen for each conversation.
+
+use xirtam_proofs::{Hash, Name, encode};
+
+use super::connection::Connector;
+use super::directory::Directory;
+use super::store::Pending;
+use super::{ClientError, Core, Result, unix_ms};
+use crate::crypto::{Event, KIND_READ, SignedEvent};
+
+/// How far a conversation was read.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct ReadMark {
+    /// The other side of the conversation.
+    pub peer: Name,
+    /// The last message read (its event id).
+    pub id: Hash,
+    /// That message's time (the sender's clock, Unix ms): a mark with a
+    /// later time replaces one with an earlier.
+    pub time_ms: u64,
+}
+
+fn read_key(peer: &Name) -> String {
+    format!("read/{peer}")
+}
+
+impl<D: Directory, C: Connector> Core<D, C> {
+    /// How far the conversation with `peer` was read, on any of our devices.
+    pub fn read_mark(&self, peer: &Name) -> Result<Option<ReadMark>> {
+        Ok(self.store.state(&read_key(peer))?)
+    }
+
+    /// Mark the conversation with `peer` read up to its latest message, and
+    /// tell our other devices. Returns the mark, or `None` when there is
+    /// nothing to mark (no message, or already read that far).
+    pub fn mark_read(&self, peer: &Name) -> Result<Option<ReadMark>> {
+        let me = self.me()?;
+        let Some(last) = self
+            .store
+            .messages()?
+            .into_iter()
+            .filter(|m| (&m.from == peer && m.to == me) || (m.from == me && &m.to == peer))
+            .max_by_key(|m| (m.time_ms, m.local))
+        else {
+            return Ok(None);
+        };
+        let mark = ReadMark {
+            peer: peer.clone(),
+            id: last.id,
+            time_ms: last.time_ms,
+        };
+        if self
+            .read_mark(peer)?
+            .is_some_and(|old| old.time_ms >= mark.time_ms)
+        {
+            return Ok(None);
+        }
+        let event = SignedEvent::sign(
+            &self.device,
+            &self.config.params.genesis_hash,
+            Event {
+                sender: me.clone(),
+                device: self.device.device().sign,
+                recipient: me.clone(),
+                time: unix_ms(),
+                after: Hash::ZERO,
+                kind: KIND_READ,
+                body: encode(&mark),
+            },
+        );
+        let mut b = self.store.batch();
+        b.state(&read_key(peer), &mark)?;
+        b.pending(&Pending {
+            local: self.next_local(),
+            event: encode(&event),
+            to: me,
+            attempts: 0,
+            next_try_ms: 0,
+            last_error: String::new(),
+        })?;
+        b.commit()?;
+        self.outbox_wake.notify_one();
+        Ok(Some(mark))
+    }
+
+    /// Apply a mark from another of our devices to batch `b` if it is newer
+    /// than ours; returns whether it was.
+    pub(crate) fn apply_read(
+        &self,
+        mark: &ReadMark,
+        b: &mut super::store::Batch<'_>,
+    ) -> Result<bool, ClientError> {
+        if self
+            .read_mark(&mark.peer)?
+            .is_some_and(|old| old.time_ms >= mark.time_ms)
+        {
+            return Ok(false);
+        }
+        b.state(&read_key(&mark.peer), mark)?;
+        Ok(true)
+    }
+}
