@@ -29,7 +29,7 @@ use super::directory::Directory;
 use super::store::Message;
 use super::{ClientError, Core, Result, head_key, unix_ms};
 use crate::api;
-use crate::crypto::{self, Event, KIND_SYNC, Recipient, SignedEvent};
+use crate::crypto::{self, Event, KIND_SYNC, SignedEvent};
 use crate::records::{Device, MAX_DEVICES, UserRecord, VerifiedUser};
 
 /// Tag of the link transcript hash.
@@ -38,8 +38,13 @@ pub const LINK_TAG: &str = "xirtam/chat/link/v1";
 const NEW: u8 = 0;
 /// Relay side the approving device writes.
 const APPROVER: u8 = 1;
-/// Room left in an event body for everything but the bundle's messages.
+/// Room left in an event body for everything but the bundle's items.
 const SYNC_SLACK: usize = 4096;
+/// State key of the device whose provisioning bundle this device takes,
+/// and until when (Unix ms).
+pub(crate) const SYNC_FROM_KEY: &str = "sync-from";
+/// How long after linking a provisioning bundle is taken.
+const SYNC_WINDOW_MS: u64 = 3600 * 1000;
 
 /// One relayed message of a link (bincode, at most
 /// [`api::MAX_LINK_PAYLOAD`] bytes).
@@ -51,8 +56,9 @@ enum LinkMsg {
     Reply { pake: Vec<u8>, confirm: [u8; 32] },
     /// New device: its key confirmation and its [`Device`], sealed.
     Device { confirm: [u8; 32], sealed: Vec<u8> },
-    /// Approving device: the device is in the record (sealed: the user
-    /// name), a record write on its way.
+    /// Approving device: the device is in the record, a record write on
+    /// its way (sealed: the user name and the approving device's signing
+    /// key, the one device whose provisioning bundle the new one takes).
     Added { sealed: Vec<u8> },
     /// Either side: the keys did not match (a wrong code), or the
     /// approving device refused.
@@ -66,11 +72,11 @@ pub struct SyncPart {
     pub part: u32,
     /// How many parts.
     pub parts: u32,
-    /// Contact passes granted (part 0 only).
+    /// Contact passes granted.
     pub granted: Vec<Grant>,
-    /// Contact passes peers gave us (part 0 only).
+    /// Contact passes peers gave us.
     pub passes: Vec<(Name, [u8; 32])>,
-    /// Conversation heads (part 0 only).
+    /// Conversation heads.
     pub heads: Vec<(Name, Hash)>,
     /// Messages, oldest first.
     pub messages: Vec<Message>,
@@ -254,32 +260,38 @@ impl<D: Directory, C: Connector> Core<D, C> {
             .map_err(|e| to_client_error(server, conn.rpc.label(), "the link relay", e))
     }
 
-    /// The next message on `side` of `slot` after index `after`, waiting
-    /// until `deadline`.
-    async fn next_msg(
+    /// The messages on `side` of `slot` from index `after` on that decode,
+    /// with how many were read in all; waits until `deadline` for one.
+    /// Anyone can post to a slot: callers take only what checks out.
+    async fn read_msgs(
         &self,
         server: &Name,
         slot: &Hash,
         side: u8,
         after: u32,
         deadline: Instant,
-    ) -> Result<Option<LinkMsg>> {
+    ) -> Result<(Vec<LinkMsg>, u32)> {
         let conn = self.conn(server).await?;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let asked = Instant::now();
+            let left = deadline.saturating_duration_since(asked);
             let got = conn
                 .poll
                 .link_read(slot, side, after, left.min(Duration::from_secs(25)))
                 .await
                 .map_err(|e| to_client_error(server, conn.poll.label(), "the link relay", e))?;
-            if let Some(m) = got.first() {
-                return decode::<LinkMsg>(m)
-                    .map(Some)
-                    .map_err(|_| link_failed("the other device sent a malformed message"));
+            if !got.is_empty() || left.is_zero() {
+                let n = got.len() as u32;
+                let msgs = got
+                    .iter()
+                    .filter_map(|m| decode::<LinkMsg>(m).ok())
+                    .collect();
+                return Ok((msgs, n));
             }
-            if left.is_zero() {
-                return Ok(None);
-            }
+            // A relay that answers at once with nothing is not asked again
+            // at once.
+            let floor = asked + Duration::from_millis(250);
+            tokio::time::sleep_until(floor.min(deadline).into()).await;
         }
     }
 
@@ -331,20 +343,29 @@ impl<D: Directory, C: Connector> Core<D, C> {
             expires,
             ..
         } = link;
-        let Some(reply) = self.next_msg(&server, &slot, APPROVER, 0, expires).await? else {
-            // An approving device that comes later learns it at once.
-            let abort = LinkMsg::Abort {
-                reason: "the code expired".into(),
-            };
-            let _ = self.post(&server, &slot, NEW, &abort).await;
-            return Err(link_failed(
-                "the code expired before a device approved it; start again with a new code",
-            ));
-        };
-        let (pake_b, confirm) = match reply {
-            LinkMsg::Reply { pake, confirm } => (pake, confirm),
-            LinkMsg::Abort { reason } => return Err(link_failed(reason)),
-            _ => return Err(link_failed("the other device sent an unexpected message")),
+        // The first well-formed reply (the exchange can be finished once).
+        let mut seen = 0;
+        let (pake_b, confirm) = loop {
+            let (msgs, n) = self
+                .read_msgs(&server, &slot, APPROVER, seen, expires)
+                .await?;
+            seen += n;
+            if let Some(r) = msgs.into_iter().find_map(|m| match m {
+                LinkMsg::Reply { pake, confirm } => Some((pake, confirm)),
+                _ => None,
+            }) {
+                break r;
+            }
+            if Instant::now() >= expires {
+                // An approving device that comes later learns it at once.
+                let abort = LinkMsg::Abort {
+                    reason: "the code expired".into(),
+                };
+                let _ = self.post(&server, &slot, NEW, &abort).await;
+                return Err(link_failed(
+                    "the code expired before a device approved it; start again with a new code",
+                ));
+            }
         };
         let keys = pake
             .finish(&pake_b)
@@ -368,16 +389,8 @@ impl<D: Directory, C: Connector> Core<D, C> {
             sealed,
         };
         self.post(&server, &slot, NEW, &msg).await?;
-        let deadline = Instant::now() + self.config.confirm_timeout;
-        match self.next_msg(&server, &slot, APPROVER, 1, deadline).await? {
-            Some(LinkMsg::Added { sealed })
-                if unseal(&keys.added_key, &sealed).as_deref()
-                    == Some(user.as_str().as_bytes()) => {}
-            Some(LinkMsg::Abort { reason }) => return Err(link_failed(reason)),
-            Some(_) => return Err(link_failed("the other device sent an unexpected message")),
-            None => return Err(link_failed("the approving device stopped answering")),
-        }
-        // The record lists this device once the write is confirmed.
+        // From here only the record decides: nothing anyone posts to the
+        // slot can leave this device out of a record that lists it.
         let deadline = Instant::now() + self.config.confirm_timeout;
         loop {
             match self.user(&user, true).await {
@@ -386,13 +399,30 @@ impl<D: Directory, C: Connector> Core<D, C> {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Ok(_) => {
-                    return Err(ClientError::NotConfirmed {
-                        name: user,
-                        secs: self.config.confirm_timeout.as_secs(),
-                    });
+                    return Err(link_failed(format!(
+                        "the approving device did not add this device to {user}'s record within {} s",
+                        self.config.confirm_timeout.as_secs()
+                    )));
                 }
                 Err(e) => return Err(e),
             }
+        }
+        // Which device approved: only it may send the provisioning bundle,
+        // for an hour.
+        let (msgs, _) = self
+            .read_msgs(&server, &slot, APPROVER, 0, Instant::now())
+            .await
+            .unwrap_or_default();
+        let approver = msgs.into_iter().find_map(|m| match m {
+            LinkMsg::Added { sealed } => unseal(&keys.added_key, &sealed)
+                .and_then(|p| decode::<(Name, PublicKey)>(&p).ok())
+                .filter(|(n, _)| n == &user)
+                .map(|(_, k)| k),
+            _ => None,
+        });
+        if let Some(k) = approver {
+            self.store
+                .put_state(SYNC_FROM_KEY, &(k, unix_ms() + SYNC_WINDOW_MS))?;
         }
         self.join(&user).await
     }
@@ -418,20 +448,22 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 "no device is waiting with this code (mistyped, expired, or for another name)",
             )
         };
-        let hello = match self
-            .next_msg(
+        let (msgs, seen) = self
+            .read_msgs(
                 &server,
                 &slot,
                 NEW,
                 0,
                 Instant::now() + Duration::from_secs(5),
             )
-            .await?
-            .ok_or_else(nobody)?
-        {
-            LinkMsg::Hello { pake } => pake,
-            _ => return Err(nobody()),
-        };
+            .await?;
+        let mut msgs = msgs.into_iter();
+        let hello = msgs
+            .find_map(|m| match m {
+                LinkMsg::Hello { pake } => Some(pake),
+                _ => None,
+            })
+            .ok_or_else(nobody)?;
         let (a, b) = pake_ids();
         let (pake, reply) = Spake2::<Ed25519Group>::start_b(&code.password(&network, &me), &a, &b);
         let keys = pake
@@ -445,46 +477,76 @@ impl<D: Directory, C: Connector> Core<D, C> {
             confirm: keys.approver_confirm,
         };
         self.post(&server, &slot, APPROVER, &msg).await?;
+        // The new device's answer: its keys, or why it gave up. Anything
+        // else on the slot is skipped.
         let deadline = Instant::now() + Duration::from_secs(60);
-        let device = match self.next_msg(&server, &slot, NEW, 1, deadline).await? {
-            Some(LinkMsg::Device { confirm, sealed }) if same(&keys.new_confirm, &confirm) => {
+        let mut pending: Vec<LinkMsg> = msgs.collect();
+        let mut read = seen;
+        let answer = loop {
+            if let Some(i) = pending
+                .iter()
+                .position(|m| matches!(m, LinkMsg::Device { .. } | LinkMsg::Abort { .. }))
+            {
+                break pending.swap_remove(i);
+            }
+            if Instant::now() >= deadline {
+                return Err(link_failed("the new device stopped answering"));
+            }
+            let (more, n) = self.read_msgs(&server, &slot, NEW, read, deadline).await?;
+            read += n;
+            pending = more;
+        };
+        let device = match answer {
+            LinkMsg::Device { confirm, sealed } if same(&keys.new_confirm, &confirm) => {
                 unseal(&keys.device_key, &sealed)
                     .and_then(|d| decode::<Device>(&d).ok())
                     .ok_or_else(|| link_failed("the new device's keys do not open"))?
             }
-            Some(LinkMsg::Device { .. }) => {
-                return Err(link_failed(
-                    "the code does not match the new device's (mistyped?); start again with a new code",
-                ));
-            }
-            Some(LinkMsg::Abort { reason }) => {
+            LinkMsg::Abort { reason } => {
                 return Err(link_failed(format!(
                     "the new device gave up: {}; start again with a new code",
                     crate::display::escape(&reason)
                 )));
             }
-            Some(_) => return Err(link_failed("the new device sent an unexpected message")),
-            None => return Err(link_failed("the new device stopped answering")),
+            _ => {
+                return Err(link_failed(
+                    "the code does not match the new device's (mistyped?); start again with a new code",
+                ));
+            }
         };
-        if mine.record().device(&device.sign).is_some() {
-            return Err(ClientError::Invalid(format!(
-                "{me}'s record lists this device already"
-            )));
-        }
-        let mut devices = mine.record().devices.clone();
-        devices.push(device);
-        let value = UserRecord {
-            server: server.clone(),
-            devices,
-        }
-        .to_value()
-        .map_err(ClientError::Invalid)?;
-        self.dir.publish(&root, &me, value.clone()).await?;
-        let added = LinkMsg::Added {
-            sealed: seal(&keys.added_key, me.as_str().as_bytes())?,
+        // The record as it is now (unconfirmed writes included), changed
+        // under the record-write lock: a removal in flight is not undone.
+        let record = {
+            let _writes = self.record_writes.lock().await;
+            let latest = VerifiedUser::from_lookup(self.dir.resolve_latest(&me).await?)?;
+            if latest.record().device(&device.sign).is_some() {
+                return Err(ClientError::Invalid(format!(
+                    "{me}'s record lists this device already"
+                )));
+            }
+            let mut devices = latest.record().devices.clone();
+            if devices.len() >= MAX_DEVICES {
+                return Err(ClientError::Invalid(format!(
+                    "{me} already has {MAX_DEVICES} devices, the most a record lists; remove one first"
+                )));
+            }
+            devices.push(device);
+            let value = UserRecord {
+                server: latest.record().server.clone(),
+                devices,
+            }
+            .to_value()
+            .map_err(ClientError::Invalid)?;
+            self.dir.publish(&root, &me, value.clone()).await?;
+            let added = LinkMsg::Added {
+                sealed: seal(
+                    &keys.added_key,
+                    &encode(&(me.clone(), self.device.device().sign)),
+                )?,
+            };
+            self.post(&server, &slot, APPROVER, &added).await?;
+            self.wait_value(&me, &value).await?
         };
-        self.post(&server, &slot, APPROVER, &added).await?;
-        let record = self.wait_value(&me, &value).await?;
         let (messages, parts) = self.provision(&me, &record, &device, history).await?;
         Ok(Approved {
             device,
@@ -507,13 +569,11 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let server = record.record().server.clone();
         let deadline = Instant::now() + self.config.confirm_timeout;
         let to = loop {
-            let r = self.recipients(record, &server, None).await?;
-            if !r.long_term.contains(&device.sign) {
-                break r
-                    .to
-                    .into_iter()
-                    .filter(|t| t.device == device.sign)
-                    .collect::<Vec<Recipient>>();
+            let r = self
+                .recipients(record, &server, |d| d == &device.sign)
+                .await?;
+            if !r.to.is_empty() && r.long_term.is_empty() {
+                break r.to;
             }
             if Instant::now() > deadline {
                 return Err(link_failed(
@@ -545,7 +605,8 @@ impl<D: Directory, C: Connector> Core<D, C> {
     }
 
     /// The provisioning bundle: what a new device needs, in parts that
-    /// each fit an event body.
+    /// each fit an event body. A message too large for a part of its own
+    /// is left out (logged).
     fn bundle(&self, me: &Name, history: Duration) -> Result<Vec<SyncPart>> {
         let since = unix_ms().saturating_sub(history.as_millis() as u64);
         let messages: Vec<Message> = self
@@ -562,31 +623,54 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 peers.push(peer.clone());
             }
         }
-        let mut first = SyncPart {
-            granted,
-            ..SyncPart::default()
-        };
-        for p in &peers {
-            if let Some(pass) = self.store.state::<[u8; 32]>(&pass_key(p))? {
-                first.passes.push((p.clone(), pass));
-            }
-            if let Some(head) = self.store.state::<Hash>(&head_key(p))? {
-                first.heads.push((p.clone(), head));
-            }
-        }
         let budget = crypto::MAX_BODY - SYNC_SLACK;
-        let mut parts = vec![first];
-        let mut size = encode(&parts[0]).len();
-        for m in messages {
-            let len = encode(&m).len();
+        let mut parts = vec![SyncPart::default()];
+        let mut size = 0usize;
+        // Add an item of `len` encoded bytes to the last part, or to a new
+        // one when it does not fit.
+        let mut room = |len: usize, parts: &mut Vec<SyncPart>| -> bool {
+            if len > budget {
+                return false;
+            }
             if size + len > budget {
                 parts.push(SyncPart::default());
-                size = 64;
+                size = 0;
             }
             size += len;
-            if let Some(last) = parts.last_mut() {
-                last.messages.push(m);
+            true
+        };
+        let last = |parts: &mut Vec<SyncPart>| parts.len() - 1;
+        for g in granted {
+            if room(encode(&g).len(), &mut parts) {
+                let i = last(&mut parts);
+                parts[i].granted.push(g);
             }
+        }
+        for p in &peers {
+            if let Some(pass) = self.store.state::<[u8; 32]>(&pass_key(p))?
+                && room(encode(&(p, pass)).len(), &mut parts)
+            {
+                let i = last(&mut parts);
+                parts[i].passes.push((p.clone(), pass));
+            }
+            if let Some(head) = self.store.state::<Hash>(&head_key(p))?
+                && room(encode(&(p, head)).len(), &mut parts)
+            {
+                let i = last(&mut parts);
+                parts[i].heads.push((p.clone(), head));
+            }
+        }
+        let mut skipped = 0;
+        for m in messages {
+            if room(encode(&m).len(), &mut parts) {
+                let i = last(&mut parts);
+                parts[i].messages.push(m);
+            } else {
+                skipped += 1;
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(target: "client::devices", skipped, "messages too large for the provisioning bundle");
         }
         let n = parts.len() as u32;
         for (i, p) in parts.iter_mut().enumerate() {
@@ -649,7 +733,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 added += 1;
             }
         }
-        if part.part == 0 {
+        if !part.granted.is_empty() || !part.passes.is_empty() || !part.heads.is_empty() {
             let mut granted = self.granted()?;
             for g in part.granted {
                 if !granted.iter().any(|h| h.peer == g.peer) {
@@ -684,7 +768,10 @@ impl<D: Directory, C: Connector> Core<D, C> {
     pub async fn remove_device(&self, sign: &PublicKey) -> Result<VerifiedUser> {
         let me = self.me()?;
         let root = self.root()?;
-        let mine = self.user(&me, true).await?;
+        let _writes = self.record_writes.lock().await;
+        // The record as it is now, unconfirmed writes included (a link in
+        // flight is not undone).
+        let mine = VerifiedUser::from_lookup(self.dir.resolve_latest(&me).await?)?;
         if mine.record().device(sign).is_none() {
             return Err(ClientError::Invalid(format!(
                 "{me}'s record does not list device {sign}"

@@ -510,6 +510,17 @@ impl<D: Directory, C: Connector> Core<D, C> {
             // A bundle for a newly linked device of ours (sealed to it
             // alone, so this device is that one).
             KIND_SYNC if &sender == me => {
+                // Only from the device that approved this one, within an
+                // hour of the link: no other device of ours can plant
+                // history or contacts here.
+                let from: Option<(xirtam_proofs::PublicKey, u64)> =
+                    self.store.state(super::devices::SYNC_FROM_KEY)?;
+                if !from.is_some_and(|(d, until)| d == ev.event.device && unix_ms() < until) {
+                    return Ok(Processed::Rejected(format!(
+                        "a provisioning bundle from our device {} that did not link this one (or too late)",
+                        ev.event.device
+                    )));
+                }
                 return Ok(match decode::<SyncPart>(&ev.event.body) {
                     Ok(part) => Processed::Sync(part, id),
                     Err(e) => Processed::Rejected(format!("a malformed provisioning bundle: {e}")),

@@ -81,14 +81,14 @@ impl<D: Directory, C: Connector> Core<D, C> {
             .map_err(|e| to_client_error(server, conn.rpc.label(), "the medium-term key", e))
     }
 
-    /// The devices of `user` to wrap to: each with its newest valid
-    /// medium-term key from `server`, or the long-term key from the
-    /// verified record.
+    /// The devices of `user` that `keep` selects, to wrap to: each with
+    /// its newest valid medium-term key from `server`, or the long-term
+    /// key from the verified record.
     pub(crate) async fn recipients(
         &self,
         user: &VerifiedUser,
         server: &Name,
-        skip: Option<&PublicKey>,
+        keep: impl Fn(&PublicKey) -> bool,
     ) -> Result<Recipients> {
         let name = user.lookup().name().clone();
         let conn = self.conn(server).await?;
@@ -133,12 +133,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let mut to = Vec::new();
         let mut long_term = Vec::new();
         let mut b = self.store.batch();
-        for d in user
-            .record()
-            .devices
-            .iter()
-            .filter(|d| Some(&d.sign) != skip)
-        {
+        for d in user.record().devices.iter().filter(|d| keep(&d.sign)) {
             let key_name = medium_key_name(&name, &d.sign);
             let remembered: Option<MediumKey> = self.store.state(&key_name)?;
             let kx = if let Some(k) = best.get(&d.sign) {

@@ -436,6 +436,9 @@ pub struct Core<D, C: Connector> {
     flushing: tokio::sync::Mutex<()>,
     /// One contact grant at a time.
     grants: tokio::sync::Mutex<()>,
+    /// One write of our own record at a time (each starts from the latest
+    /// record, so a link and a removal do not undo each other).
+    record_writes: tokio::sync::Mutex<()>,
     /// Wakes the background flusher (a message was queued).
     outbox_wake: tokio::sync::Notify,
     /// The next background flush tries every queued message early.
@@ -615,6 +618,7 @@ impl<D: Directory, C: Connector> Client<D, C> {
             receiving: tokio::sync::Mutex::new(()),
             flushing: tokio::sync::Mutex::new(()),
             grants: tokio::sync::Mutex::new(()),
+            record_writes: tokio::sync::Mutex::new(()),
             outbox_wake: tokio::sync::Notify::new(),
             flush_early: AtomicBool::new(false),
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
@@ -661,7 +665,14 @@ impl<D: Directory, C: Connector> Client<D, C> {
     async fn receive_loop(&self, wait: Duration) {
         let mut failures = 0u32;
         loop {
-            match self.receive(wait).await {
+            let started = tokio::time::Instant::now();
+            let got = self.receive(wait).await;
+            if matches!(&got, Ok(r) if r.messages.is_empty() && r.errors.is_empty()) {
+                // A server that answers a long-poll at once with nothing is
+                // not asked again at once.
+                tokio::time::sleep_until(started + Duration::from_millis(250)).await;
+            }
+            match got {
                 Ok(r) if r.errors.is_empty() => {
                     if failures > 0 {
                         // A server answers again: what waits out a backoff
@@ -922,7 +933,9 @@ impl<D: Directory, C: Connector> Core<D, C> {
         }
         self.server(server).await?;
         self.setup_server(server).await?;
-        let mine = self.user(&me, true).await?;
+        let _writes = self.record_writes.lock().await;
+        // The devices as they are now, unconfirmed writes included.
+        let mine = VerifiedUser::from_lookup(self.dir.resolve_latest(&me).await?)?;
         let record = UserRecord {
             server: server.clone(),
             devices: mine.record().devices.clone(),

@@ -293,12 +293,14 @@ impl<D: Directory, C: Connector> Core<D, C> {
         }
         // An event to ourselves (a read mark) goes to our other devices.
         let own = p.to == me;
-        let skip = own.then(|| self.device.device().sign);
+        let this = self.device.device().sign;
         let Recipients {
             to,
             refused,
             long_term,
-        } = self.recipients(&user, &server, skip.as_ref()).await?;
+        } = self
+            .recipients(&user, &server, |d| !own || d != &this)
+            .await?;
         if to.is_empty() {
             // Ourselves, with no other device: nobody to tell.
             return Ok(Delivery {
@@ -313,10 +315,10 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 long_term,
             });
         }
-        // Our other devices get the same envelope, through our own
-        // server: one encryption, wrapped to their devices and ours
-        // (device lists are public in the records, so the extra wraps
-        // tell a server nothing new).
+        // A copy for our other devices, through our own server: its own
+        // envelope (with its own content key). One envelope for both would
+        // carry wraps naming the recipient's devices in our mailbox and
+        // ours in theirs, telling each server who talks to whom.
         let mut copy = None;
         if !own
             && let Ok(mine) = self.user(&me, false).await
@@ -324,24 +326,27 @@ impl<D: Directory, C: Connector> Core<D, C> {
         {
             let own_server = mine.record().server.clone();
             let skip = self.device.device().sign;
-            match self.recipients(&mine, &own_server, Some(&skip)).await {
-                Ok(r) => copy = Some((own_server, r.to)),
+            match self.recipients(&mine, &own_server, |d| d != &skip).await {
+                Ok(r) if !r.to.is_empty() => copy = Some((own_server, r.to)),
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(target: "client::send", error = %e, "no copy for our other devices: their keys are not available")
                 }
             }
         }
-        let wraps: Vec<_> = to
-            .iter()
-            .chain(copy.iter().flat_map(|(_, own)| own))
-            .cloned()
-            .collect();
-        let envelope = self.sealer.lock().seal(&event, &wraps)?;
-        let bytes = encode(&envelope);
-        let receipt = self.deposit(&server, &p.to, &bytes).await?;
+        let (envelope, copy) = {
+            let mut sealer = self.sealer.lock();
+            let envelope = sealer.seal(&event, &to)?;
+            let copy = match copy {
+                Some((server, own)) => Some((server, sealer.seal(&event, &own)?)),
+                None => None,
+            };
+            (envelope, copy)
+        };
+        let receipt = self.deposit(&server, &p.to, &encode(&envelope)).await?;
         let server_height = self.conn(&server).await?.server.lookup().height();
-        if let Some((own_server, _)) = copy
-            && let Err(e) = self.deposit(&own_server, &me, &bytes).await
+        if let Some((own_server, env)) = copy
+            && let Err(e) = self.deposit(&own_server, &me, &encode(&env)).await
         {
             tracing::warn!(target: "client::send", error = %e, "could not deposit the copy for our other devices");
         }

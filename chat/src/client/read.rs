@@ -19,8 +19,8 @@ pub struct ReadMark {
     pub peer: Name,
     /// The last message read (its event id).
     pub id: Hash,
-    /// That message's time (the sender's clock, Unix ms): a mark with a
-    /// later time replaces one with an earlier.
+    /// When the mark was made (Unix ms, the marking device's clock): a
+    /// mark with a later time replaces one with an earlier.
     pub time_ms: u64,
 }
 
@@ -44,21 +44,21 @@ impl<D: Directory, C: Connector> Core<D, C> {
             .messages()?
             .into_iter()
             .filter(|m| (&m.from == peer && m.to == me) || (m.from == me && &m.to == peer))
-            .max_by_key(|m| (m.time_ms, m.local))
+            .max_by_key(|m| m.local)
         else {
             return Ok(None);
         };
+        let old = self.read_mark(peer)?;
+        if old.as_ref().is_some_and(|o| o.id == last.id) {
+            return Ok(None);
+        }
+        // Marks are ordered by when they were made (not by a peer's clock,
+        // which could stop them ever advancing).
         let mark = ReadMark {
             peer: peer.clone(),
             id: last.id,
-            time_ms: last.time_ms,
+            time_ms: unix_ms().max(old.map_or(0, |o| o.time_ms + 1)),
         };
-        if self
-            .read_mark(peer)?
-            .is_some_and(|old| old.time_ms >= mark.time_ms)
-        {
-            return Ok(None);
-        }
         let event = SignedEvent::sign(
             &self.device,
             &self.config.params.genesis_hash,

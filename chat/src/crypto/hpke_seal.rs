@@ -3,8 +3,8 @@
 //! ChaCha20-Poly1305 (ids 0x0020, 0x0001, 0x0003).
 //!
 //! Why our own sender: speed (ADR 0008). Every wrap is a standard HPKE
-//! encapsulation with its own fresh ephemeral key, so receivers open with the
-//! `hpke` crate unchanged. What differs is how the Diffie-Hellman with the
+//! encapsulation, so receivers open with the `hpke` crate unchanged; the
+//! wraps of one envelope share one fresh ephemeral key (ADR 0012). What differs is how the Diffie-Hellman with the
 //! recipient's key is computed: a key the [`Sealer`] has seen before gets a
 //! precomputed multiples table, and `[e]·pkR` then costs a fixed-base
 //! multiplication (~16 µs) instead of a Montgomery ladder (~54 µs). The table
@@ -224,41 +224,37 @@ impl Sealer {
     }
 
     /// [`Sealer::wrap`] of the same `plaintext` and `aad` to several
-    /// recipients `(pk_r, info)`, each with its own fresh ephemeral key.
+    /// recipients `(pk_r, info)` of one envelope. They share one fresh
+    /// ephemeral key (ADR 0012): each wrap is still a standard HPKE
+    /// encapsulation to its own `pkR`, whose KEM context binds `pkR`, so
+    /// the shared secrets are independent (randomness re-use across
+    /// recipients is safe for DH-based KEMs).
     pub(super) fn wrap_many(
         &mut self,
         to: &[(&[u8; 32], &[u8])],
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<Sealed>, CryptoError> {
-        let mut eph = Vec::with_capacity(to.len());
-        for _ in to {
-            let mut sk_e = Zeroizing::new([0u8; 32]);
-            getrandom::fill(sk_e.as_mut()).map_err(|e| CryptoError::Random(e.to_string()))?;
-            eph.push(sk_e);
-        }
-        let items: Vec<_> = to
-            .iter()
-            .zip(&eph)
-            .map(|((pk_r, info), sk_e)| (&**sk_e, *pk_r, *info))
-            .collect();
-        self.seal_with(&items, aad, plaintext)
+        let mut sk_e = Zeroizing::new([0u8; 32]);
+        getrandom::fill(sk_e.as_mut()).map_err(|e| CryptoError::Random(e.to_string()))?;
+        self.seal_with(&sk_e, to, aad, plaintext)
     }
 
-    /// [`Sealer::wrap_many`] with given ephemeral secrets (for test
-    /// vectors): items are `(sk_e, pk_r, info)`.
+    /// [`Sealer::wrap_many`] with a given ephemeral secret (for test
+    /// vectors).
     fn seal_with(
         &mut self,
-        items: &[(&[u8; 32], &[u8; 32], &[u8])],
+        sk_e: &[u8; 32],
+        to: &[(&[u8; 32], &[u8])],
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<Sealed>, CryptoError> {
-        // The Edwards points to convert: each ephemeral public key, then
-        // (table path) the shared secret.
-        let mut eds = Zeroizing::new(Vec::with_capacity(2 * items.len()));
-        let mut ladder = Vec::with_capacity(items.len());
-        for (sk_e, pk_r, _) in items {
-            eds.push(EdwardsPoint::mul_base_clamped(**sk_e));
+        // The Edwards points to convert: the ephemeral public key, then
+        // each table-path shared secret.
+        let mut eds = Zeroizing::new(Vec::with_capacity(1 + to.len()));
+        eds.push(EdwardsPoint::mul_base_clamped(*sk_e));
+        let mut ladder = Vec::with_capacity(to.len());
+        for (pk_r, _) in to {
             match self.dh(pk_r, sk_e) {
                 Dh::Edwards(p) => {
                     eds.push(p);
@@ -269,10 +265,10 @@ impl Sealer {
         }
         let us = Zeroizing::new(EdwardsPoint::to_montgomery_batch(&eds));
         let mut next = us.iter();
-        let mut out = Vec::with_capacity(items.len());
-        for ((_, pk_r, info), ladder) in items.iter().zip(ladder) {
-            let missing = || CryptoError::TooLarge("HPKE batch".into());
-            let enc = next.next().ok_or_else(missing)?.0;
+        let missing = || CryptoError::TooLarge("HPKE batch".into());
+        let enc = next.next().ok_or_else(missing)?.0;
+        let mut out = Vec::with_capacity(to.len());
+        for ((pk_r, info), ladder) in to.iter().zip(ladder) {
             let dh = match ladder {
                 Some(u) => u,
                 None => Zeroizing::new(next.next().ok_or_else(missing)?.0),
@@ -316,9 +312,12 @@ fn shared_secret(dh: &[u8; 32], enc: &[u8; 32], pk_r: &[u8; 32]) -> Zeroizing<[u
 
 /// The base-mode key schedule: the AEAD key and base nonce.
 fn key_schedule(shared_secret: &[u8; 32], info: &[u8]) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
-    let (psk_id_hash, _) = labeled_extract(HPKE_SUITE, b"", b"psk_id_hash", &[]);
+    // The same for every wrap (base mode has no PSK id): computed once.
+    static PSK_ID_HASH: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let psk_id_hash =
+        PSK_ID_HASH.get_or_init(|| labeled_extract(HPKE_SUITE, b"", b"psk_id_hash", &[]).0);
     let (info_hash, _) = labeled_extract(HPKE_SUITE, b"", b"info_hash", &[info]);
-    let context: [&[u8]; 3] = [&[MODE_BASE], &psk_id_hash, &info_hash];
+    let context: [&[u8]; 3] = [&[MODE_BASE], psk_id_hash, &info_hash];
     let (_, secret) = labeled_extract(HPKE_SUITE, shared_secret, b"secret", &[]);
     let mut key = Zeroizing::new([0u8; 32]);
     labeled_expand(&secret, HPKE_SUITE, b"key", &context, key.as_mut());
@@ -370,7 +369,7 @@ mod tests {
         for round in 0..4 {
             sealer.begin_envelope();
             let (enc, ct) = sealer
-                .seal_with(&[(&sk_e, &pk_r, &v["info"])], &v["aad"], &v["pt"])
+                .seal_with(&sk_e, &[(&pk_r, &v["info"])], &v["aad"], &v["pt"])
                 .map(|mut w| w.remove(0))
                 .expect("seal");
             assert_eq!(enc.as_slice(), v["pkEm"].as_slice(), "round {round}");

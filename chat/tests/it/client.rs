@@ -232,6 +232,12 @@ async fn a_linked_device_gets_the_history_then_sends_and_receives() {
     }
     alice.poll(Duration::ZERO).await.expect("poll");
     bob.poll(Duration::ZERO).await.expect("poll");
+    let big = "y".repeat(62_000);
+    alice.send(&b, &big).await.expect("send");
+    assert_eq!(
+        bob.poll(Duration::ZERO).await.expect("poll").messages.len(),
+        1
+    );
 
     let new = w.device("alice-new");
     let link = new.link(&a, Duration::from_secs(60)).await.expect("link");
@@ -244,6 +250,8 @@ async fn a_linked_device_gets_the_history_then_sends_and_receives() {
     assert_eq!(alice.devices().await.expect("devices").len(), 2);
 
     // The bundle arrives through the mailbox, end to end encrypted.
+    // A message too large for a bundle part is left out, not a failure.
+    assert!(approved.parts >= 1);
     let mut events = new.events();
     let got = new.poll(Duration::ZERO).await.expect("poll");
     assert_eq!(got.synced, 6, "{got:?}");
@@ -253,7 +261,8 @@ async fn a_linked_device_gets_the_history_then_sends_and_receives() {
     })
     .await;
     assert_eq!(synced, 6);
-    let (mine, theirs) = (alice.inbox().expect("inbox"), new.inbox().expect("inbox"));
+    let (mut mine, theirs) = (alice.inbox().expect("inbox"), new.inbox().expect("inbox"));
+    mine.retain(|m| m.text != big);
     assert_eq!(texts(&theirs), texts(&mine), "the same conversation");
     assert_eq!(theirs.len(), 6);
 
@@ -388,4 +397,133 @@ async fn read_state_is_the_same_on_every_device() {
     assert!(bob.mark_read(&a).expect("mark").is_some());
     bob.flush().await.expect("flush");
     assert!(bob.outbox().expect("outbox").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_for_our_other_devices_names_no_one_else() {
+    let w = World::new(&["~s1", "~s2"]);
+    let mut alice = w.user("@alice", "~s1", 2).await;
+    let bob = w.user("@bob", "~s2", 1).await.remove(0);
+    let (a, b) = (name("@alice"), name("@bob"));
+    let (d1, d2) = (alice.remove(0), alice.remove(0));
+    let (_, f) = d1.send(&b, "hi").await.expect("send");
+    assert_eq!(f.delivered.len(), 1, "{f:?}");
+    let wrapped = |env: &[u8]| -> Vec<xirtam_proofs::PublicKey> {
+        xirtam_proofs::decode::<xirtam_chat::crypto::Envelope>(env)
+            .expect("an envelope")
+            .wraps
+            .iter()
+            .map(|w| w.device)
+            .collect()
+    };
+    // Bob's server sees only wraps for bob's device, ours only for our
+    // other device: neither learns from the wraps who the other side is.
+    let theirs = w.server("~s2").envelopes(&b);
+    assert!(!theirs.is_empty());
+    for env in &theirs {
+        assert_eq!(wrapped(env), vec![bob.device().sign]);
+    }
+    let ours = w.server("~s1").envelopes(&a);
+    assert!(!ours.is_empty());
+    for env in &ours {
+        assert_eq!(wrapped(env), vec![d2.device().sign]);
+    }
+    let got = d2.poll(Duration::ZERO).await.expect("poll");
+    assert_eq!(texts(&got.messages), ["hi"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_on_the_link_slot_does_not_break_a_link() {
+    let w = World::new(&["~s1"]);
+    let alice = w.user("@alice", "~s1", 1).await.remove(0);
+    let a = name("@alice");
+    let new = w.device("alice-new");
+    let link = new.link(&a, Duration::from_secs(60)).await.expect("link");
+    let code = link.code().to_string();
+    // Whoever watches the slot (the server, or anyone who guessed the
+    // first group) posts junk and an abort where the new device reads.
+    let slot =
+        xirtam_chat::api::link_slot(&xirtam_proofs::params::REGTEST.genesis_hash, &a, &code[..4]);
+    let s1 = w.server("~s1");
+    s1.link_post_raw(&slot, 1, vec![0xff; 40]);
+    // `LinkMsg::Abort { reason }`: variant 4, then the string.
+    s1.link_post_raw(&slot, 1, xirtam_proofs::encode(&(4u32, "stop".to_string())));
+    let (approved, joined) = tokio::join!(alice.approve(&code, MONTH), new.finish_link(link));
+    approved.expect("approved despite the junk");
+    joined.expect("linked despite the junk");
+    assert_eq!(alice.devices().await.expect("devices").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_approving_device_can_provision() {
+    use xirtam_chat::client::SyncPart;
+    use xirtam_chat::client::store::Message;
+    use xirtam_chat::crypto::{DeviceKeys, Event, KIND_SYNC, Recipient, SignedEvent, seal};
+    let w = World::new(&["~s1"]);
+    let mut alice = w.user("@alice", "~s1", 2).await;
+    let a = name("@alice");
+    let (d1, d2) = (alice.remove(0), alice.remove(0));
+    // Another device of ours (a lost phone, not removed yet) tries to
+    // plant a message from @bob on d2 with a bundle.
+    let rogue = DeviceKeys::from_seed([77; 32]);
+    w.publish_devices(
+        "@alice",
+        "~s1",
+        &d1,
+        vec![d1.device(), d2.device(), rogue.device()],
+    );
+    let fake = Message {
+        local: 0,
+        id: xirtam_proofs::Hash([5; 32]),
+        from: name("@bob"),
+        to: a.clone(),
+        time_ms: 1,
+        after: xirtam_proofs::Hash::ZERO,
+        text: "planted".into(),
+        delivered: true,
+        verified_at: 1,
+        via: None,
+        request: false,
+    };
+    let part = SyncPart {
+        parts: 1,
+        messages: vec![fake],
+        ..SyncPart::default()
+    };
+    let event = SignedEvent::sign(
+        &rogue,
+        &xirtam_proofs::params::REGTEST.genesis_hash,
+        Event {
+            sender: a.clone(),
+            device: rogue.device().sign,
+            recipient: a.clone(),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64,
+            after: xirtam_proofs::Hash::ZERO,
+            kind: KIND_SYNC,
+            body: xirtam_proofs::encode(&part),
+        },
+    );
+    let to = [Recipient {
+        device: d2.device().sign,
+        kx: d2.device().kx,
+    }];
+    let env = seal(&event, &to).expect("seal");
+    w.server("~s1").deposit_raw(&a, xirtam_proofs::encode(&env));
+    let got = d2.poll(Duration::ZERO).await.expect("poll");
+    assert_eq!(got.synced, 0, "{got:?}");
+    assert!(
+        got.rejected
+            .iter()
+            .any(|r| r.contains("did not link this one")),
+        "{got:?}"
+    );
+    assert!(
+        d2.inbox()
+            .expect("inbox")
+            .iter()
+            .all(|m| m.text != "planted")
+    );
 }

@@ -109,6 +109,37 @@ impl MemoryServer {
             .is_some_and(|r| r.device(device).is_some())
     }
 
+    /// Post `payload` to `side` of link slot `slot`, as anyone can.
+    pub(crate) fn link_post_raw(&self, slot: &Hash, side: u8, payload: Vec<u8>) {
+        self.state.lock().links.entry(*slot).or_default()[usize::from(side & 1)].push(payload);
+        self.deposited.notify_waiters();
+    }
+
+    /// Deposit `envelope` into `user`'s requests lane, as a stranger can.
+    pub(crate) fn deposit_raw(&self, user: &Name, envelope: Vec<u8>) {
+        let mut st = self.state.lock();
+        let mailbox = api::requests_id(user);
+        let n = st.next_seq.entry(mailbox).or_insert(1);
+        let seq = *n;
+        *n += 1;
+        st.mailboxes
+            .entry(mailbox)
+            .or_default()
+            .push((seq, envelope));
+        drop(st);
+        self.deposited.notify_waiters();
+    }
+
+    /// Every envelope stored for `user` (both lanes).
+    pub(crate) fn envelopes(&self, user: &Name) -> Vec<Vec<u8>> {
+        let st = self.state.lock();
+        [api::mailbox_id(user), api::requests_id(user)]
+            .iter()
+            .filter_map(|id| st.mailboxes.get(id))
+            .flat_map(|m| m.iter().map(|(_, e)| e.clone()))
+            .collect()
+    }
+
     /// Drop the envelope deposited last, as a server that loses it
     /// would; returns whether there was one.
     pub(crate) fn drop_last(&self) -> bool {
@@ -512,7 +543,20 @@ impl World {
     /// Write `user`'s record (on `server`, listing `devices`, owned by the
     /// first one's root key) and mine it.
     pub(crate) fn publish(&self, user: &str, server: &str, devices: &[&TestClient]) {
-        let root = std::fs::read_to_string(devices[0].root_key_path()).expect("root key file");
+        let listed: Vec<_> = devices.iter().map(|d| d.device()).collect();
+        self.publish_devices(user, server, devices[0], listed);
+    }
+
+    /// Write `user`'s record listing `devices` (on `server`, owned by
+    /// `owner`'s root key) and mine it.
+    pub(crate) fn publish_devices(
+        &self,
+        user: &str,
+        server: &str,
+        owner: &TestClient,
+        devices: Vec<xirtam_chat::records::Device>,
+    ) {
+        let root = std::fs::read_to_string(owner.root_key_path()).expect("root key file");
         let seed: [u8; 32] = hex::decode(root.trim())
             .expect("hex")
             .try_into()
@@ -520,7 +564,7 @@ impl World {
         let owner = SecretKey::from_seed(seed);
         let value = UserRecord {
             server: name(server),
-            devices: devices.iter().map(|d| d.device()).collect(),
+            devices,
         }
         .to_value()
         .expect("valid user record");
