@@ -15,12 +15,14 @@
 //! * [`api`]: the concierge server's JSON-RPC API (shared by both sides);
 //! * [`server`]: the concierge server (`xirtam-server`);
 //! * [`client`]: the client library ([`client::ChatClient`]) behind the
-//!   `xirtam-chat` CLI.
+//!   `xirtam-chat` CLI;
+//! * [`group`]: groups (in progress: the management log's rule).
 
 pub mod api;
 pub mod client;
 pub mod crypto;
 pub mod display;
+pub mod group;
 pub mod mailbox;
 pub mod records;
 pub mod server;
