@@ -715,8 +715,9 @@ impl<D: Directory, C: Connector> Core<D, C> {
         Ok(())
     }
 
-    /// Apply part of a provisioning bundle to batch `b`: messages not seen
-    /// yet (`seen` holds those of this round), and, from part 0, the
+    /// Apply part of a provisioning bundle to batch `b` (the caller holds
+    /// the grant lock, and drops the contacts cache after the commit):
+    /// messages not seen yet (`seen` holds those of this round), and the
     /// contacts, passes and conversation heads this device does not have.
     /// Returns how many messages it added.
     pub(crate) fn apply_sync(
@@ -741,7 +742,6 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 }
             }
             b.state(super::contacts::GRANTED_KEY, &granted)?;
-            *self.contacts.lock() = None;
             for (peer, pass) in part.passes {
                 if self.store.state::<[u8; 32]>(&pass_key(&peer))?.is_none() {
                     b.state(&pass_key(&peer), &pass)?;

@@ -202,10 +202,18 @@ impl<D: Directory, C: Connector> Core<D, C> {
                     let p = self.process(&me, &s, &envelope, requests).await?;
                     processed.push((s.clone(), seq, envelope, None, p));
                 }
+                // A provisioning bundle changes the grant list: under the
+                // lock every change to it takes.
+                let _grants = if processed.iter().any(|p| matches!(p.4, Processed::Sync(..))) {
+                    Some(self.grants.lock().await)
+                } else {
+                    None
+                };
                 let held = self.store.state(HELD_KEY)?.unwrap_or_default();
                 self.file(&me, processed, held, &mut report, |b| {
                     b.state(&cursor_key(&s, requests), &last)
                 })?;
+                drop(_grants);
                 if let Err(e) = conn.rpc.mailbox_ack(&token, &id, last).await {
                     let e = to_client_error(&s, conn.rpc.label(), "the acknowledgement", e);
                     tracing::warn!(target: "client::receive", error = %e, "ack failed; the next one covers it");
@@ -287,7 +295,13 @@ impl<D: Directory, C: Connector> Core<D, C> {
             };
             processed.push((via, h.seq, h.envelope, Some(h.first_ms), p));
         }
-        // The held list is rebuilt from what is still held.
+        // The held list is rebuilt from what is still held (under the grant
+        // lock if a provisioning bundle is among them).
+        let _grants = if processed.iter().any(|p| matches!(p.4, Processed::Sync(..))) {
+            Some(self.grants.lock().await)
+        } else {
+            None
+        };
         self.file(me, processed, Vec::new(), report, |_| Ok(()))
     }
 
@@ -417,6 +431,14 @@ impl<D: Directory, C: Connector> Core<D, C> {
         extra(&mut b)?;
         b.commit()?;
         drop(_heads);
+        if report.synced > 0
+            || events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Synced { .. }))
+        {
+            // Contacts may have come with it: read them again.
+            *self.contacts.lock() = None;
+        }
         // Messages first, in arrival order, then what was noticed.
         for m in &report.messages {
             self.emit(if m.request {
