@@ -4,14 +4,14 @@
 
 use std::collections::HashSet;
 
-use xirtam_proofs::{Hash, Name, encode};
+use xirtam_proofs::{Hash, Name};
 
 use super::connection::{Connector, ServerConn, to_client_error};
 use super::directory::Directory;
 use super::store::Pending;
-use super::{Core, Result, head_key, random32, unix_ms};
+use super::{Core, Result, head_key, random32};
 use crate::api;
-use crate::crypto::{Event, KIND_PASS, SignedEvent};
+use crate::crypto::KIND_PASS;
 
 /// State key of the passes this device granted: `Vec<Grant>`.
 pub(crate) const GRANTED_KEY: &str = "granted";
@@ -112,29 +112,10 @@ impl<D: Directory, C: Connector> Core<D, C> {
             pass,
         });
         let after: Hash = self.store.state(&head_key(peer))?.unwrap_or_default();
-        let event = SignedEvent::sign(
-            &self.device,
-            &self.config.params.genesis_hash,
-            Event {
-                sender: me,
-                device: self.device.device().sign,
-                recipient: peer.clone(),
-                time: unix_ms(),
-                after,
-                kind: KIND_PASS,
-                body: pass.to_vec(),
-            },
-        );
+        let event = self.sign_event(&me, peer, after, KIND_PASS, pass.to_vec());
         let mut b = self.store.batch();
         b.state(GRANTED_KEY, &granted)?;
-        b.pending(&Pending {
-            local: self.next_local(),
-            event: encode(&event),
-            to: peer.clone(),
-            attempts: 0,
-            next_try_ms: 0,
-            last_error: String::new(),
-        })?;
+        b.pending(&Pending::new(self.next_local(), &event, peer))?;
         b.commit()?;
         *self.contacts.lock() = None;
         self.outbox_wake.notify_one();

@@ -29,7 +29,7 @@ use super::directory::Directory;
 use super::store::Message;
 use super::{ClientError, Core, Result, head_key, unix_ms};
 use crate::api;
-use crate::crypto::{self, Event, KIND_SYNC, SignedEvent};
+use crate::crypto::{self, KIND_SYNC};
 use crate::records::{Device, MAX_DEVICES, UserRecord, VerifiedUser};
 
 /// Tag of the link transcript hash.
@@ -306,8 +306,26 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let record = self.user(user, true).await?;
         let server = record.record().server.clone();
         let network = self.config.params.genesis_hash;
-        let code = LinkCode::random()?;
-        let slot = code.slot(&network, user);
+        // A slot that holds anything (an earlier link whose code began with
+        // the same four digits, within the relay's 10 minutes, or junk) is
+        // not used: a stale reply there would read as a mistyped code.
+        let mut tries = 0;
+        let (code, slot) = loop {
+            let code = LinkCode::random()?;
+            let slot = code.slot(&network, user);
+            let now = Instant::now();
+            let (_, new_side) = self.read_msgs(&server, &slot, NEW, 0, now).await?;
+            let (_, approver_side) = self.read_msgs(&server, &slot, APPROVER, 0, now).await?;
+            if new_side == 0 && approver_side == 0 {
+                break (code, slot);
+            }
+            tries += 1;
+            if tries >= 8 {
+                return Err(link_failed(
+                    "no free link slot on the server (it may be flooded); try again later",
+                ));
+            }
+        };
         let (a, b) = pake_ids();
         let (pake, hello) = Spake2::<Ed25519Group>::start_a(&code.password(&network, user), &a, &b);
         self.post(
@@ -585,19 +603,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let parts = self.bundle(me, history)?;
         let (messages, count) = (parts.iter().map(|p| p.messages.len()).sum(), parts.len());
         for part in parts {
-            let event = SignedEvent::sign(
-                &self.device,
-                &self.config.params.genesis_hash,
-                Event {
-                    sender: me.clone(),
-                    device: self.device.device().sign,
-                    recipient: me.clone(),
-                    time: unix_ms(),
-                    after: Hash::ZERO,
-                    kind: KIND_SYNC,
-                    body: encode(&part),
-                },
-            );
+            let event = self.sign_event(me, me, Hash::ZERO, KIND_SYNC, encode(&part));
             let env = self.sealer.lock().seal(&event, &to)?;
             self.deposit(&server, me, &encode(&env)).await?;
         }

@@ -766,6 +766,30 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let _ = self.events.send(e);
     }
 
+    /// An event from this device of `me` to `to`, signed.
+    pub(crate) fn sign_event(
+        &self,
+        me: &Name,
+        to: &Name,
+        after: Hash,
+        kind: u8,
+        body: Vec<u8>,
+    ) -> crate::crypto::SignedEvent {
+        crate::crypto::SignedEvent::sign(
+            &self.device,
+            &self.config.params.genesis_hash,
+            crate::crypto::Event {
+                sender: me.clone(),
+                device: self.device.device().sign,
+                recipient: to.clone(),
+                time: unix_ms(),
+                after,
+                kind,
+                body,
+            },
+        )
+    }
+
     pub(crate) fn next_local(&self) -> u64 {
         let mut l = self.local.lock();
         let n = *l;

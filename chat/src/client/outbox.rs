@@ -15,7 +15,7 @@ use super::keys::Recipients;
 use super::store::{Message, Pending};
 use super::{ClientError, ClientEvent, Core, Delivery, FlushReport, Result, head_key, unix_ms};
 use crate::api::{self, code};
-use crate::crypto::{self, Event, KIND_TEXT, SignedEvent};
+use crate::crypto::{self, KIND_TEXT, SignedEvent};
 
 /// Backoff before retry `attempts`: `base` doubling, at most 256 times
 /// `base`.
@@ -44,19 +44,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         // The conversation head is read and moved in one step.
         let _heads = self.heads.lock();
         let after: Hash = self.store.state(&head_key(to))?.unwrap_or_default();
-        let event = SignedEvent::sign(
-            &self.device,
-            &self.config.params.genesis_hash,
-            Event {
-                sender: me.clone(),
-                device: self.device.device().sign,
-                recipient: to.clone(),
-                time: unix_ms(),
-                after,
-                kind: KIND_TEXT,
-                body: text.as_bytes().to_vec(),
-            },
-        );
+        let event = self.sign_event(&me, to, after, KIND_TEXT, text.as_bytes().to_vec());
         let local = self.next_local();
         let msg = Message {
             local,
@@ -73,14 +61,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         };
         let mut b = self.store.batch();
         b.message(&msg)?;
-        b.pending(&Pending {
-            local,
-            event: encode(&event),
-            to: to.clone(),
-            attempts: 0,
-            next_try_ms: 0,
-            last_error: String::new(),
-        })?;
+        b.pending(&Pending::new(local, &event, to))?;
         b.state(&head_key(to), &msg.id)?;
         b.commit()?;
         self.outbox_wake.notify_one();

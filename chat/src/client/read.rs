@@ -10,7 +10,7 @@ use super::connection::Connector;
 use super::directory::Directory;
 use super::store::Pending;
 use super::{ClientError, Core, Result, unix_ms};
-use crate::crypto::{Event, KIND_READ, SignedEvent};
+use crate::crypto::KIND_READ;
 
 /// How far a conversation was read.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
@@ -59,29 +59,10 @@ impl<D: Directory, C: Connector> Core<D, C> {
             id: last.id,
             time_ms: unix_ms().max(old.map_or(0, |o| o.time_ms + 1)),
         };
-        let event = SignedEvent::sign(
-            &self.device,
-            &self.config.params.genesis_hash,
-            Event {
-                sender: me.clone(),
-                device: self.device.device().sign,
-                recipient: me.clone(),
-                time: unix_ms(),
-                after: Hash::ZERO,
-                kind: KIND_READ,
-                body: encode(&mark),
-            },
-        );
+        let event = self.sign_event(&me, &me, Hash::ZERO, KIND_READ, encode(&mark));
         let mut b = self.store.batch();
         b.state(&read_key(peer), &mark)?;
-        b.pending(&Pending {
-            local: self.next_local(),
-            event: encode(&event),
-            to: me,
-            attempts: 0,
-            next_try_ms: 0,
-            last_error: String::new(),
-        })?;
+        b.pending(&Pending::new(self.next_local(), &event, &me))?;
         b.commit()?;
         self.outbox_wake.notify_one();
         Ok(Some(mark))

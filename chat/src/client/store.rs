@@ -128,6 +128,20 @@ pub struct Pending {
     pub last_error: String,
 }
 
+impl Pending {
+    /// A new outbox entry: `event` (encoded) to `to`, not tried yet.
+    pub fn new(local: u64, event: &crate::crypto::SignedEvent, to: &Name) -> Self {
+        Pending {
+            local,
+            event: encode(event),
+            to: to.clone(),
+            attempts: 0,
+            next_try_ms: 0,
+            last_error: String::new(),
+        }
+    }
+}
+
 /// The local store.
 pub struct LocalStore {
     db: DB,
