@@ -80,6 +80,13 @@ pub mod code {
     /// `data.window`), and the postage given is missing, too weak, names a
     /// block that is not recent on the server's chain, or was used before.
     pub const POSTAGE_REQUIRED: i32 = -32059;
+    /// A group append named a `prev` that is no longer the log's head (the
+    /// compare-and-swap failed); `data` is the log's
+    /// [`super::GroupHead`]: read the entries after yours and re-apply.
+    pub const HEAD_MOVED: i32 = -32060;
+    /// A group entry does not follow the log's rule (the message says
+    /// which).
+    pub const BAD_ENTRY: i32 = -32061;
 }
 
 /// The mailbox id of `user`'s direct messages on any server.
@@ -326,6 +333,67 @@ pub struct Batch {
     pub messages: Vec<Delivered>,
 }
 
+/// Tag of a group's message lane id (a mailbox the hosting server owns).
+pub const GROUP_LANE_TAG: &str = "xirtam/chat/group-lane/v1";
+/// Most group cursors one `group_receive` takes.
+pub const MAX_GROUP_CURSORS: usize = 64;
+/// Most log entries one `group_log` answers with.
+pub const MAX_LOG_BATCH: u32 = 256;
+
+/// The message lane of a hosted log segment.
+pub fn group_lane(segment: &Hash) -> Hash {
+    xirtam_proofs::hash::hash_tagged(GROUP_LANE_TAG, &segment.0)
+}
+
+/// Where a hosted group log stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupHead {
+    /// The segment (hex, [`crate::group::log::segment_id`]).
+    pub segment: String,
+    /// Position of the first entry hosted here.
+    pub first: u64,
+    /// Position of the last entry.
+    pub seq: u64,
+    /// Its head (hex).
+    pub head: String,
+}
+
+/// `group_log`: entries after a position.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupEntries {
+    /// Where the log stands.
+    pub head: GroupHead,
+    /// Encoded entries (hex), in order, from the one after the asked
+    /// position.
+    pub entries: Vec<String>,
+}
+
+/// One group cursor of `group_receive`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupCursor {
+    /// The segment (hex).
+    pub segment: String,
+    /// Access token (hex) of the current or previous key epoch.
+    pub access: String,
+    /// Last message sequence number already processed.
+    pub after: u64,
+    /// Last log position already processed: a newer entry answers the
+    /// long-poll too.
+    pub log_after: u64,
+}
+
+/// What `group_receive` found in one segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupBatch {
+    /// The segment (hex).
+    pub segment: String,
+    /// The log's last position (read the entries after yours when it is
+    /// ahead).
+    pub log_seq: u64,
+    /// Messages after the cursor, in sequence order.
+    pub messages: Vec<Delivered>,
+}
+
 /// The concierge server's RPC (docs/chat.md).
 #[rpc(server, client)]
 pub trait ConciergeApi {
@@ -409,6 +477,45 @@ pub trait ConciergeApi {
     /// read or join undetected. Slots expire after [`LINK_TTL_SECS`].
     #[method(name = "link_post")]
     fn link_post(&self, slot: String, side: u8, payload: String) -> RpcResult<bool>;
+
+    /// Append an encoded entry (hex) to a group log segment: a
+    /// compare-and-swap on the head, which is the entry's `prev`. The
+    /// entry must follow the log's rule (docs/protocol.md §17f) with its
+    /// author's record as this server verifies it, and name this server.
+    /// A new segment starts with a genesis entry (segment
+    /// `segment_id(group, 0)`), or, for a group moving here, with the
+    /// entry after `anchor` (hex, the last entry on the old server; segment
+    /// `segment_id(group, anchor's head)`). Answers with the new head once
+    /// durable; `HEAD_MOVED` with the current head when `prev` is not it.
+    #[method(name = "group_append")]
+    async fn group_append(
+        &self,
+        segment: String,
+        entry: String,
+        anchor: Option<String>,
+    ) -> RpcResult<GroupHead>;
+
+    /// Up to `limit` (at most [`MAX_LOG_BATCH`]) entries of a segment after
+    /// position `after`. No login: a log holds signed entries whose
+    /// bodies are encrypted.
+    #[method(name = "group_log")]
+    fn group_log(&self, segment: String, after: u64, limit: u32) -> RpcResult<GroupEntries>;
+
+    /// Post an encoded group message (hex) to a segment's lane, with the
+    /// access token (hex) of the current or previous epoch. Answers with
+    /// its sequence number once durable.
+    #[method(name = "group_post")]
+    async fn group_post(&self, segment: String, access: String, message: String) -> RpcResult<u64>;
+
+    /// Long-poll group lanes: answers (within `wait_ms`, at most 30 s) as
+    /// soon as a lane has messages after its cursor or a log has entries
+    /// after `log_after`.
+    #[method(name = "group_receive")]
+    async fn group_receive(
+        &self,
+        cursors: Vec<GroupCursor>,
+        wait_ms: u64,
+    ) -> RpcResult<Vec<GroupBatch>>;
 
     /// The messages on `side` of `slot` from index `after` on (hex); waits
     /// up to `wait_ms` (at most 30 s) for one.

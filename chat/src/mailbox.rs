@@ -19,6 +19,9 @@
 //! (key hash of the user's name ‖ device signing key → the device's latest
 //! signed medium-term key) and `passes` (id ‖ pass hash → empty: the
 //! contact passes that open the mailbox to deposits, see docs/chat.md).
+//! Group logs are stored here too ([`groups`]): `groups` (segment id →
+//! [`GroupMeta`]) and `group_log` (segment id ‖ u64be(position) → entry);
+//! a group's messages go to a mailbox the server owns (its lane).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,6 +38,11 @@ const CF_MAILBOXES: &str = "mailboxes";
 const CF_MESSAGES: &str = "messages";
 const CF_KEYS: &str = "keys";
 const CF_PASSES: &str = "passes";
+const CF_GROUPS: &str = "groups";
+const CF_GROUP_LOG: &str = "group_log";
+
+mod groups;
+pub use groups::GroupMeta;
 /// Most envelopes one acknowledgement expires (the rest at the next).
 const EXPIRE_BATCH: usize = 1024;
 /// Seconds between looks for expired envelopes at acknowledgements.
@@ -162,6 +170,9 @@ enum Change {
     Append {
         id: Hash,
         envelope: Vec<u8>,
+        /// A full mailbox drops its oldest envelope instead of refusing
+        /// (group lanes: nobody acknowledges them).
+        evict: bool,
     },
     Ack {
         id: Hash,
@@ -244,9 +255,16 @@ impl MailboxStore {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // The hash memtables below take one writer at a time (there is one).
         opts.set_allow_concurrent_memtable_write(false);
-        let cfs = [CF_MAILBOXES, CF_MESSAGES, CF_KEYS, CF_PASSES]
-            .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
+        let cfs = [
+            CF_MAILBOXES,
+            CF_MESSAGES,
+            CF_KEYS,
+            CF_PASSES,
+            CF_GROUPS,
+            CF_GROUP_LOG,
+        ]
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
         // Tests count the WAL syncs (`wal_syncs`).
         #[cfg(test)]
         opts.enable_statistics();
@@ -302,6 +320,7 @@ impl MailboxStore {
         self.queue(Change::Append {
             id: *id,
             envelope: envelope.to_vec(),
+            evict: false,
         })?
         .blocking_recv()
         .map_err(|_| writer_gone())?
@@ -312,6 +331,19 @@ impl MailboxStore {
         self.queue(Change::Append {
             id: *id,
             envelope: envelope.to_vec(),
+            evict: false,
+        })?
+        .await
+        .map_err(|_| writer_gone())?
+    }
+
+    /// [`MailboxStore::append_async`], dropping the oldest envelope when
+    /// the mailbox is full (a group lane, which nobody acknowledges).
+    pub async fn append_evicting(&self, id: &Hash, envelope: &[u8]) -> Result<u64, MailboxError> {
+        self.queue(Change::Append {
+            id: *id,
+            envelope: envelope.to_vec(),
+            evict: true,
         })?
         .await
         .map_err(|_| writer_gone())?
@@ -565,9 +597,15 @@ impl Core {
             }
         };
         match change {
-            Change::Append { envelope, .. } => {
+            Change::Append {
+                envelope, evict, ..
+            } => {
                 if meta.stored >= meta.cap {
                     self.expire(&id, meta, wb)?;
+                }
+                if *evict && meta.stored >= meta.cap && meta.stored > 0 {
+                    let oldest = meta.next_seq.saturating_sub(meta.stored);
+                    self.delete_through(&id, meta, oldest, wb)?;
                 }
                 // u64::MAX stays unassigned: it bounds `read`'s iterator.
                 if meta.stored >= meta.cap || meta.next_seq == u64::MAX {

@@ -30,6 +30,8 @@ use xirtam_proofs::params::Params;
 use xirtam_proofs::{Hash, Name, PublicKey, SecretKey, Signature, decode, encode};
 
 use crate::api::{self, Batch, Challenge, ConciergeApiServer, Cursor, Delivered, code};
+
+mod groups;
 use crate::crypto::MediumKey;
 use crate::mailbox::{MailboxError, MailboxStore};
 use crate::records::{RecordError, ServerRecord, UserRecord, VerifiedUser};
@@ -75,6 +77,13 @@ pub struct Limits {
     /// names another server (counted from when this server first sees it);
     /// after that they are refused with `MOVED`.
     pub moved_grace: Duration,
+    /// Most messages a group's lane keeps (the oldest are dropped: nobody
+    /// acknowledges a group lane).
+    pub max_group_messages: u64,
+    /// Most entries a hosted group log segment holds.
+    pub max_log_entries: u64,
+    /// Most bytes of entries a hosted group log segment holds.
+    pub max_log_bytes: u64,
 }
 
 impl Default for Limits {
@@ -96,6 +105,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             record_ttl: Duration::from_secs(10),
             moved_grace: Duration::from_secs(7 * 24 * 3600),
+            max_group_messages: 10_000,
+            max_log_entries: 100_000,
+            max_log_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -1103,6 +1115,31 @@ impl ConciergeApiServer for Rpc {
         Ok(keys.into_iter().map(hex::encode).collect())
     }
 
+    async fn group_append(
+        &self,
+        segment: String,
+        entry: String,
+        anchor: Option<String>,
+    ) -> RpcResult<api::GroupHead> {
+        self.0.group_append(segment, entry, anchor).await
+    }
+
+    fn group_log(&self, segment: String, after: u64, limit: u32) -> RpcResult<api::GroupEntries> {
+        self.0.group_log(segment, after, limit)
+    }
+
+    async fn group_post(&self, segment: String, access: String, message: String) -> RpcResult<u64> {
+        self.0.group_post(segment, access, message).await
+    }
+
+    async fn group_receive(
+        &self,
+        cursors: Vec<api::GroupCursor>,
+        wait_ms: u64,
+    ) -> RpcResult<Vec<api::GroupBatch>> {
+        self.0.group_receive(cursors, wait_ms).await
+    }
+
     fn link_post(&self, slot: String, side: u8, payload: String) -> RpcResult<bool> {
         let slot = Hash(parse_hex32("slot", &slot)?);
         let side = link_side(side)?;
@@ -1259,7 +1296,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let rpc_config = jsonrpsee::server::ServerConfig::builder()
         .max_connections(config.limits.max_connections)
-        .max_request_body_size((2 * config.limits.max_envelope + 4096) as u32)
+        .max_request_body_size(
+            (2 * config.limits.max_envelope.max(2 * groups::MAX_ENTRY) + 4096) as u32,
+        )
         .max_response_body_size((2 * api::MAX_BATCH_BYTES * api::MAX_CURSORS + 65536) as u32)
         .http_only()
         .build();

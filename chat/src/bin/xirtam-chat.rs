@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
-use xirtam_chat::client::store::Message;
+use xirtam_chat::client::groups::GroupInfo;
+use xirtam_chat::client::store::{GroupMsg, Message};
 use xirtam_chat::client::{ChatClient, ClientConfig, ClientEvent, FlushReport, PollReport};
 use xirtam_chat::display;
 use xirtam_proofs::Name;
@@ -103,6 +104,91 @@ enum Cmd {
     /// Link, list and remove this name's devices.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Groups hosted on a concierge server.
+    #[command(subcommand)]
+    Group(GroupCmd),
+}
+
+/// `G` is a group's name, or its id (or the first hex digits of it, at
+/// least 4), as `group list` shows.
+#[derive(Subcommand, Debug)]
+enum GroupCmd {
+    /// Create a group with you as its admin.
+    Create {
+        /// Its name.
+        name: String,
+        /// The server hosting it (`~...`; default: yours).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// The groups this device is in, and invitations waiting.
+    List,
+    /// Add `@user` and send them an invitation (admins).
+    Invite {
+        /// The group.
+        group: String,
+        /// Who (`@...`).
+        user: String,
+    },
+    /// Accept an invitation (`inbox` shows them).
+    Join {
+        /// The group the invitation is for.
+        group: String,
+    },
+    /// Post a message.
+    Send {
+        /// The group.
+        group: String,
+        /// The text.
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Members, admins, key epoch and log head.
+    Members {
+        /// The group.
+        group: String,
+    },
+    /// Remove `@user`; the key rotates (admins).
+    Kick {
+        /// The group.
+        group: String,
+        /// Who (`@...`).
+        user: String,
+    },
+    /// Remove `@user` for good; the key rotates (admins).
+    Ban {
+        /// The group.
+        group: String,
+        /// Who (`@...`).
+        user: String,
+    },
+    /// Make `@user` an admin (or, with --remove, no longer one).
+    Admin {
+        /// The group.
+        group: String,
+        /// Who (`@...`).
+        user: String,
+        /// Take the role away instead.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Rename the group (admins).
+    Rename {
+        /// The group.
+        group: String,
+        /// The new name.
+        name: String,
+    },
+    /// Rotate the group's key now (admins).
+    Rotate {
+        /// The group.
+        group: String,
+    },
+    /// Leave the group (an admin's client removes you and rotates the key).
+    Leave {
+        /// The group.
+        group: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -216,8 +302,127 @@ fn show_event(e: &ClientEvent) {
         ),
         ClientEvent::Error(w) => eprintln!("warning: {}", display::escape_line(w)),
         ClientEvent::Lagged(n) => eprintln!("warning: {n} event(s) missed; run `inbox`"),
+        ClientEvent::GroupMessage(m) => show_group(m),
+        ClientEvent::GroupInvite { from, group, name } => println!(
+            "{from} invites you to group {} ({}): xirtam-chat group join {}",
+            display::escape(name),
+            short(group),
+            short(group)
+        ),
+        ClientEvent::GroupChanged { group, change } => {
+            println!("group {}: {}", short(group), display::escape_line(change))
+        }
+        ClientEvent::GroupForked { group, reason } => eprintln!(
+            "warning: group {} is marked forked: {}",
+            short(group),
+            display::escape_line(reason)
+        ),
         other => eprintln!("{other:?}"),
     }
+}
+
+fn short(h: &xirtam_proofs::Hash) -> String {
+    h.to_hex()[..12].to_string()
+}
+
+fn show_group(m: &GroupMsg) {
+    println!(
+        "[{} #{}] {}: {}",
+        short(&m.group),
+        m.seq,
+        m.from,
+        display::escape(&m.text)
+    );
+}
+
+fn show_group_info(g: &GroupInfo) {
+    println!(
+        "group {} ({}) on {}\n  id      {}\n  admins  {}\n  members {}\n  epoch {}, log entry {} ({})",
+        display::escape(&g.name),
+        short(&g.group),
+        g.server,
+        g.group,
+        g.admins
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        g.members
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        g.epoch,
+        g.seq,
+        g.head
+    );
+    if let Some(e) = g.waiting_key {
+        println!("  waiting for the key of epoch {e} (asked an admin to re-share it)");
+    }
+    if let Some(f) = &g.forked {
+        println!("  FORKED: {}", display::escape_line(f));
+    }
+}
+
+async fn group(c: &ChatClient, cmd: GroupCmd) -> Result<()> {
+    let find = |s: &str| c.find_group(s).map_err(anyhow::Error::from);
+    match cmd {
+        GroupCmd::Create { name: n, server } => {
+            let server = server.as_deref().map(name).transpose()?;
+            let g = c.group_create(&n, server.as_ref()).await?;
+            c.flush().await?;
+            show_group_info(&g);
+        }
+        GroupCmd::List => {
+            for g in c.groups()? {
+                show_group_info(&g);
+            }
+            for (from, i) in c.group_invites()? {
+                println!(
+                    "invitation from {from} to group {} ({}): xirtam-chat group join {}",
+                    display::escape(&i.name),
+                    short(&i.group),
+                    short(&i.group)
+                );
+            }
+        }
+        GroupCmd::Invite { group: g, user } => {
+            let info = c.group_invite(&find(&g)?, &name(&user)?).await?;
+            show_flush(&c.flush().await?);
+            show_group_info(&info);
+        }
+        GroupCmd::Join { group: g } => {
+            let info = c.group_join(&find(&g)?).await?;
+            c.flush().await?;
+            show_group_info(&info);
+        }
+        GroupCmd::Send { group: g, text } => {
+            let m = c.group_send(&find(&g)?, &text.join(" ")).await?;
+            show_group(&m);
+        }
+        GroupCmd::Members { group: g } => show_group_info(&c.group(&find(&g)?)?),
+        GroupCmd::Kick { group: g, user } => {
+            show_group_info(&c.group_remove(&find(&g)?, &name(&user)?, false).await?)
+        }
+        GroupCmd::Ban { group: g, user } => {
+            show_group_info(&c.group_remove(&find(&g)?, &name(&user)?, true).await?)
+        }
+        GroupCmd::Admin {
+            group: g,
+            user,
+            remove,
+        } => show_group_info(&c.group_admin(&find(&g)?, &name(&user)?, !remove).await?),
+        GroupCmd::Rename { group: g, name: n } => {
+            show_group_info(&c.group_rename(&find(&g)?, &n).await?)
+        }
+        GroupCmd::Rotate { group: g } => show_group_info(&c.group_rotate(&find(&g)?).await?),
+        GroupCmd::Leave { group: g } => {
+            let id = find(&g)?;
+            c.group_leave(&id).await?;
+            println!("left group {}", short(&id));
+        }
+    }
+    Ok(())
 }
 
 async fn device(c: &ChatClient, cmd: DeviceCmd) -> Result<()> {
@@ -396,6 +601,11 @@ async fn run(cli: Cli) -> Result<()> {
             for e in &r.errors {
                 eprintln!("warning: {}", display::escape_line(e));
             }
+            let g = c.group_poll(Duration::ZERO).await?;
+            for e in g.rejected.iter().chain(&g.errors) {
+                eprintln!("warning: {}", display::escape_line(e));
+            }
+            c.flush().await?;
             let messages = c.inbox()?;
             let gaps = xirtam_chat::client::gaps(&messages);
             for m in &messages {
@@ -405,6 +615,26 @@ async fn run(cli: Cli) -> Result<()> {
                     );
                 }
                 show(m);
+            }
+            for info in c.groups()? {
+                for m in c.group_messages(&info.group)? {
+                    show_group(&m);
+                }
+                if let Some(f) = &info.forked {
+                    eprintln!(
+                        "warning: group {} is marked forked: {}",
+                        short(&info.group),
+                        display::escape_line(f)
+                    );
+                }
+            }
+            for (from, i) in c.group_invites()? {
+                println!(
+                    "{from} invites you to group {} ({}): xirtam-chat group join {}",
+                    display::escape(&i.name),
+                    short(&i.group),
+                    short(&i.group)
+                );
             }
         }
         Cmd::Accept { name: n } => {
@@ -453,6 +683,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Device(d) => device(&c, d).await?,
+        Cmd::Group(g) => group(&c, g).await?,
         Cmd::Move { server } => {
             let s = name(&server)?;
             println!("moving to {s} (waiting for confirmation)...");

@@ -66,6 +66,48 @@ pub struct Received {
     pub envelopes: Vec<(u64, Vec<u8>)>,
 }
 
+/// Where a hosted group log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogHead {
+    /// Position of the first entry hosted there.
+    pub first: u64,
+    /// Position of the last entry.
+    pub seq: u64,
+    /// Its head.
+    pub head: Hash,
+}
+
+/// One group lane to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupReadFrom {
+    /// The segment.
+    pub segment: Hash,
+    /// The epoch's access token.
+    pub access: [u8; 32],
+    /// Last message sequence number processed.
+    pub after: u64,
+    /// Last log position processed.
+    pub log_after: u64,
+}
+
+/// What one group lane gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupReceived {
+    /// The segment.
+    pub segment: Hash,
+    /// The log's last position.
+    pub log_seq: u64,
+    /// `(sequence number, message)`.
+    pub messages: Vec<(u64, Vec<u8>)>,
+}
+
+fn no_groups() -> CallError {
+    CallError::Refused {
+        code: api::code::NOT_FOUND,
+        message: "this connection does not host groups".into(),
+    }
+}
+
 /// Typed calls to one concierge server (docs/rpc.md, "Concierge"). Every
 /// answer is untrusted: the client checks receipts against the server's
 /// verified key and envelopes and keys against verified records.
@@ -145,6 +187,45 @@ pub trait ServerConn: Send + Sync + 'static {
         after: u32,
         wait: Duration,
     ) -> impl Future<Output = Result<Vec<Vec<u8>>, CallError>> + Send;
+    /// `group_append`: compare-and-swap on the entry's `prev`.
+    fn group_append(
+        &self,
+        segment: &Hash,
+        entry: &[u8],
+        anchor: Option<&[u8]>,
+    ) -> impl Future<Output = Result<LogHead, CallError>> + Send {
+        let _ = (segment, entry, anchor);
+        async { Err(no_groups()) }
+    }
+    /// `group_log`: entries after `after`, unchecked.
+    fn group_log(
+        &self,
+        segment: &Hash,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<(LogHead, Vec<Vec<u8>>), CallError>> + Send {
+        let _ = (segment, after, limit);
+        async { Err(no_groups()) }
+    }
+    /// `group_post`.
+    fn group_post(
+        &self,
+        segment: &Hash,
+        access: &[u8; 32],
+        message: &[u8],
+    ) -> impl Future<Output = Result<u64, CallError>> + Send {
+        let _ = (segment, access, message);
+        async { Err(no_groups()) }
+    }
+    /// `group_receive` (long-poll up to `wait`).
+    fn group_receive(
+        &self,
+        from: &[GroupReadFrom],
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<GroupReceived>, CallError>> + Send {
+        let _ = (from, wait);
+        async { Err(no_groups()) }
+    }
 }
 
 /// Makes connections to servers found through verified lookups.
@@ -203,9 +284,105 @@ fn unhex(what: &str, s: &str) -> Result<Vec<u8>, CallError> {
     hex::decode(s).map_err(|_| CallError::Malformed(format!("{what} is not hex")))
 }
 
+fn log_head(h: api::GroupHead) -> Result<LogHead, CallError> {
+    Ok(LogHead {
+        first: h.first,
+        seq: h.seq,
+        head: Hash::from_hex(&h.head)
+            .map_err(|_| CallError::Malformed("a log head is not 32 bytes".into()))?,
+    })
+}
+
 impl ServerConn for HttpConn {
     fn label(&self) -> &str {
         &self.url
+    }
+
+    async fn group_append(
+        &self,
+        segment: &Hash,
+        entry: &[u8],
+        anchor: Option<&[u8]>,
+    ) -> Result<LogHead, CallError> {
+        let h = self
+            .rpc
+            .group_append(
+                segment.to_hex(),
+                hex::encode(entry),
+                anchor.map(hex::encode),
+            )
+            .await
+            .map_err(call_err)?;
+        log_head(h)
+    }
+
+    async fn group_log(
+        &self,
+        segment: &Hash,
+        after: u64,
+        limit: u32,
+    ) -> Result<(LogHead, Vec<Vec<u8>>), CallError> {
+        let r = self
+            .rpc
+            .group_log(segment.to_hex(), after, limit)
+            .await
+            .map_err(call_err)?;
+        let entries = r
+            .entries
+            .iter()
+            .map(|e| unhex("an entry", e))
+            .collect::<Result<_, _>>()?;
+        Ok((log_head(r.head)?, entries))
+    }
+
+    async fn group_post(
+        &self,
+        segment: &Hash,
+        access: &[u8; 32],
+        message: &[u8],
+    ) -> Result<u64, CallError> {
+        self.rpc
+            .group_post(segment.to_hex(), hex::encode(access), hex::encode(message))
+            .await
+            .map_err(call_err)
+    }
+
+    async fn group_receive(
+        &self,
+        from: &[GroupReadFrom],
+        wait: Duration,
+    ) -> Result<Vec<GroupReceived>, CallError> {
+        let cursors = from
+            .iter()
+            .map(|r| api::GroupCursor {
+                segment: r.segment.to_hex(),
+                access: hex::encode(r.access),
+                after: r.after,
+                log_after: r.log_after,
+            })
+            .collect();
+        let batches = self
+            .rpc
+            .group_receive(cursors, wait.as_millis() as u64)
+            .await
+            .map_err(call_err)?;
+        batches
+            .into_iter()
+            .map(|b| {
+                let segment = Hash::from_hex(&b.segment)
+                    .map_err(|_| CallError::Malformed("a segment id is not 32 bytes".into()))?;
+                let messages = b
+                    .messages
+                    .into_iter()
+                    .map(|d| Ok((d.seq, unhex("a group message", &d.envelope)?)))
+                    .collect::<Result<_, CallError>>()?;
+                Ok(GroupReceived {
+                    segment,
+                    log_seq: b.log_seq,
+                    messages,
+                })
+            })
+            .collect()
     }
 
     async fn server_info(&self) -> Result<api::ServerInfo, CallError> {

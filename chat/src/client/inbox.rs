@@ -14,11 +14,12 @@ use super::connection::{Connector, ReadFrom, ServerConn, to_client_error};
 use super::contacts::pass_key;
 use super::devices::SyncPart;
 use super::directory::Directory;
+use super::groups::GroupDm;
 use super::read::ReadMark;
 use super::store::{self, Message};
 use super::{ClientError, ClientEvent, Core, PollReport, Result, head_key, unix_ms};
 use crate::api;
-use crate::crypto::{self, CryptoError, KIND_PASS, KIND_READ, KIND_SYNC, KIND_TEXT};
+use crate::crypto::{self, CryptoError, KIND_GROUP, KIND_PASS, KIND_READ, KIND_SYNC, KIND_TEXT};
 use crate::records::RecordError;
 
 /// Most envelopes kept aside for a later verification; past it, new ones
@@ -84,6 +85,8 @@ enum Processed {
     Sync(SyncPart, Hash),
     /// How far a conversation was read on another of our devices.
     Read(ReadMark, Hash),
+    /// A group control message (handled by the group loop).
+    Group(Name, GroupDm, Hash),
     /// Not for this device (a copy for our other devices), or a control
     /// event with nothing to do here.
     Skipped,
@@ -326,6 +329,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let now = unix_ms();
         let mut events = Vec::new();
         let mut reads: std::collections::HashMap<Name, ReadMark> = std::collections::HashMap::new();
+        let mut group_dms = Vec::new();
         for (via, seq, envelope, first_ms, p) in processed {
             match p {
                 Processed::New(mut m) => {
@@ -376,6 +380,14 @@ impl<D: Directory, C: Connector> Core<D, C> {
                             reads.insert(mark.peer.clone(), mark);
                         }
                     }
+                }
+                Processed::Group(from, dm, id) => {
+                    if !batch_seen.insert(id) {
+                        report.duplicates += 1;
+                        continue;
+                    }
+                    b.seen(&id)?;
+                    self.file_group_dm(&from, dm, &mut b, &mut group_dms)?;
                 }
                 Processed::Duplicate => report.duplicates += 1,
                 Processed::Skipped => report.skipped += 1,
@@ -563,6 +575,15 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 return Ok(Processed::Rejected(format!(
                     "a read mark from {sender}: only our own devices send those"
                 )));
+            }
+            KIND_GROUP => {
+                return Ok(match decode::<GroupDm>(&ev.event.body) {
+                    // Our own request for a key, copied to our other
+                    // devices: nothing to do.
+                    Ok(GroupDm::Ask { .. }) if &sender == me => Processed::Skipped,
+                    Ok(dm) => Processed::Group(sender, dm, id),
+                    Err(e) => Processed::Rejected(format!("a malformed group message: {e}")),
+                });
             }
             // Our own grant, copied to our other devices: nothing to do.
             KIND_PASS if &sender == me => return Ok(Processed::Skipped),

@@ -35,6 +35,7 @@ pub mod connection;
 pub mod contacts;
 pub mod devices;
 pub mod directory;
+pub mod groups;
 pub mod inbox;
 pub mod keys;
 pub mod outbox;
@@ -375,6 +376,33 @@ pub enum ClientEvent {
     /// This many events were dropped because the stream was read too
     /// slowly; reload from the store.
     Lagged(u64),
+    /// A group message arrived (or was sent by another of our devices).
+    GroupMessage(store::GroupMsg),
+    /// An invitation to a group arrived ([`Core::group_join`] accepts it).
+    GroupInvite {
+        /// Who invited us.
+        from: Name,
+        /// The group.
+        group: Hash,
+        /// Its name.
+        name: String,
+    },
+    /// A group's log has a new entry.
+    GroupChanged {
+        /// The group.
+        group: Hash,
+        /// What changed.
+        change: String,
+    },
+    /// A group's hosting server showed us a log that does not agree with
+    /// what another member saw (or broke the log's rule): the group is
+    /// marked, and a UI should say so and offer to move it.
+    GroupForked {
+        /// The group.
+        group: Hash,
+        /// What was seen.
+        reason: String,
+    },
 }
 
 /// A stream of [`ClientEvent`]s (from [`Client::events`]).
@@ -436,6 +464,10 @@ pub struct Core<D, C: Connector> {
     flushing: tokio::sync::Mutex<()>,
     /// One contact grant at a time.
     grants: tokio::sync::Mutex<()>,
+    /// Held by whoever reads and writes group states.
+    groups: tokio::sync::Mutex<()>,
+    /// Woken when a group is added (the group loop starts reading it).
+    groups_wake: tokio::sync::Notify,
     /// One write of our own record at a time (each starts from the latest
     /// record, so a link and a removal do not undo each other).
     record_writes: tokio::sync::Mutex<()>,
@@ -618,6 +650,8 @@ impl<D: Directory, C: Connector> Client<D, C> {
             receiving: tokio::sync::Mutex::new(()),
             flushing: tokio::sync::Mutex::new(()),
             grants: tokio::sync::Mutex::new(()),
+            groups: tokio::sync::Mutex::new(()),
+            groups_wake: tokio::sync::Notify::new(),
             record_writes: tokio::sync::Mutex::new(()),
             outbox_wake: tokio::sync::Notify::new(),
             flush_early: AtomicBool::new(false),
@@ -656,9 +690,19 @@ impl<D: Directory, C: Connector> Client<D, C> {
                 }
             })
         };
+        let grouper = {
+            let c = self.clone();
+            let mut stop = stop.subscribe();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = c.group_loop(wait) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            })
+        };
         Running {
             stop,
-            tasks: vec![receiver, flusher],
+            tasks: vec![receiver, flusher, grouper],
         }
     }
 

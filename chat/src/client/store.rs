@@ -8,7 +8,8 @@
 //!
 //! Column families: `state` (small named values), `messages` (u64be local
 //! sequence → [`Message`]), `seen` (event id → local sequence), `outbox`
-//! (u64be local sequence → [`Pending`]).
+//! (u64be local sequence → [`Pending`]), `group_messages` (group id ‖
+//! u64be(lane sequence) → [`GroupMsg`]).
 
 use std::path::Path;
 
@@ -22,6 +23,28 @@ const CF_STATE: &str = "state";
 const CF_MESSAGES: &str = "messages";
 const CF_SEEN: &str = "seen";
 const CF_OUTBOX: &str = "outbox";
+const CF_GROUP_MESSAGES: &str = "group_messages";
+
+/// A group message as the client keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GroupMsg {
+    /// The group.
+    pub group: Hash,
+    /// Its sequence number in the group's lane on the hosting server.
+    pub seq: u64,
+    /// Event id.
+    pub id: Hash,
+    /// Sender.
+    pub from: Name,
+    /// Sender's clock (Unix ms), informative.
+    pub time_ms: u64,
+    /// The log position and head it was sent under.
+    pub log_seq: u64,
+    /// The key epoch.
+    pub epoch: u64,
+    /// Text.
+    pub text: String,
+}
 
 /// A local-store failure.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +186,7 @@ impl LocalStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [CF_STATE, CF_MESSAGES, CF_SEEN, CF_OUTBOX]
+        let cfs = [CF_STATE, CF_MESSAGES, CF_SEEN, CF_OUTBOX, CF_GROUP_MESSAGES]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         Ok(LocalStore {
@@ -251,6 +274,24 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// The messages of `group`, in lane order.
+    pub fn group_messages(&self, group: &Hash) -> Result<Vec<GroupMsg>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_GROUP_MESSAGES)?,
+            IteratorMode::From(&group.0, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k.get(..32) != Some(&group.0[..]) {
+                break;
+            }
+            out.push(decode(&v).map_err(|e| {
+                StoreError::Corrupt(format!("group message {}: {e}", hex::encode(&k)))
+            })?);
+        }
+        Ok(out)
+    }
+
     /// The outbox, oldest first.
     pub fn outbox(&self) -> Result<Vec<Pending>, StoreError> {
         let mut out = Vec::new();
@@ -286,6 +327,15 @@ impl Batch<'_> {
         self.wb
             .put_cf(self.store.cf(CF_MESSAGES)?, be(m.local), encode(m));
         self.wb.put_cf(self.store.cf(CF_SEEN)?, m.id.0, be(m.local));
+        Ok(())
+    }
+
+    /// Store a group message (and mark its event seen).
+    pub fn group_message(&mut self, m: &GroupMsg) -> Result<(), StoreError> {
+        let key = [&m.group.0[..], &be(m.seq)].concat();
+        self.wb
+            .put_cf(self.store.cf(CF_GROUP_MESSAGES)?, key, encode(m));
+        self.wb.put_cf(self.store.cf(CF_SEEN)?, m.id.0, be(0));
         Ok(())
     }
 

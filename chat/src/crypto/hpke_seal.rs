@@ -104,7 +104,7 @@ impl Prepared {
 }
 
 /// One HPKE wrap: the encapsulated key and the ciphertext.
-pub(super) type Sealed = ([u8; 32], Vec<u8>);
+pub(crate) type Sealed = ([u8; 32], Vec<u8>);
 
 /// An X25519 result: still an Edwards point (the table path, converted
 /// with the others of the envelope), or a Montgomery u (the ladder).
@@ -241,8 +241,9 @@ impl Sealer {
     }
 
     /// [`Sealer::wrap_many`] with a given ephemeral secret (for test
-    /// vectors).
-    fn seal_with(
+    /// vectors, and for a group key sealed by several threads with one
+    /// ephemeral key).
+    pub(crate) fn seal_with(
         &mut self,
         sk_e: &[u8; 32],
         to: &[(&[u8; 32], &[u8])],
@@ -297,7 +298,7 @@ impl Sealer {
 }
 
 /// DHKEM `ExtractAndExpand(dh, enc || pkR)`.
-fn shared_secret(dh: &[u8; 32], enc: &[u8; 32], pk_r: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+pub(crate) fn shared_secret(dh: &[u8; 32], enc: &[u8; 32], pk_r: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     let (_, prk) = labeled_extract(KEM_SUITE, b"", b"eae_prk", &[dh]);
     let mut out = Zeroizing::new([0u8; 32]);
     labeled_expand(
@@ -311,7 +312,10 @@ fn shared_secret(dh: &[u8; 32], enc: &[u8; 32], pk_r: &[u8; 32]) -> Zeroizing<[u
 }
 
 /// The base-mode key schedule: the AEAD key and base nonce.
-fn key_schedule(shared_secret: &[u8; 32], info: &[u8]) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
+pub(crate) fn key_schedule(
+    shared_secret: &[u8; 32],
+    info: &[u8],
+) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
     // The same for every wrap (base mode has no PSK id): computed once.
     static PSK_ID_HASH: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
     let psk_id_hash =

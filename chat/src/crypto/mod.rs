@@ -35,7 +35,7 @@ use xirtam_proofs::{Hash, Name, PublicKey, SecretKey, Signature, decode, encode}
 
 use crate::records::{Device, KxPublicKey, UserRecord};
 
-mod hpke_seal;
+pub(crate) mod hpke_seal;
 pub use hpke_seal::Sealer;
 use zeroize::Zeroizing;
 
@@ -122,7 +122,7 @@ fn kx_bytes(pk: &KxPublic) -> KxPublicKey {
     KxPublicKey(out)
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     let mut b = [0u8; N];
     rand_core::OsRng
         .try_fill_bytes(&mut b)
@@ -192,6 +192,14 @@ impl DeviceKeys {
         };
         key.sig = self.sign.sign(MEDIUM_KEY_TAG, &key.signed_bytes(network));
         Ok(MediumSecret { key, secret })
+    }
+
+    /// The long-term key-agreement secret's bytes (a group key is sealed
+    /// to it).
+    pub(crate) fn kx_secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&self.kx.to_bytes());
+        out
     }
 
     /// The long-term key-agreement secret, as a fallback medium key (used
@@ -316,6 +324,11 @@ pub const KIND_SYNC: u8 = 3;
 /// Event kind: how far a conversation was read on one of the sender's
 /// devices (body: `client::read::ReadMark`); sent only to oneself.
 pub const KIND_READ: u8 = 4;
+
+/// Event kind: a group control message (an invitation, an epoch key
+/// re-shared, a request for one; the body is an encoded
+/// `client::groups::GroupDm`).
+pub const KIND_GROUP: u8 = 5;
 
 /// An event with its device signature.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

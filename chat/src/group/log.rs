@@ -20,6 +20,8 @@ pub const ENTRY_SIG_TAG: &str = "xirtam/chat/group-entry/v1";
 pub const ENTRY_HEAD_TAG: &str = "xirtam/chat/group-head/v1";
 /// Tag of a group id.
 pub const GROUP_ID_TAG: &str = "xirtam/chat/group-id/v1";
+/// Tag of a segment id (the part of a group's log one server hosts).
+pub const SEGMENT_TAG: &str = "xirtam/chat/group-segment/v1";
 /// Most admins a group lists.
 pub const MAX_ADMINS: usize = 64;
 /// Largest entry body (encrypted roster, settings and sealed keys).
@@ -28,6 +30,16 @@ pub const MAX_BODY: usize = 1 << 20;
 /// The id of a group created by `creator` with a random `nonce`.
 pub fn group_id(network: &Hash, creator: &Name, nonce: &[u8; 32]) -> Hash {
     xirtam_proofs::hash::hash_tagged(GROUP_ID_TAG, &encode(&(network, creator, nonce)))
+}
+
+/// The id under which a server hosts the part of a group's log that
+/// starts after `anchor` (the head of the entry before its first entry;
+/// [`Hash::ZERO`] for a log that starts at the genesis entry). A group
+/// that moves gets a new segment on the new server, so nobody can occupy
+/// its place there in advance without knowing where and from which head
+/// it moves.
+pub fn segment_id(group: &Hash, anchor: &Hash) -> Hash {
+    xirtam_proofs::hash::hash_tagged(SEGMENT_TAG, &encode(&(group, anchor)))
 }
 
 /// One entry of a group's management log.
@@ -47,6 +59,14 @@ pub struct Entry {
     pub device: PublicKey,
     /// The author's clock (Unix ms), informative.
     pub time_ms: u64,
+    /// The server hosting the log from this entry on (a change is a move,
+    /// which only an admin can sign).
+    pub server: Name,
+    /// The key epoch's access lock: the hash of the token that lets a
+    /// member post and read messages on the hosting server
+    /// ([`super::crypto::access_lock`]). Changes exactly when the epoch
+    /// does.
+    pub access: Hash,
     /// The admins after this entry (1 to [`MAX_ADMINS`], no duplicates).
     pub admins: Vec<Name>,
     /// The key epoch after this entry: equal to the previous one, or one
@@ -72,6 +92,8 @@ impl Entry {
             &self.author,
             &self.device,
             self.time_ms,
+            &self.server,
+            &self.access,
             &self.admins,
             self.epoch,
             &self.body,
@@ -86,7 +108,7 @@ impl Entry {
 }
 
 /// What the log says after an entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct LogState {
     /// The group.
     pub group: Hash,
@@ -98,6 +120,27 @@ pub struct LogState {
     pub admins: Vec<Name>,
     /// The key epoch.
     pub epoch: u64,
+    /// The hosting server.
+    pub server: Name,
+    /// The epoch's access lock.
+    pub access: Hash,
+}
+
+impl LogState {
+    /// The state an entry leaves, taken as given (the entry a member was
+    /// invited at, or the anchor of a moved log): its position, head,
+    /// admins, epoch, server and access lock.
+    pub fn at(e: &Entry) -> Self {
+        LogState {
+            group: e.group,
+            seq: e.seq,
+            head: e.head(),
+            admins: e.admins.clone(),
+            epoch: e.epoch,
+            server: e.server.clone(),
+            access: e.access,
+        }
+    }
 }
 
 /// Why an entry does not follow the log.
@@ -151,6 +194,10 @@ pub enum LogError {
     /// The body is too large.
     #[error("a body of {0} bytes; at most {MAX_BODY}")]
     TooLarge(usize),
+    /// The access lock changes without a new epoch, or a new epoch keeps
+    /// the old lock.
+    #[error("the access lock changes exactly when the epoch does")]
+    Access,
 }
 
 fn check_common(
@@ -209,13 +256,7 @@ pub fn genesis(
         });
     }
     check_common(network, e, author_record, &e.admins)?;
-    Ok(LogState {
-        group: e.group,
-        seq: 0,
-        head: e.head(),
-        admins: e.admins.clone(),
-        epoch: 0,
-    })
+    Ok(LogState::at(e))
 }
 
 /// Check `e` as the entry after `state` (`author_record` is the author's
@@ -248,14 +289,11 @@ pub fn next(
             got: e.epoch,
         });
     }
+    if (e.epoch == state.epoch) != (e.access == state.access) {
+        return Err(LogError::Access);
+    }
     check_common(network, e, author_record, &state.admins)?;
-    Ok(LogState {
-        group: state.group,
-        seq: e.seq,
-        head: e.head(),
-        admins: e.admins.clone(),
-        epoch: e.epoch,
-    })
+    Ok(LogState::at(e))
 }
 
 #[cfg(test)]
@@ -292,6 +330,8 @@ mod tests {
             author: n(author),
             device: keys.device().sign,
             time_ms: 1,
+            server: n("~s1"),
+            access: Hash([epoch as u8; 32]),
             admins: admins.iter().map(|a| n(a)).collect(),
             epoch,
             body: vec![1, 2, 3],
@@ -389,6 +429,21 @@ mod tests {
         assert_eq!(
             next(&NET, &s0, &twice, &record(&[&alice])),
             Err(LogError::Admins)
+        );
+        // The access lock changes exactly with the epoch.
+        let mut lock = entry(&alice, "@alice", 1, s0.head, &["@alice"], 0);
+        lock.access = Hash([9; 32]);
+        lock.sig = alice.sign(ENTRY_SIG_TAG, &lock.signing_payload(&NET));
+        assert_eq!(
+            next(&NET, &s0, &lock, &record(&[&alice])),
+            Err(LogError::Access)
+        );
+        let mut kept = entry(&alice, "@alice", 1, s0.head, &["@alice"], 1);
+        kept.access = s0.access;
+        kept.sig = alice.sign(ENTRY_SIG_TAG, &kept.signing_payload(&NET));
+        assert_eq!(
+            next(&NET, &s0, &kept, &record(&[&alice])),
+            Err(LogError::Access)
         );
         // A genesis must list its author.
         let g2 = entry(&alice, "@alice", 0, Hash::ZERO, &["@bob"], 0);

@@ -24,19 +24,19 @@ use xirtam_node_api::NodeApiClient;
 use xirtam_proofs::{Hash, Name, SecretKey, decode, encode};
 use xirtam_testnet::{Config, Testnet};
 
-const WAIT: Duration = Duration::from_secs(90);
+pub(crate) const WAIT: Duration = Duration::from_secs(90);
 /// Postage of the test servers: 12 bits (about a millisecond) instead of
 /// the default 22 (about a second), so tests stay quick; the cost of the
 /// default is measured by the benchmarks.
 const TEST_POSTAGE: &[&str] = &["--postage-bits", "12"];
 
-fn n(s: &str) -> Name {
+pub(crate) fn n(s: &str) -> Name {
     Name::new(s).expect("valid name")
 }
 
 /// A regtest network of `nodes` nodes with a block every 200 ms and the
 /// given servers running.
-async fn chat_net(nodes: usize, servers: &[&str]) -> Testnet {
+pub(crate) async fn chat_net(nodes: usize, servers: &[&str]) -> Testnet {
     let mut net = Testnet::start(Config {
         nodes,
         log: "warn".into(),
@@ -53,7 +53,7 @@ async fn chat_net(nodes: usize, servers: &[&str]) -> Testnet {
     net
 }
 
-async fn user(net: &Testnet, dir: &Path, name: &str, server: &str) -> ChatClient {
+pub(crate) async fn user(net: &Testnet, dir: &Path, name: &str, server: &str) -> ChatClient {
     let c = ChatClient::init(dir, net.client_config().expect("config")).expect("init");
     c.register(&n(name), &n(server)).await.expect("register");
     c
@@ -210,21 +210,25 @@ async fn server_kill_9_loses_no_acknowledged_message_and_queued_ones_survive_cli
 
 /// Run `xirtam-chat` on regtest with every node of `net` and data
 /// directory `dir`, then `args`.
-fn chat_cli(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn chat_cli(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Output {
     chat_cli_command(net, dir, args)
         .output()
         .expect("run xirtam-chat")
 }
 
 /// `chat_cli` without blocking the runtime (the network keeps mining).
-async fn chat_cli_async(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) async fn chat_cli_async(
+    net: &Testnet,
+    dir: &Path,
+    args: &[&str],
+) -> std::process::Output {
     tokio::process::Command::from(chat_cli_command(net, dir, args))
         .output()
         .await
         .expect("run xirtam-chat")
 }
 
-fn chat_cli_command(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Command {
+pub(crate) fn chat_cli_command(net: &Testnet, dir: &Path, args: &[&str]) -> std::process::Command {
     let bin =
         xirtam_testnet::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN").expect("xirtam-chat built");
     let mut full = vec![
@@ -533,6 +537,27 @@ impl ConciergeApiServer for KeyForger {
         Err(not_forwarded())
     }
     async fn link_read(&self, _: String, _: u8, _: u32, _: u64) -> RpcResult<Vec<String>> {
+        Err(not_forwarded())
+    }
+    async fn group_append(
+        &self,
+        _: String,
+        _: String,
+        _: Option<String>,
+    ) -> RpcResult<api::GroupHead> {
+        Err(not_forwarded())
+    }
+    fn group_log(&self, _: String, _: u64, _: u32) -> RpcResult<api::GroupEntries> {
+        Err(not_forwarded())
+    }
+    async fn group_post(&self, _: String, _: String, _: String) -> RpcResult<u64> {
+        Err(not_forwarded())
+    }
+    async fn group_receive(
+        &self,
+        _: Vec<api::GroupCursor>,
+        _: u64,
+    ) -> RpcResult<Vec<api::GroupBatch>> {
         Err(not_forwarded())
     }
 }
@@ -1924,7 +1949,7 @@ async fn cli_link(
     (code, child, seen)
 }
 
-fn text(out: &std::process::Output) -> String {
+pub(crate) fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

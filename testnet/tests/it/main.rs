@@ -3,6 +3,7 @@
 
 mod chat;
 mod common;
+mod groups;
 mod lightclient;
 mod network;
 mod rogue;
