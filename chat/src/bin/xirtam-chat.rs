@@ -189,6 +189,15 @@ enum GroupCmd {
         /// The group.
         group: String,
     },
+    /// Move the group to another server (admins): the log continues there,
+    /// the key rotates, and every member follows.
+    Move {
+        /// The group.
+        group: String,
+        /// The new server (`~...`).
+        #[arg(long)]
+        server: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -416,6 +425,11 @@ async fn group(c: &ChatClient, cmd: GroupCmd) -> Result<()> {
             show_group_info(&c.group_rename(&find(&g)?, &n).await?)
         }
         GroupCmd::Rotate { group: g } => show_group_info(&c.group_rotate(&find(&g)?).await?),
+        GroupCmd::Move { group: g, server } => {
+            let info = c.group_move(&find(&g)?, &name(&server)?).await?;
+            show_flush(&c.flush().await?);
+            show_group_info(&info);
+        }
         GroupCmd::Leave { group: g } => {
             let id = find(&g)?;
             c.group_leave(&id).await?;

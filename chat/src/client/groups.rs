@@ -101,6 +101,22 @@ pub enum GroupDm {
         /// The epoch it lacks.
         epoch: u64,
     },
+    /// An admin moved the group's log to another server: the entry that
+    /// continues the log there (signed by an admin at the head it
+    /// follows, which is what members check; the DM's sender proves
+    /// nothing).
+    Moved {
+        /// The group.
+        group: Hash,
+        /// The new server.
+        server: Name,
+        /// Its key, from its verified record when the move was made.
+        server_key: PublicKey,
+        /// The new segment.
+        segment: Hash,
+        /// The move entry, encoded.
+        entry: Vec<u8>,
+    },
 }
 
 /// What this device knows of a group.
@@ -128,7 +144,33 @@ pub struct GroupState {
     /// Set when the server showed a log that disagrees with another
     /// member's, or broke the rule.
     pub forked: Option<String>,
+    /// The last entry, encoded (the anchor of a move).
+    pub last: Vec<u8>,
+    /// Messages stored for this group on this device.
+    pub stored: u64,
+    /// The lane the group had before it moved, still read for a grace
+    /// period (messages posted there by members who had not seen the move
+    /// yet are not lost).
+    pub previous: Option<Previous>,
 }
+
+/// A lane a group moved away from.
+#[derive(Debug, Clone, Encode, Decode)]
+pub struct Previous {
+    /// Its segment.
+    pub segment: Hash,
+    /// Its server.
+    pub server: Name,
+    /// Last sequence number processed there.
+    pub cursor: u64,
+    /// The epoch whose access token reads it.
+    pub epoch: u64,
+    /// Read until then (Unix ms).
+    pub until_ms: u64,
+}
+
+/// How long the lane a group moved from is still read.
+pub const MOVE_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl GroupState {
     /// The key of `epoch`, if known.
@@ -253,6 +295,13 @@ impl<D: Directory, C: Connector> Core<D, C> {
             out.push(self.load_group(&g)?.info());
         }
         Ok(out)
+    }
+
+    /// How many group changes of this client lost a compare-and-swap to
+    /// another admin's and were made again on the new head.
+    pub fn group_cas_retries(&self) -> u64 {
+        self.group_retries
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One group.
@@ -428,6 +477,9 @@ impl<D: Directory, C: Connector> Core<D, C> {
             missing: None,
             asked: None,
             forked: None,
+            last: encode(&entry),
+            stored: 0,
+            previous: None,
         };
         self.commit_group(&st)?;
         // Our other devices join too.
@@ -599,6 +651,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         }
         st.log = next;
         st.push_head(e.seq, st.log.head);
+        st.last = encode(e);
         let _ = me;
         self.emit(ClientEvent::GroupChanged {
             group: st.group,
@@ -693,6 +746,8 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 }
                 Err(CallError::Refused { code: c, .. }) if c == code::HEAD_MOVED => {
                     tracing::info!(target: "client::groups", group = %st.group, "lost a compare-and-swap; re-reading the log");
+                    self.group_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     continue;
                 }
                 Err(e) => return Err(self.group_err(&server, "group_append", e)),
@@ -863,6 +918,109 @@ impl<D: Directory, C: Connector> Core<D, C> {
         .await
     }
 
+    /// Move the group to `to` (admins): the log continues there with an
+    /// entry that follows the current head (and rotates the key, so the
+    /// old server's access token opens nothing on the new one); every
+    /// member is told by DM and checks that entry against its own log. The
+    /// old server is not needed - a ragequit from a server that stopped
+    /// answering works from what this device has verified - and cannot
+    /// forge a move, which only an admin can sign. The old lane is still
+    /// read for [`MOVE_GRACE`].
+    pub async fn group_move(&self, g: &Hash, to: &Name) -> Result<GroupInfo> {
+        let me = self.me()?;
+        self.check_listed(&me).await?;
+        let _l = self.groups.lock().await;
+        let mut st = self.load_group(g)?;
+        if &st.log.server == to {
+            return Ok(st.info());
+        }
+        // Catch up with the old server if it answers.
+        if let Err(e) = self.sync_log(&me, &mut st).await {
+            tracing::warn!(target: "client::groups", error = %e, "moving without the old server's latest entries");
+        }
+        if !st.log.admins.contains(&me) {
+            return Err(ClientError::Invalid(format!(
+                "{me} is not an admin of this group (admins: {})",
+                names(&st.log.admins)
+            )));
+        }
+        let server_key = self.server(to).await?.record().key;
+        let key = EpochKey::random()?;
+        let epoch = st.log.epoch + 1;
+        let devices = self.member_devices(&st.body.roster).await?;
+        let seal = gc::seal_key(&st.group, epoch, &key, &devices)?;
+        let mut body = st.body.clone();
+        body.change = Change::Moved(to.clone());
+        let seq = st.log.seq + 1;
+        let sealed = gc::seal_body(&st.group, seq, &st.log.head, &key, &body)?;
+        let entry = self.sign_entry(
+            &me,
+            st.group,
+            seq,
+            st.log.head,
+            to.clone(),
+            key.access_lock(&st.group, epoch),
+            st.log.admins.clone(),
+            epoch,
+            encode(&EntryBody {
+                seal: Some(seal),
+                body: sealed,
+            }),
+        );
+        let segment = segment_id(&st.group, &st.log.head);
+        let conn = self.conn(to).await?;
+        conn.rpc
+            .group_append(&segment, &encode(&entry), Some(&st.last))
+            .await
+            .map_err(|e| self.group_err(to, "group_append", e))?;
+        st.add_key(epoch, key);
+        self.follow_move(&me, &mut st, &entry, segment)
+            .await?
+            .map_err(|why| ClientError::Invalid(format!("our own move: {why}")))?;
+        self.commit_group(&st)?;
+        let dm = GroupDm::Moved {
+            group: st.group,
+            server: to.clone(),
+            server_key,
+            segment,
+            entry: encode(&entry),
+        };
+        for m in &st.body.roster {
+            // To ourselves too: our other devices follow.
+            self.queue_group_dm(&me, m, &dm)?;
+        }
+        self.groups_wake.notify_one();
+        Ok(st.info())
+    }
+
+    /// Apply a move entry `e` (which must follow our head) and switch to
+    /// `segment`, keeping the old lane as the previous one.
+    async fn follow_move(
+        &self,
+        me: &Name,
+        st: &mut GroupState,
+        e: &Entry,
+        segment: Hash,
+    ) -> Result<std::result::Result<(), String>> {
+        if e.server == st.log.server {
+            return Ok(Err("it names the same server".into()));
+        }
+        let old = Previous {
+            segment: st.segment,
+            server: st.log.server.clone(),
+            cursor: st.cursor,
+            epoch: st.log.epoch,
+            until_ms: unix_ms().saturating_add(MOVE_GRACE.as_millis() as u64),
+        };
+        if let Err(why) = self.apply_entry(me, st, e).await? {
+            return Ok(Err(why));
+        }
+        st.previous = Some(old);
+        st.segment = segment;
+        st.cursor = 0;
+        Ok(Ok(()))
+    }
+
     /// Accept the invitation to group `g`: the hosting server must still
     /// have the key the invitation pinned, and its log must hold the
     /// pinned entry (position and head) - a server that serves another
@@ -935,6 +1093,9 @@ impl<D: Directory, C: Connector> Core<D, C> {
             missing: None,
             asked: None,
             forked: None,
+            last: bytes.clone(),
+            stored: 0,
+            previous: None,
         };
         self.sync_log(me, &mut st).await?;
         if let Some(why) = &st.forked {
@@ -1027,7 +1188,8 @@ impl<D: Directory, C: Connector> Core<D, C> {
             )
             .await
             .map_err(|e| self.group_err(&server, "group_post", e))?;
-        let m = GroupMsg {
+        let mut m = GroupMsg {
+            local: 0,
             group: st.group,
             seq,
             id,
@@ -1038,8 +1200,11 @@ impl<D: Directory, C: Connector> Core<D, C> {
             text: text.to_owned(),
         };
         if kind == GROUP_TEXT {
+            st.stored += 1;
+            m.local = st.stored;
             let mut b = self.store.batch();
             b.group_message(&m)?;
+            self.save_group(&st, &mut b)?;
             b.commit()?;
         }
         Ok(m)
@@ -1117,6 +1282,63 @@ impl<D: Directory, C: Connector> Core<D, C> {
                         self.commit_group(&st)?;
                     }
                 }
+                GroupDm::Moved {
+                    group,
+                    server,
+                    server_key,
+                    segment,
+                    entry,
+                } => {
+                    let Ok(mut st) = self.load_group(&group) else {
+                        continue;
+                    };
+                    if st.segment == segment {
+                        continue;
+                    }
+                    let Ok(e) = decode::<Entry>(&entry) else {
+                        continue;
+                    };
+                    if e.group != group
+                        || e.server != server
+                        || segment != segment_id(&group, &e.prev)
+                    {
+                        continue;
+                    }
+                    // Catch up with the old server first (best effort: it
+                    // may be why the group moves).
+                    let _ = self.sync_log(me, &mut st).await;
+                    let refused = |why: String| {
+                        ClientEvent::Error(format!("refused a move of group {group} to {server}: {why}"))
+                    };
+                    if st.log.head != e.prev {
+                        self.emit(refused(format!(
+                            "it follows entry {} ({}), but this device's log is at entry {} ({})",
+                            e.seq.saturating_sub(1),
+                            e.prev,
+                            st.log.seq,
+                            st.log.head
+                        )));
+                        continue;
+                    }
+                    match self.server(&server).await {
+                        Ok(v) if v.record().key == server_key => {}
+                        _ => {
+                            self.emit(refused("the new server's verified key is not the one the move names".into()));
+                            continue;
+                        }
+                    }
+                    match self.follow_move(me, &mut st, &e, segment).await? {
+                        Ok(()) => {
+                            self.sync_log(me, &mut st).await?;
+                            self.commit_group(&st)?;
+                            self.emit(ClientEvent::GroupChanged {
+                                group,
+                                change: format!("moved to {server}"),
+                            });
+                        }
+                        Err(why) => self.emit(refused(why)),
+                    }
+                }
                 GroupDm::Ask { group, epoch } => {
                     let Ok(st) = self.load_group(&group) else {
                         continue;
@@ -1143,8 +1365,10 @@ impl<D: Directory, C: Connector> Core<D, C> {
             let _l = self.groups.lock().await;
             self.group_dms(&me).await?;
         }
-        // One long-poll per hosting server.
+        // One long-poll per hosting server: every group's lane, and the
+        // lane a group moved from while its grace period lasts.
         let mut by_server: HashMap<Name, Vec<GroupReadFrom>> = HashMap::new();
+        let now = unix_ms();
         for g in self.group_ids()? {
             let st = self.load_group(&g)?;
             if st.forked.is_some() {
@@ -1168,6 +1392,21 @@ impl<D: Directory, C: Connector> Core<D, C> {
                     after: st.cursor,
                     log_after: st.log.seq,
                 });
+            if let Some(p) = &st.previous
+                && p.until_ms > now
+                && let Some(old) = st.key(p.epoch)
+            {
+                by_server
+                    .entry(p.server.clone())
+                    .or_default()
+                    .push(GroupReadFrom {
+                        segment: p.segment,
+                        access: old.access_token(&st.group, p.epoch),
+                        after: p.cursor,
+                        // Its log is not followed any more.
+                        log_after: u64::MAX,
+                    });
+            }
         }
         if by_server.is_empty() {
             let _ = tokio::time::timeout(wait, self.groups_wake.notified()).await;
@@ -1188,36 +1427,64 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let answers = futures::future::join_all(polls).await;
         let mut leaving: Vec<(Hash, Name)> = Vec::new();
         let _l = self.groups.lock().await;
-        let segments: HashMap<Hash, Hash> = self
-            .group_ids()?
-            .into_iter()
-            .filter_map(|g| self.load_group(&g).ok().map(|st| (st.segment, g)))
-            .collect();
+        // Segment → (group, whether it is the lane the group moved from).
+        let mut segments: HashMap<Hash, (Hash, bool)> = HashMap::new();
+        for g in self.group_ids()? {
+            if let Ok(st) = self.load_group(&g) {
+                segments.insert(st.segment, (g, false));
+                if let Some(p) = &st.previous {
+                    segments.insert(p.segment, (g, true));
+                }
+            }
+        }
         for (server, got) in answers {
             let batches = match got {
                 Ok(b) => b,
+                Err(ClientError::Refused { code: c, .. }) if c == code::FORBIDDEN => {
+                    // A token of an epoch the server no longer admits: the
+                    // log moved on by more than one rotation while we were
+                    // away. Read it (it is open) for the new keys.
+                    for (g, old_lane) in segments.values() {
+                        let Ok(mut st) = self.load_group(g) else { continue };
+                        if *old_lane || st.log.server != server {
+                            continue;
+                        }
+                        match self.sync_log(&me, &mut st).await {
+                            Ok(_) => self.commit_group(&st)?,
+                            Err(e) => report.errors.push(format!("{server}: {e}")),
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     report.errors.push(format!("{server}: {e}"));
                     continue;
                 }
             };
             for batch in batches {
-                let Some(g) = segments.get(&batch.segment) else {
+                let Some((g, old_lane)) = segments.get(&batch.segment).copied() else {
                     continue;
                 };
-                let mut st = self.load_group(g)?;
-                if batch.log_seq > st.log.seq {
+                let mut st = self.load_group(&g)?;
+                if !old_lane && batch.log_seq > st.log.seq {
                     self.sync_log(&me, &mut st).await?;
                 }
+                let mut cursor = if old_lane {
+                    st.previous.as_ref().map_or(u64::MAX, |p| p.cursor)
+                } else {
+                    st.cursor
+                };
                 let mut b = self.store.batch();
                 let mut events = Vec::new();
                 for (seq, bytes) in batch.messages {
-                    if seq <= st.cursor || st.forked.is_some() {
+                    if seq <= cursor || st.forked.is_some() {
                         continue;
                     }
                     match self.group_message(&me, &mut st, seq, &bytes).await? {
                         Incoming::Wait => break,
-                        Incoming::Text(m) => {
+                        Incoming::Text(mut m) => {
+                            st.stored += 1;
+                            m.local = st.stored;
                             b.group_message(&m)?;
                             events.push(ClientEvent::GroupMessage(m.clone()));
                             report.messages.push(m);
@@ -1230,7 +1497,12 @@ impl<D: Directory, C: Connector> Core<D, C> {
                         }
                         Incoming::Seen => {}
                     }
-                    st.cursor = seq;
+                    cursor = seq;
+                }
+                match (old_lane, st.previous.as_mut()) {
+                    (true, Some(p)) => p.cursor = cursor,
+                    (true, None) => {}
+                    (false, _) => st.cursor = cursor,
                 }
                 if let Some(epoch) = st.missing
                     && st.asked != Some(epoch)
@@ -1337,6 +1609,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         }
         match ev.event.kind {
             GROUP_TEXT => Ok(Incoming::Text(GroupMsg {
+                local: 0,
                 group: st.group,
                 seq,
                 id,

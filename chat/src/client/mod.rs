@@ -468,6 +468,8 @@ pub struct Core<D, C: Connector> {
     groups: tokio::sync::Mutex<()>,
     /// Woken when a group is added (the group loop starts reading it).
     groups_wake: tokio::sync::Notify,
+    /// Group changes that lost a compare-and-swap and were made again.
+    group_retries: std::sync::atomic::AtomicU64,
     /// One write of our own record at a time (each starts from the latest
     /// record, so a link and a removal do not undo each other).
     record_writes: tokio::sync::Mutex<()>,
@@ -652,6 +654,7 @@ impl<D: Directory, C: Connector> Client<D, C> {
             grants: tokio::sync::Mutex::new(()),
             groups: tokio::sync::Mutex::new(()),
             groups_wake: tokio::sync::Notify::new(),
+            group_retries: std::sync::atomic::AtomicU64::new(0),
             record_writes: tokio::sync::Mutex::new(()),
             outbox_wake: tokio::sync::Notify::new(),
             flush_early: AtomicBool::new(false),

@@ -9,7 +9,7 @@
 //! Column families: `state` (small named values), `messages` (u64be local
 //! sequence → [`Message`]), `seen` (event id → local sequence), `outbox`
 //! (u64be local sequence → [`Pending`]), `group_messages` (group id ‖
-//! u64be(lane sequence) → [`GroupMsg`]).
+//! u64be(position on this device) → [`GroupMsg`]).
 
 use std::path::Path;
 
@@ -28,9 +28,12 @@ const CF_GROUP_MESSAGES: &str = "group_messages";
 /// A group message as the client keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct GroupMsg {
+    /// Position among the group's messages on this device.
+    pub local: u64,
     /// The group.
     pub group: Hash,
-    /// Its sequence number in the group's lane on the hosting server.
+    /// Its sequence number in the lane it came through (a group that
+    /// moved has a new lane, numbered from 1).
     pub seq: u64,
     /// Event id.
     pub id: Hash,
@@ -332,7 +335,7 @@ impl Batch<'_> {
 
     /// Store a group message (and mark its event seen).
     pub fn group_message(&mut self, m: &GroupMsg) -> Result<(), StoreError> {
-        let key = [&m.group.0[..], &be(m.seq)].concat();
+        let key = [&m.group.0[..], &be(m.local)].concat();
         self.wb
             .put_cf(self.store.cf(CF_GROUP_MESSAGES)?, key, encode(m));
         self.wb.put_cf(self.store.cf(CF_SEEN)?, m.id.0, be(0));
