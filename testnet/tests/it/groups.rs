@@ -2,11 +2,15 @@
 //! testnet harness, clients in-process (the library behind `xirtam-chat`)
 //! and through the CLI.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use xirtam_chat::api::{self, ConciergeApiClient};
 use xirtam_chat::client::ChatClient;
-use xirtam_proofs::Hash;
+use xirtam_chat::group::log::Entry;
+use xirtam_chat::server::{Limits, ServerConfig};
+use xirtam_proofs::{Hash, decode};
 use xirtam_testnet::Testnet;
 
 use super::chat::{WAIT, chat_cli_async, chat_net, n, text, user};
@@ -335,4 +339,302 @@ async fn two_admins_changing_at_once_leave_a_working_group() {
         .collect();
     assert!(heads.windows(2).all(|w| w[0] == w[1]), "{heads:?}");
     assert!(carol.group(&g).expect("group").forked.is_none());
+}
+
+/// A hostile group host: a front (at the URL a real server `~evil`
+/// publishes) that keeps group logs in memory and can show different
+/// members different branches of a log, or another group's log.
+#[derive(Clone, Default)]
+struct HostileHost {
+    /// Per segment, its branches (each a list of encoded entries from
+    /// position 0).
+    logs: std::sync::Arc<std::sync::Mutex<HashMap<Hash, Vec<Vec<Vec<u8>>>>>>,
+    /// Per segment, the posted messages.
+    lanes: std::sync::Arc<std::sync::Mutex<HashMap<Hash, Vec<Vec<u8>>>>>,
+    /// The branch served (and appended to) now.
+    serve: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Serve the second segment's log when the first is asked for.
+    redirect: std::sync::Arc<std::sync::Mutex<Option<(Hash, Hash)>>>,
+}
+
+fn refused(code: i32, msg: &str) -> jsonrpsee::types::ErrorObjectOwned {
+    jsonrpsee::types::ErrorObjectOwned::owned(code, msg.to_owned(), None::<()>)
+}
+
+impl HostileHost {
+    /// From now on, a second branch (a copy of the first) is kept.
+    fn fork(&self) {
+        for branches in self.logs.lock().expect("lock").values_mut() {
+            let first = branches[0].clone();
+            branches.push(first);
+        }
+    }
+
+    fn serve(&self, branch: usize) {
+        self.serve
+            .store(branch, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn branch(&self, segment: &Hash) -> Vec<Vec<u8>> {
+        let segment = match *self.redirect.lock().expect("lock") {
+            Some((from, to)) if &from == segment => to,
+            _ => *segment,
+        };
+        let logs = self.logs.lock().expect("lock");
+        let b = self.serve.load(std::sync::atomic::Ordering::SeqCst);
+        logs.get(&segment)
+            .map(|branches| branches[b.min(branches.len() - 1)].clone())
+            .unwrap_or_default()
+    }
+
+    fn head(segment: &Hash, branch: &[Vec<u8>]) -> api::GroupHead {
+        let last: Entry = decode(branch.last().expect("an entry")).expect("entry");
+        api::GroupHead {
+            segment: segment.to_hex(),
+            first: 0,
+            seq: last.seq,
+            head: last.head().to_hex(),
+        }
+    }
+
+    fn module(self) -> jsonrpsee::RpcModule<HostileHost> {
+        let mut m = jsonrpsee::RpcModule::new(self);
+        m.register_method("group_append", |p, h, _| {
+            let (segment, entry, _anchor): (String, String, Option<String>) = p.parse()?;
+            let segment = Hash::from_hex(&segment).map_err(|_| refused(-32602, "segment"))?;
+            let bytes = hex::decode(entry).map_err(|_| refused(-32602, "hex"))?;
+            let e: Entry = decode(&bytes).map_err(|_| refused(-32602, "entry"))?;
+            let b = h.serve.load(std::sync::atomic::Ordering::SeqCst);
+            let mut logs = h.logs.lock().expect("lock");
+            let branches = logs.entry(segment).or_insert_with(|| vec![Vec::new()]);
+            let last = branches.len() - 1;
+            let branch = &mut branches[b.min(last)];
+            let head = branch
+                .last()
+                .map(|x| decode::<Entry>(x).expect("entry").head())
+                .unwrap_or(Hash::ZERO);
+            if e.prev != head {
+                return Err(refused(api::code::HEAD_MOVED, "head moved"));
+            }
+            branch.push(bytes);
+            Ok::<_, jsonrpsee::types::ErrorObjectOwned>(HostileHost::head(&segment, branch))
+        })
+        .expect("register");
+        m.register_method("group_log", |p, h, _| {
+            let (segment, after, _limit): (String, u64, u32) = p.parse()?;
+            let segment = Hash::from_hex(&segment).map_err(|_| refused(-32602, "segment"))?;
+            let branch = h.branch(&segment);
+            if branch.is_empty() {
+                return Err(refused(api::code::NOT_FOUND, "no such log"));
+            }
+            Ok(api::GroupEntries {
+                head: HostileHost::head(&segment, &branch),
+                entries: branch
+                    .iter()
+                    .skip(after.saturating_add(1) as usize)
+                    .map(hex::encode)
+                    .collect(),
+            })
+        })
+        .expect("register");
+        m.register_method("group_post", |p, h, _| {
+            let (segment, _access, message): (String, String, String) = p.parse()?;
+            let segment = Hash::from_hex(&segment).map_err(|_| refused(-32602, "segment"))?;
+            let bytes = hex::decode(message).map_err(|_| refused(-32602, "hex"))?;
+            let mut lanes = h.lanes.lock().expect("lock");
+            let lane = lanes.entry(segment).or_default();
+            lane.push(bytes);
+            Ok::<_, jsonrpsee::types::ErrorObjectOwned>(lane.len() as u64)
+        })
+        .expect("register");
+        m.register_async_method("group_receive", |p, h, _| async move {
+            let (cursors, wait): (Vec<api::GroupCursor>, u64) = p.parse()?;
+            // No notification: answer after a short wait (a test double).
+            tokio::time::sleep(Duration::from_millis(wait.min(100))).await;
+            let mut out = Vec::new();
+            for c in cursors {
+                let segment =
+                    Hash::from_hex(&c.segment).map_err(|_| refused(-32602, "segment"))?;
+                let branch = h.branch(&segment);
+                let lanes = h.lanes.lock().expect("lock");
+                let msgs = lanes.get(&segment).cloned().unwrap_or_default();
+                out.push(api::GroupBatch {
+                    segment: c.segment.clone(),
+                    log_seq: HostileHost::head(&segment, &branch).seq,
+                    messages: msgs
+                        .iter()
+                        .enumerate()
+                        .skip(c.after as usize)
+                        .map(|(i, m)| api::Delivered {
+                            seq: i as u64 + 1,
+                            envelope: hex::encode(m),
+                        })
+                        .collect(),
+                });
+            }
+            Ok::<_, jsonrpsee::types::ErrorObjectOwned>(out)
+        })
+        .expect("register");
+        m
+    }
+}
+
+/// Start `~evil`: a real server whose record's URL is a [`HostileHost`]
+/// front (which forwards `server_info` to it).
+async fn hostile_host(
+    net: &Testnet,
+) -> (
+    HostileHost,
+    xirtam_chat::server::RunningServer,
+    jsonrpsee::server::ServerHandle,
+) {
+    let front = jsonrpsee::server::Server::builder()
+        .build("127.0.0.1:0")
+        .await
+        .expect("bind the front");
+    let url = format!("http://{}", front.local_addr().expect("addr"));
+    let real = xirtam_chat::server::start(ServerConfig {
+        name: n("~evil"),
+        params: net.params().expect("params"),
+        datadir: net.root().join("evil"),
+        nodes: net.node_urls(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: Some(url),
+        plain_http: false,
+        depth: None,
+        limits: Limits::default(),
+    })
+    .await
+    .expect("server");
+    let inner = xirtam_chat::tls::concierge_client(
+        &format!("https://{}", real.addr),
+        &real.key,
+        Duration::from_secs(30),
+        64 << 20,
+    )
+    .expect("client of the real server");
+    let host = HostileHost::default();
+    let mut module = host.clone().module();
+    module
+        .register_async_method("server_info", move |_, _, _| {
+            let inner = inner.clone();
+            async move {
+                inner
+                    .server_info()
+                    .await
+                    .map_err(|e| refused(-32000, &e.to_string()))
+            }
+        })
+        .expect("register");
+    let handle = front.start(module);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let c = xirtam_chat::tls::concierge_client(
+            &format!("https://{}", real.addr),
+            &real.key,
+            Duration::from_secs(30),
+            1 << 20,
+        )
+        .expect("client");
+        if c.server_info().await.expect("info").registered_at.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "~evil not registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (host, real, handle)
+}
+
+/// A server that shows two members two branches of the log (each built
+/// on the same head by a different admin) is caught by both: each sees a
+/// message sent under a head that is not theirs at that position.
+#[tokio::test]
+async fn a_server_showing_members_different_logs_is_detected() {
+    let net = chat_net(1, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
+    let (host, _evil, _front) = hostile_host(&net).await;
+    let g = alice
+        .group_create("split", Some(&n("~evil")))
+        .await
+        .expect("create on ~evil")
+        .group;
+    invite_all(&alice, &g, &[(&bob, "@bob")]).await;
+    alice
+        .group_admin(&g, &n("@bob"), true)
+        .await
+        .expect("promote");
+    until(&bob, "bob's promotion", |c| {
+        c.group(&g).expect("group").admins.len() == 2
+    })
+    .await;
+    // From here, alice is shown one branch and bob another.
+    host.fork();
+    host.serve(0);
+    alice.group_rename(&g, "A").await.expect("rename on branch 0");
+    alice.group_send(&g, "from a").await.expect("send");
+    host.serve(1);
+    bob.group_rename(&g, "B").await.expect("rename on branch 1");
+    bob.group_send(&g, "from b").await.expect("send");
+    // Each reads the lane (shared) under its own branch.
+    until(&bob, "bob to notice", |c| {
+        c.group(&g).expect("group").forked.is_some()
+    })
+    .await;
+    host.serve(0);
+    until(&alice, "alice to notice", |c| {
+        c.group(&g).expect("group").forked.is_some()
+    })
+    .await;
+    for c in [&alice, &bob] {
+        let why = c.group(&g).expect("group").forked.expect("forked");
+        assert!(why.contains("different logs"), "{why}");
+        // A forked group refuses to post until it is moved.
+        assert!(c.group_send(&g, "more").await.is_err());
+    }
+}
+
+/// An invitation pins the log entry and the server's key: a server that
+/// answers the invited group's log with another group's (to hijack the
+/// invitee into a group of its choosing) is refused.
+#[tokio::test]
+async fn an_invitation_replayed_into_another_group_is_refused() {
+    let net = chat_net(1, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
+    let (host, _evil, _front) = hostile_host(&net).await;
+    let evil = n("~evil");
+    let g1 = alice
+        .group_create("wanted", Some(&evil))
+        .await
+        .expect("create")
+        .group;
+    let g2 = alice
+        .group_create("other", Some(&evil))
+        .await
+        .expect("create")
+        .group;
+    // Bob is invited to both: the server replays the second group's log
+    // (where bob is a member too, at the same position) for the first.
+    for g in [&g1, &g2] {
+        alice.group_invite(g, &n("@bob")).await.expect("invite");
+    }
+    alice.flush().await.expect("flush");
+    until(&bob, "the invitations", |c| {
+        c.group_invites().expect("invites").len() == 2
+    })
+    .await;
+    let seg = |g: &Hash| xirtam_chat::group::log::segment_id(g, &Hash::ZERO);
+    *host.redirect.lock().expect("lock") = Some((seg(&g1), seg(&g2)));
+    let e = bob.group_join(&g1).await.expect_err("refused");
+    assert!(
+        e.to_string().contains("does not hold the entry the invitation pinned"),
+        "{e}"
+    );
+    assert!(bob.groups().expect("groups").is_empty());
+    // Served honestly again, the same invitation works.
+    *host.redirect.lock().expect("lock") = None;
+    bob.group_join(&g1).await.expect("join");
 }
