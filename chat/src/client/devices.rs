@@ -566,6 +566,12 @@ impl<D: Directory, C: Connector> Core<D, C> {
             self.wait_value(&me, &value).await?
         };
         let (messages, parts) = self.provision(&me, &record, &device, history).await?;
+        // The new device joins our groups too (an invitation to ourselves
+        // per group, which our devices accept).
+        self.tell_own_devices_all(&me).await?;
+        if let Err(e) = self.flush().await {
+            tracing::warn!(target: "client::devices", error = %e, "group invitations for the new device stay queued");
+        }
         Ok(Approved {
             device,
             record,

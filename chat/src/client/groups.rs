@@ -514,6 +514,22 @@ impl<D: Directory, C: Connector> Core<D, C> {
         self.queue_group_dm(me, me, &GroupDm::Invite(invite))
     }
 
+    /// Tell our other devices about every group we are in (after a new
+    /// device was linked).
+    pub(crate) async fn tell_own_devices_all(&self, me: &Name) -> Result<()> {
+        let _l = self.groups.lock().await;
+        for g in self.group_ids()? {
+            let st = self.load_group(&g)?;
+            let Some(key) = st.key(st.log.epoch).cloned() else {
+                continue;
+            };
+            if self.conn(&st.log.server).await.is_ok() {
+                self.tell_own_devices(me, &st, &st.log.server.clone(), key)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The verified key of a server we have a connection to.
     fn conn_key(&self, server: &Name) -> Result<PublicKey> {
         self.conns
@@ -1308,7 +1324,9 @@ impl<D: Directory, C: Connector> Core<D, C> {
                     // may be why the group moves).
                     let _ = self.sync_log(me, &mut st).await;
                     let refused = |why: String| {
-                        ClientEvent::Error(format!("refused a move of group {group} to {server}: {why}"))
+                        ClientEvent::Error(format!(
+                            "refused a move of group {group} to {server}: {why}"
+                        ))
                     };
                     if st.log.head != e.prev {
                         self.emit(refused(format!(
@@ -1323,7 +1341,10 @@ impl<D: Directory, C: Connector> Core<D, C> {
                     match self.server(&server).await {
                         Ok(v) if v.record().key == server_key => {}
                         _ => {
-                            self.emit(refused("the new server's verified key is not the one the move names".into()));
+                            self.emit(refused(
+                                "the new server's verified key is not the one the move names"
+                                    .into(),
+                            ));
                             continue;
                         }
                     }
@@ -1445,7 +1466,9 @@ impl<D: Directory, C: Connector> Core<D, C> {
                     // log moved on by more than one rotation while we were
                     // away. Read it (it is open) for the new keys.
                     for (g, old_lane) in segments.values() {
-                        let Ok(mut st) = self.load_group(g) else { continue };
+                        let Ok(mut st) = self.load_group(g) else {
+                            continue;
+                        };
                         if *old_lane || st.log.server != server {
                             continue;
                         }

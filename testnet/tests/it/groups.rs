@@ -235,7 +235,9 @@ async fn a_group_moves_and_every_member_follows_with_nothing_lost() {
     invite_all(&alice, &g, &[(&bob, "@bob"), (&carol, "@carol")]).await;
     // Carol goes offline.
     for i in 0..3 {
-        bob.group_send(&g, &format!("before {i}")).await.expect("send");
+        bob.group_send(&g, &format!("before {i}"))
+            .await
+            .expect("send");
     }
     let moved = alice.group_move(&g, &n("~s2")).await.expect("move");
     assert_eq!((moved.server.clone(), moved.epoch), (n("~s2"), 1));
@@ -453,8 +455,7 @@ impl HostileHost {
             tokio::time::sleep(Duration::from_millis(wait.min(100))).await;
             let mut out = Vec::new();
             for c in cursors {
-                let segment =
-                    Hash::from_hex(&c.segment).map_err(|_| refused(-32602, "segment"))?;
+                let segment = Hash::from_hex(&c.segment).map_err(|_| refused(-32602, "segment"))?;
                 let branch = h.branch(&segment);
                 let lanes = h.lanes.lock().expect("lock");
                 let msgs = lanes.get(&segment).cloned().unwrap_or_default();
@@ -572,7 +573,10 @@ async fn a_server_showing_members_different_logs_is_detected() {
     // From here, alice is shown one branch and bob another.
     host.fork();
     host.serve(0);
-    alice.group_rename(&g, "A").await.expect("rename on branch 0");
+    alice
+        .group_rename(&g, "A")
+        .await
+        .expect("rename on branch 0");
     alice.group_send(&g, "from a").await.expect("send");
     host.serve(1);
     bob.group_rename(&g, "B").await.expect("rename on branch 1");
@@ -630,11 +634,150 @@ async fn an_invitation_replayed_into_another_group_is_refused() {
     *host.redirect.lock().expect("lock") = Some((seg(&g1), seg(&g2)));
     let e = bob.group_join(&g1).await.expect_err("refused");
     assert!(
-        e.to_string().contains("does not hold the entry the invitation pinned"),
+        e.to_string()
+            .contains("does not hold the entry the invitation pinned"),
         "{e}"
     );
     assert!(bob.groups().expect("groups").is_empty());
     // Served honestly again, the same invitation works.
     *host.redirect.lock().expect("lock") = None;
     bob.group_join(&g1).await.expect("join");
+}
+
+/// `kill -9` of the hosting server while an admin rotates the key and a
+/// member posts, three times over: every post the server acknowledged
+/// reaches the other members, every acknowledged rotation holds, and the
+/// group keeps working.
+#[tokio::test]
+async fn kill_9_of_the_host_during_rotations_loses_nothing_acknowledged() {
+    let mut net = chat_net(1, &["~s1", "~s2"]).await;
+    let root = net.root().to_path_buf();
+    // Everyone lives on ~s2; the group is hosted on ~s1, the one killed.
+    let alice = user(&net, &root.join("alice"), "@alice", "~s2").await;
+    let bob = user(&net, &root.join("bob"), "@bob", "~s2").await;
+    let carol = user(&net, &root.join("carol"), "@carol", "~s2").await;
+    let g = alice
+        .group_create("durable", Some(&n("~s1")))
+        .await
+        .expect("create")
+        .group;
+    invite_all(&alice, &g, &[(&bob, "@bob"), (&carol, "@carol")]).await;
+
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let posted = std::sync::Arc::new(tokio::sync::Notify::new());
+    let poster = {
+        let (bob, acked, stop, posted) = (bob.clone(), acked.clone(), stop.clone(), posted.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = format!("m{i}");
+                i += 1;
+                match bob.group_send(&g, &t).await {
+                    Ok(_) => {
+                        acked.lock().expect("lock").push(t);
+                        posted.notify_waiters();
+                    }
+                    // The server is down (or restarting): pace the retries.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        })
+    };
+    let mut acked_epochs = Vec::new();
+    for _ in 0..3 {
+        // Wait until posts go through again, then kill mid-rotation.
+        let before = acked.lock().expect("lock").len();
+        let deadline = Instant::now() + WAIT;
+        while acked.lock().expect("lock").len() < before + 3 {
+            assert!(Instant::now() < deadline, "posts do not go through");
+            let _ = tokio::time::timeout(Duration::from_secs(1), posted.notified()).await;
+        }
+        let rotation = {
+            let alice = alice.clone();
+            tokio::spawn(async move { alice.group_rotate(&g).await })
+        };
+        tokio::task::yield_now().await;
+        net.kill_server(0);
+        if let Ok(info) = rotation.await.expect("rotation task") {
+            acked_epochs.push(info.epoch);
+        }
+        net.restart_server(0).await.expect("server restarts");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    poster.await.expect("poster");
+    // The group still works: a rotation, then a message.
+    let last = alice
+        .group_rotate(&g)
+        .await
+        .expect("rotation after the restarts");
+    assert!(
+        acked_epochs.iter().all(|e| *e < last.epoch),
+        "{acked_epochs:?} {}",
+        last.epoch
+    );
+    bob.group_send(&g, "final").await.expect("send");
+    let mut want = acked.lock().expect("lock").clone();
+    want.push("final".into());
+    for c in [&alice, &carol] {
+        until(c, "every acknowledged post", |c| {
+            let got = texts(c, &g);
+            want.iter().all(|w| got.contains(&format!("@bob: {w}")))
+        })
+        .await;
+        assert_eq!(c.group(&g).expect("group").epoch, last.epoch);
+    }
+}
+
+/// A device left out of a rotation (its user's record, as the admin had it
+/// cached, did not list it yet) keeps the group, asks an admin by DM, gets
+/// the key re-shared and reads on - it is never treated as removed.
+#[tokio::test]
+async fn a_device_left_out_of_a_rotation_asks_and_gets_the_key() {
+    let net = chat_net(1, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
+    let g = alice
+        .group_create("late", None)
+        .await
+        .expect("create")
+        .group;
+    invite_all(&alice, &g, &[(&bob, "@bob")]).await;
+    // Alice's view of bob's record is now fresh (kept 30 s): one device.
+    assert_eq!(
+        alice
+            .whois(&n("@bob"))
+            .await
+            .expect("whois")
+            .record()
+            .devices
+            .len(),
+        1
+    );
+    let bob2 = link_device(&net, &bob, "@bob", &root.join("bob2")).await;
+    until(&bob2, "bob's new device to join", |c| c.group(&g).is_ok()).await;
+    // Rotated from the cached record: not sealed to bob's new device.
+    let rotated = alice.group_rotate(&g).await.expect("rotate");
+    alice
+        .group_send(&g, "after the rotation")
+        .await
+        .expect("send");
+    until(&bob2, "bob's new device to miss the key", |c| {
+        c.group(&g).expect("group").waiting_key == Some(rotated.epoch)
+    })
+    .await;
+    // Alice's client answers the request in the background.
+    let running = alice.start(Duration::from_millis(500));
+    until(&bob2, "the message after the rotation", |c| {
+        texts(c, &g).contains(&"@alice: after the rotation".to_string())
+    })
+    .await;
+    assert_eq!(bob2.group(&g).expect("group").waiting_key, None);
+    running.stop().await;
+    // Bob's first device had the key all along.
+    until(&bob, "the message on bob's first device", |c| {
+        texts(c, &g).contains(&"@alice: after the rotation".to_string())
+    })
+    .await;
 }
