@@ -343,6 +343,9 @@ async fn two_admins_changing_at_once_leave_a_working_group() {
     assert!(carol.group(&g).expect("group").forked.is_none());
 }
 
+/// Per segment, its branches, each a list of encoded entries.
+type Branches = HashMap<Hash, Vec<Vec<Vec<u8>>>>;
+
 /// A hostile group host: a front (at the URL a real server `~evil`
 /// publishes) that keeps group logs in memory and can show different
 /// members different branches of a log, or another group's log.
@@ -350,7 +353,7 @@ async fn two_admins_changing_at_once_leave_a_working_group() {
 struct HostileHost {
     /// Per segment, its branches (each a list of encoded entries from
     /// position 0).
-    logs: std::sync::Arc<std::sync::Mutex<HashMap<Hash, Vec<Vec<Vec<u8>>>>>>,
+    logs: std::sync::Arc<std::sync::Mutex<Branches>>,
     /// Per segment, the posted messages.
     lanes: std::sync::Arc<std::sync::Mutex<HashMap<Hash, Vec<Vec<u8>>>>>,
     /// The branch served (and appended to) now.
