@@ -340,6 +340,19 @@ pub const MAX_GROUP_CURSORS: usize = 64;
 /// Most log entries one `group_log` answers with.
 pub const MAX_LOG_BATCH: u32 = 256;
 
+/// Group entries and messages travel in JSON-RPC as standard base64 (with
+/// padding): a third larger than the bytes, where hex would double them.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decode [`b64`] text.
+pub fn unb64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
 /// The message lane of a hosted log segment.
 pub fn group_lane(segment: &Hash) -> Hash {
     xirtam_proofs::hash::hash_tagged(GROUP_LANE_TAG, &segment.0)
@@ -363,7 +376,7 @@ pub struct GroupHead {
 pub struct GroupEntries {
     /// Where the log stands.
     pub head: GroupHead,
-    /// Encoded entries (hex), in order, from the one after the asked
+    /// Encoded entries (base64, [`b64`]), in order, from the asked
     /// position.
     pub entries: Vec<String>,
 }
@@ -390,7 +403,8 @@ pub struct GroupBatch {
     /// The log's last position (read the entries after yours when it is
     /// ahead).
     pub log_seq: u64,
-    /// Messages after the cursor, in sequence order.
+    /// Messages after the cursor, in sequence order (each `envelope` in
+    /// base64, [`b64`]).
     pub messages: Vec<Delivered>,
 }
 
@@ -478,13 +492,13 @@ pub trait ConciergeApi {
     #[method(name = "link_post")]
     fn link_post(&self, slot: String, side: u8, payload: String) -> RpcResult<bool>;
 
-    /// Append an encoded entry (hex) to a group log segment: a
+    /// Append an encoded entry (base64, [`b64`]) to a group log segment: a
     /// compare-and-swap on the head, which is the entry's `prev`. The
     /// entry must follow the log's rule (docs/protocol.md §17f) with its
     /// author's record as this server verifies it, and name this server.
     /// A new segment starts with a genesis entry (segment
     /// `segment_id(group, 0)`), or, for a group moving here, with the
-    /// entry after `anchor` (hex, the last entry on the old server; segment
+    /// entry after `anchor` (base64, the last entry on the old server; segment
     /// `segment_id(group, anchor's head)`). Answers with the new head once
     /// durable; `HEAD_MOVED` with the current head when `prev` is not it.
     #[method(name = "group_append")]
@@ -495,13 +509,13 @@ pub trait ConciergeApi {
         anchor: Option<String>,
     ) -> RpcResult<GroupHead>;
 
-    /// Up to `limit` (at most [`MAX_LOG_BATCH`]) entries of a segment after
-    /// position `after`. No login: a log holds signed entries whose
+    /// Up to `limit` (at most [`MAX_LOG_BATCH`]) entries of a segment from
+    /// position `from` on. No login: a log holds signed entries whose
     /// bodies are encrypted.
     #[method(name = "group_log")]
-    fn group_log(&self, segment: String, after: u64, limit: u32) -> RpcResult<GroupEntries>;
+    fn group_log(&self, segment: String, from: u64, limit: u32) -> RpcResult<GroupEntries>;
 
-    /// Post an encoded group message (hex) to a segment's lane, with the
+    /// Post an encoded group message (base64) to a segment's lane, with the
     /// access token (hex) of the current or previous epoch. Answers with
     /// its sequence number once durable.
     #[method(name = "group_post")]

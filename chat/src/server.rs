@@ -1124,8 +1124,8 @@ impl ConciergeApiServer for Rpc {
         self.0.group_append(segment, entry, anchor).await
     }
 
-    fn group_log(&self, segment: String, after: u64, limit: u32) -> RpcResult<api::GroupEntries> {
-        self.0.group_log(segment, after, limit)
+    fn group_log(&self, segment: String, from: u64, limit: u32) -> RpcResult<api::GroupEntries> {
+        self.0.group_log(segment, from, limit)
     }
 
     async fn group_post(&self, segment: String, access: String, message: String) -> RpcResult<u64> {

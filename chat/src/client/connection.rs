@@ -197,14 +197,14 @@ pub trait ServerConn: Send + Sync + 'static {
         let _ = (segment, entry, anchor);
         async { Err(no_groups()) }
     }
-    /// `group_log`: entries after `after`, unchecked.
+    /// `group_log`: entries from position `from` on, unchecked.
     fn group_log(
         &self,
         segment: &Hash,
-        after: u64,
+        from: u64,
         limit: u32,
     ) -> impl Future<Output = Result<(LogHead, Vec<Vec<u8>>), CallError>> + Send {
-        let _ = (segment, after, limit);
+        let _ = (segment, from, limit);
         async { Err(no_groups()) }
     }
     /// `group_post`.
@@ -280,6 +280,10 @@ fn call_err(e: RpcError) -> CallError {
     }
 }
 
+fn unb64(what: &str, s: &str) -> Result<Vec<u8>, CallError> {
+    api::unb64(s).ok_or_else(|| CallError::Malformed(format!("{what} is not base64")))
+}
+
 fn unhex(what: &str, s: &str) -> Result<Vec<u8>, CallError> {
     hex::decode(s).map_err(|_| CallError::Malformed(format!("{what} is not hex")))
 }
@@ -306,11 +310,7 @@ impl ServerConn for HttpConn {
     ) -> Result<LogHead, CallError> {
         let h = self
             .rpc
-            .group_append(
-                segment.to_hex(),
-                hex::encode(entry),
-                anchor.map(hex::encode),
-            )
+            .group_append(segment.to_hex(), api::b64(entry), anchor.map(api::b64))
             .await
             .map_err(call_err)?;
         log_head(h)
@@ -319,18 +319,18 @@ impl ServerConn for HttpConn {
     async fn group_log(
         &self,
         segment: &Hash,
-        after: u64,
+        from: u64,
         limit: u32,
     ) -> Result<(LogHead, Vec<Vec<u8>>), CallError> {
         let r = self
             .rpc
-            .group_log(segment.to_hex(), after, limit)
+            .group_log(segment.to_hex(), from, limit)
             .await
             .map_err(call_err)?;
         let entries = r
             .entries
             .iter()
-            .map(|e| unhex("an entry", e))
+            .map(|e| unb64("an entry", e))
             .collect::<Result<_, _>>()?;
         Ok((log_head(r.head)?, entries))
     }
@@ -342,7 +342,7 @@ impl ServerConn for HttpConn {
         message: &[u8],
     ) -> Result<u64, CallError> {
         self.rpc
-            .group_post(segment.to_hex(), hex::encode(access), hex::encode(message))
+            .group_post(segment.to_hex(), hex::encode(access), api::b64(message))
             .await
             .map_err(call_err)
     }
@@ -374,7 +374,7 @@ impl ServerConn for HttpConn {
                 let messages = b
                     .messages
                     .into_iter()
-                    .map(|d| Ok((d.seq, unhex("a group message", &d.envelope)?)))
+                    .map(|d| Ok((d.seq, unb64("a group message", &d.envelope)?)))
                     .collect::<Result<_, CallError>>()?;
                 Ok(GroupReceived {
                     segment,

@@ -40,6 +40,8 @@ const GROUPS_KEY: &str = "groups";
 const GROUP_DMS_KEY: &str = "group-dms";
 /// Most group DMs kept waiting (a flood of them is dropped past it).
 const MAX_GROUP_DMS: usize = 256;
+/// Most group DMs kept waiting from one sender.
+const MAX_GROUP_DMS_PER_SENDER: usize = 16;
 /// Epoch keys kept per group (older messages cannot be read any more).
 const KEPT_EPOCHS: usize = 8;
 /// Log heads kept per group, to compare with those messages carry.
@@ -131,6 +133,9 @@ pub struct GroupState {
     /// The settings and roster, as of the last entry this device could
     /// open.
     pub body: Body,
+    /// Position of that entry (behind `log.seq` while this device lacks
+    /// the key of the latest entry: it must not make changes then).
+    pub body_seq: u64,
     /// Epoch keys known, oldest first.
     pub keys: Vec<(u64, EpochKey)>,
     /// Last lane sequence number processed.
@@ -187,6 +192,25 @@ impl GroupState {
         }
         if self.missing.is_some_and(|m| self.key(m).is_some()) {
             self.missing = None;
+        }
+    }
+
+    /// Open the latest entry's body if it was not (its key arrived later).
+    fn reopen_body(&mut self) {
+        if self.body_seq == self.log.seq {
+            return;
+        }
+        let Ok(e) = decode::<Entry>(&self.last) else {
+            return;
+        };
+        let Ok(eb) = decode::<EntryBody>(&e.body) else {
+            return;
+        };
+        if let Some(k) = self.key(e.epoch)
+            && let Ok(b) = gc::open_body(&self.group, e.seq, &e.prev, k, &eb.body)
+        {
+            self.body = b;
+            self.body_seq = e.seq;
         }
     }
 
@@ -471,6 +495,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
             segment,
             log: LogState::at(&entry),
             body,
+            body_seq: 0,
             keys: vec![(0, key.clone())],
             cursor: 0,
             heads: vec![(0, entry.head())],
@@ -543,70 +568,92 @@ impl<D: Directory, C: Connector> Core<D, C> {
     /// each; a log that does not follow (or disagrees with what we have)
     /// marks the group forked.
     async fn sync_log(&self, me: &Name, st: &mut GroupState) -> Result<usize> {
-        if st.forked.is_some() {
-            return Ok(0);
-        }
-        let server = st.log.server.clone();
-        let conn = self.conn(&server).await?;
         let mut applied = 0;
-        loop {
-            let (head, entries) = conn
-                .rpc
-                .group_log(&st.segment, st.log.seq, crate::api::MAX_LOG_BATCH)
-                .await
-                .map_err(|e| self.group_err(&server, "group_log", e))?;
-            if entries.is_empty() {
-                if head.seq > st.log.seq {
-                    return Err(ClientError::Misbehaved {
-                        server,
-                        reason: format!(
-                            "its group log ends at entry {} but it gives none after {}",
-                            head.seq, st.log.seq
-                        ),
-                    });
-                }
-                if let Some(ours) = st.head_at(head.seq)
-                    && ours != head.head
-                {
-                    self.mark_forked(
-                        st,
-                        format!(
-                            "{server} says entry {} of the log has head {}, ours is {}",
-                            head.seq, head.head, ours
-                        ),
-                    );
-                } else if head.seq < st.log.seq && head.seq >= head.first {
-                    self.mark_forked(
-                        st,
-                        format!(
-                            "{server}'s log ends at entry {}, before ours ({})",
-                            head.seq, st.log.seq
-                        ),
-                    );
-                }
-                return Ok(applied);
-            }
-            for bytes in entries {
-                let e = match decode::<Entry>(&bytes) {
-                    Ok(e) => e,
-                    Err(err) => {
+        // Once per server: an entry naming another server is a move, and
+        // the log goes on there.
+        'servers: loop {
+            let server = st.log.server.clone();
+            let conn = self.conn(&server).await?;
+            loop {
+                let (head, entries) = conn
+                    .rpc
+                    .group_log(
+                        &st.segment,
+                        st.log.seq.saturating_add(1),
+                        crate::api::MAX_LOG_BATCH,
+                    )
+                    .await
+                    .map_err(|e| self.group_err(&server, "group_log", e))?;
+                if entries.is_empty() {
+                    if head.seq > st.log.seq {
+                        return Err(ClientError::Misbehaved {
+                            server,
+                            reason: format!(
+                                "its group log ends at entry {} but it gives none after {}",
+                                head.seq, st.log.seq
+                            ),
+                        });
+                    }
+                    if let Some(ours) = st.head_at(head.seq)
+                        && ours != head.head
+                    {
                         self.mark_forked(
                             st,
-                            format!("{server} served an entry that does not decode: {err}"),
+                            format!(
+                                "{server} says entry {} of the log has head {}, ours is {}",
+                                head.seq, head.head, ours
+                            ),
                         );
-                        return Ok(applied);
+                    } else if head.seq < st.log.seq && head.seq >= head.first {
+                        self.mark_forked(
+                            st,
+                            format!(
+                                "{server}'s log ends at entry {}, before ours ({})",
+                                head.seq, st.log.seq
+                            ),
+                        );
                     }
-                };
-                if let Err(why) = self.apply_entry(me, st, &e).await? {
-                    self.mark_forked(st, format!("{server} served entry {}: {why}", e.seq));
                     return Ok(applied);
                 }
-                applied += 1;
+                for bytes in entries {
+                    let e = match decode::<Entry>(&bytes) {
+                        Ok(e) => e,
+                        Err(err) => {
+                            self.mark_forked(
+                                st,
+                                format!("{server} served an entry that does not decode: {err}"),
+                            );
+                            return Ok(applied);
+                        }
+                    };
+                    if e.server != st.log.server {
+                        // The old server took the move entry: its lane is
+                        // read with the new epoch's token from now on.
+                        let segment = segment_id(&st.group, &e.prev);
+                        if let Err(why) = self.follow_move(me, st, &e, segment).await? {
+                            self.mark_forked(st, format!("{server} served a move: {why}"));
+                            return Ok(applied);
+                        }
+                        if let Some(p) = st.previous.as_mut() {
+                            p.epoch = e.epoch;
+                        }
+                        applied += 1;
+                        continue 'servers;
+                    }
+                    if let Err(why) = self.apply_entry(me, st, &e).await? {
+                        self.mark_forked(st, format!("{server} served entry {}: {why}", e.seq));
+                        return Ok(applied);
+                    }
+                    applied += 1;
+                }
             }
         }
     }
 
     fn mark_forked(&self, st: &mut GroupState, reason: String) {
+        if st.forked.is_some() {
+            return;
+        }
         tracing::warn!(target: "client::groups", group = %st.group, %reason, "group marked forked");
         st.forked = Some(reason.clone());
         self.emit(ClientEvent::GroupForked {
@@ -641,11 +688,9 @@ impl<D: Directory, C: Connector> Core<D, C> {
             match eb
                 .seal
                 .as_ref()
-                .map(|s| gc::open_key(s, &self.device, &st.group, e.epoch))
+                .map(|s| gc::open_key(s, &self.device, &st.group, e.epoch, &e.access))
             {
-                Some(Ok(k)) if k.access_lock(&st.group, e.epoch) == e.access => {
-                    st.add_key(e.epoch, k)
-                }
+                Some(Ok(k)) => st.add_key(e.epoch, k),
                 _ => {
                     // Not sealed to this device (an admin's lookup of our
                     // record failed, or we were removed): ask, never drop.
@@ -661,6 +706,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 Ok(b) => {
                     change = Some(describe(&b.change));
                     st.body = b;
+                    st.body_seq = e.seq;
                 }
                 Err(err) => return Ok(Err(format!("its body does not open: {err}"))),
             }
@@ -697,14 +743,12 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let mut st = self.load_group(g)?;
         for _ in 0..MAX_TRIES {
             self.sync_log(&me, &mut st).await?;
-            if let Some(why) = &st.forked {
+            if st.body_seq != st.log.seq {
                 self.commit_group(&st)?;
-                return Err(ClientError::Misbehaved {
-                    server: st.log.server.clone(),
-                    reason: format!(
-                        "the group is marked forked ({why}); move it to another server"
-                    ),
-                });
+                return Err(ClientError::Invalid(format!(
+                    "this device cannot read the group's latest entry (it lacks the key of epoch {}; it asked an admin to re-share it): a change now could undo one it cannot see",
+                    st.log.epoch
+                )));
             }
             if !st.log.admins.contains(&me) {
                 self.commit_group(&st)?;
@@ -990,9 +1034,30 @@ impl<D: Directory, C: Connector> Core<D, C> {
             .await
             .map_err(|e| self.group_err(to, "group_append", e))?;
         st.add_key(epoch, key);
+        let (old_server, old_segment) = (st.log.server.clone(), st.segment);
         self.follow_move(&me, &mut st, &entry, segment)
             .await?
             .map_err(|why| ClientError::Invalid(format!("our own move: {why}")))?;
+        // Close the old log too, if its server still takes entries: members
+        // who are behind find the move there, and later appends there are
+        // refused. A server that refuses (or is gone) changes nothing: the
+        // members are told by DM.
+        if let Ok(old) = self.conn(&old_server).await {
+            match old
+                .rpc
+                .group_append(&old_segment, &encode(&entry), None)
+                .await
+            {
+                Ok(_) => {
+                    if let Some(p) = st.previous.as_mut() {
+                        p.epoch = epoch;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "client::groups", server = %old_server, error = %e, "the old server did not take the move entry")
+                }
+            }
+        }
         self.commit_group(&st)?;
         let dm = GroupDm::Moved {
             group: st.group,
@@ -1034,6 +1099,8 @@ impl<D: Directory, C: Connector> Core<D, C> {
         st.previous = Some(old);
         st.segment = segment;
         st.cursor = 0;
+        // A new server: what the old one showed is behind us.
+        st.forked = None;
         Ok(Ok(()))
     }
 
@@ -1047,11 +1114,11 @@ impl<D: Directory, C: Connector> Core<D, C> {
         if let Ok(st) = self.load_group(g) {
             return Ok(st.info());
         }
-        let (_, inv): (Name, Invite) = self
+        let (from, inv): (Name, Invite) = self
             .store
             .state(&invite_key(g))?
             .ok_or_else(|| ClientError::Invalid(format!("no invitation to group {g}")))?;
-        let st = self.join_invite(&me, &inv).await?;
+        let st = self.join_invite(&me, &from, &inv).await?;
         let mut b = self.store.batch();
         self.save_group(&st, &mut b)?;
         b.delete_state(&invite_key(g))?;
@@ -1061,7 +1128,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         Ok(st.info())
     }
 
-    async fn join_invite(&self, me: &Name, inv: &Invite) -> Result<GroupState> {
+    async fn join_invite(&self, me: &Name, from: &Name, inv: &Invite) -> Result<GroupState> {
         let sv = self.server(&inv.server).await?;
         if sv.record().key != inv.server_key {
             return Err(ClientError::Invalid(format!(
@@ -1072,7 +1139,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let conn = self.conn(&inv.server).await?;
         let (_, entries) = conn
             .rpc
-            .group_log(&inv.segment, inv.seq.saturating_sub(1), 1)
+            .group_log(&inv.segment, inv.seq, 1)
             .await
             .map_err(|e| self.group_err(&inv.server, "group_log", e))?;
         let refuse = |why: &str| ClientError::Misbehaved {
@@ -1083,13 +1150,35 @@ impl<D: Directory, C: Connector> Core<D, C> {
             .first()
             .ok_or_else(|| refuse("the server has no entry at the pinned position"))?;
         let e: Entry = decode(bytes).map_err(|_| refuse("the pinned entry does not decode"))?;
-        if inv.seq > 0 && e.seq != inv.seq || e.head() != inv.head || e.group != inv.group {
+        if e.seq != inv.seq || e.head() != inv.head || e.group != inv.group {
             return Err(refuse(
                 "the server's log does not hold the entry the invitation pinned (another group's log, or a forged one)",
             ));
         }
         if e.epoch != inv.epoch || inv.key.access_lock(&inv.group, inv.epoch) != e.access {
             return Err(refuse("the invitation's key is not the pinned entry's"));
+        }
+        // Only an admin at the pinned entry invites (or another of our
+        // devices), and the entry is signed by a device of its author: a
+        // member cannot invite someone into a log of its own making.
+        if from != me && !e.admins.contains(from) {
+            return Err(ClientError::Invalid(format!(
+                "refusing the invitation: {from} is not an admin of the group at the pinned entry"
+            )));
+        }
+        let author = self.user(&e.author, true).await?;
+        if author.record().device(&e.device).is_none()
+            || e.device
+                .verify(
+                    ENTRY_SIG_TAG,
+                    &e.signing_payload(&self.config.params.genesis_hash),
+                    &e.sig,
+                )
+                .is_err()
+        {
+            return Err(refuse(
+                "the pinned entry is not signed by a device of its author",
+            ));
         }
         let eb: EntryBody = decode(&e.body).map_err(|_| refuse("the pinned entry's body"))?;
         let body = gc::open_body(&e.group, e.seq, &e.prev, &inv.key, &eb.body)?;
@@ -1103,6 +1192,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
             segment: inv.segment,
             log: LogState::at(&e),
             body,
+            body_seq: e.seq,
             keys: vec![(inv.epoch, inv.key.clone())],
             cursor: 0,
             heads: vec![(e.seq, e.head())],
@@ -1154,76 +1244,83 @@ impl<D: Directory, C: Connector> Core<D, C> {
         self.check_listed(&me).await?;
         let _l = self.groups.lock().await;
         let mut st = self.load_group(g)?;
-        // Post under the latest head we can see.
-        self.sync_log(&me, &mut st).await?;
-        self.commit_group(&st)?;
-        if let Some(why) = &st.forked {
-            return Err(ClientError::Misbehaved {
-                server: st.log.server.clone(),
-                reason: format!("the group is marked forked ({why})"),
-            });
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            // Post under the latest head we can see.
+            self.sync_log(&me, &mut st).await?;
+            self.commit_group(&st)?;
+            if !st.body.roster.contains(&me) {
+                return Err(ClientError::Invalid(format!(
+                    "{me} is not a member of this group"
+                )));
+            }
+            if kind == GROUP_TEXT && st.body.admins_only && !st.log.admins.contains(&me) {
+                return Err(ClientError::Invalid(
+                    "only admins may post in this group".into(),
+                ));
+            }
+            let key = st.key(st.log.epoch).cloned().ok_or_else(|| {
+                ClientError::Invalid(format!(
+                    "this device lacks the key of epoch {}; it asked an admin to re-share it",
+                    st.log.epoch
+                ))
+            })?;
+            let event = GroupEvent {
+                group: st.group,
+                sender: me.clone(),
+                device: self.device.device().sign,
+                log_seq: st.log.seq,
+                head: st.log.head,
+                epoch: st.log.epoch,
+                time_ms: unix_ms(),
+                kind,
+                body: text.as_bytes().to_vec(),
+            };
+            let network = self.config.params.genesis_hash;
+            let (msg, id) = gc::seal_message(&self.device, &network, event, &key)?;
+            let server = st.log.server.clone();
+            let conn = self.conn(&server).await?;
+            let seq = match conn
+                .rpc
+                .group_post(
+                    &st.segment,
+                    &key.access_token(&st.group, st.log.epoch),
+                    &encode(&msg),
+                )
+                .await
+            {
+                Ok(seq) => seq,
+                // A rotation or a move between our read of the log and the
+                // post: read it again and post under the new head.
+                Err(CallError::Refused { code: c, .. })
+                    if (c == code::FORBIDDEN || c == code::MOVED) && tries < 3 =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(self.group_err(&server, "group_post", e)),
+            };
+            let mut m = GroupMsg {
+                local: 0,
+                group: st.group,
+                seq,
+                id,
+                from: me,
+                time_ms: unix_ms(),
+                log_seq: st.log.seq,
+                epoch: st.log.epoch,
+                text: text.to_owned(),
+            };
+            if kind == GROUP_TEXT {
+                st.stored += 1;
+                m.local = st.stored;
+                let mut b = self.store.batch();
+                b.group_message(&m)?;
+                self.save_group(&st, &mut b)?;
+                b.commit()?;
+            }
+            return Ok(m);
         }
-        if !st.body.roster.contains(&me) {
-            return Err(ClientError::Invalid(format!(
-                "{me} is not a member of this group"
-            )));
-        }
-        if kind == GROUP_TEXT && st.body.admins_only && !st.log.admins.contains(&me) {
-            return Err(ClientError::Invalid(
-                "only admins may post in this group".into(),
-            ));
-        }
-        let key = st.key(st.log.epoch).cloned().ok_or_else(|| {
-            ClientError::Invalid(format!(
-                "this device lacks the key of epoch {}; it asked an admin to re-share it",
-                st.log.epoch
-            ))
-        })?;
-        let event = GroupEvent {
-            group: st.group,
-            sender: me.clone(),
-            device: self.device.device().sign,
-            log_seq: st.log.seq,
-            head: st.log.head,
-            epoch: st.log.epoch,
-            time_ms: unix_ms(),
-            kind,
-            body: text.as_bytes().to_vec(),
-        };
-        let network = self.config.params.genesis_hash;
-        let msg = gc::seal_message(&self.device, &network, event, &key)?;
-        let id = gc::open_message(&msg, &key)?.id();
-        let server = st.log.server.clone();
-        let conn = self.conn(&server).await?;
-        let seq = conn
-            .rpc
-            .group_post(
-                &st.segment,
-                &key.access_token(&st.group, st.log.epoch),
-                &encode(&msg),
-            )
-            .await
-            .map_err(|e| self.group_err(&server, "group_post", e))?;
-        let mut m = GroupMsg {
-            local: 0,
-            group: st.group,
-            seq,
-            id,
-            from: me,
-            time_ms: unix_ms(),
-            log_seq: st.log.seq,
-            epoch: st.log.epoch,
-            text: text.to_owned(),
-        };
-        if kind == GROUP_TEXT {
-            st.stored += 1;
-            m.local = st.stored;
-            let mut b = self.store.batch();
-            b.group_message(&m)?;
-            self.save_group(&st, &mut b)?;
-            b.commit()?;
-        }
-        Ok(m)
     }
 
     /// Handle group DMs the inbox queued: invitations are kept for the
@@ -1231,148 +1328,180 @@ impl<D: Directory, C: Connector> Core<D, C> {
     /// keys are checked against the log and kept, requests for a key are
     /// answered if we are an admin and the asker a member.
     async fn group_dms(&self, me: &Name) -> Result<()> {
-        // Taken under the lock the inbox files under (it appends to the
-        // same list in its batch): nothing queued between the read and the
-        // delete is lost.
-        let queued: Vec<(Name, GroupDm)> = {
-            let _heads = self.heads.lock();
-            let q: Vec<(Name, GroupDm)> = self.store.state(GROUP_DMS_KEY)?.unwrap_or_default();
-            if !q.is_empty() {
-                let mut b = self.store.batch();
-                b.delete_state(GROUP_DMS_KEY)?;
-                b.commit()?;
+        // One at a time, removed only once handled: a crash or a failure
+        // that passes (a lookup, an unreachable server) keeps the rest, and
+        // that one, for the next round. The inbox appends to the same list
+        // under the `heads` lock, which its reads and removals here take.
+        loop {
+            let first = {
+                let _heads = self.heads.lock();
+                let q: Vec<(Name, GroupDm)> = self.store.state(GROUP_DMS_KEY)?.unwrap_or_default();
+                match q.into_iter().next() {
+                    Some(f) => f,
+                    None => return Ok(()),
+                }
+            };
+            let (from, dm) = first;
+            match self.handle_group_dm(me, from, dm).await {
+                Err(
+                    e @ (ClientError::Lookup(_)
+                    | ClientError::Unreachable { .. }
+                    | ClientError::Store(_)),
+                ) => {
+                    self.emit(ClientEvent::Error(format!(
+                        "a group message waits for a later try: {e}"
+                    )));
+                    return Ok(());
+                }
+                Err(e) => self.emit(ClientEvent::Error(format!("a group message: {e}"))),
+                Ok(()) => {}
             }
-            q
-        };
-        for (from, dm) in queued {
-            match dm {
-                GroupDm::Invite(inv) if &from == me => {
-                    if self.load_group(&inv.group).is_ok() {
-                        continue;
-                    }
-                    match self.join_invite(me, &inv).await {
-                        Ok(st) => {
-                            self.commit_group(&st)?;
-                            self.emit(ClientEvent::GroupChanged {
-                                group: st.group,
-                                change: "joined (with another of our devices)".into(),
-                            });
-                        }
-                        Err(e) => self.emit(ClientEvent::Error(format!(
-                            "group {} from another of our devices: {e}",
-                            inv.group
-                        ))),
-                    }
+            let _heads = self.heads.lock();
+            let mut q: Vec<(Name, GroupDm)> = self.store.state(GROUP_DMS_KEY)?.unwrap_or_default();
+            if !q.is_empty() {
+                q.remove(0);
+            }
+            let mut b = self.store.batch();
+            b.state(GROUP_DMS_KEY, &q)?;
+            b.commit()?;
+        }
+    }
+
+    /// Handle one group DM from `from`.
+    async fn handle_group_dm(&self, me: &Name, from: Name, dm: GroupDm) -> Result<()> {
+        match dm {
+            GroupDm::Invite(inv) if &from == me => {
+                if self.load_group(&inv.group).is_ok() {
+                    return Ok(());
                 }
-                GroupDm::Invite(inv) => {
-                    if self.load_group(&inv.group).is_ok() {
-                        continue;
-                    }
-                    let mut ids: Vec<Hash> = self.store.state("group-invites")?.unwrap_or_default();
-                    if !ids.contains(&inv.group) {
-                        ids.push(inv.group);
-                    }
-                    let mut b = self.store.batch();
-                    b.state("group-invites", &ids)?;
-                    b.state(&invite_key(&inv.group), &(from.clone(), inv.clone()))?;
-                    b.commit()?;
-                    self.emit(ClientEvent::GroupInvite {
-                        from,
-                        group: inv.group,
-                        name: inv.name,
-                    });
-                }
-                GroupDm::Key { group, epoch, key } => {
-                    let Ok(mut st) = self.load_group(&group) else {
-                        continue;
-                    };
-                    if !st.log.admins.contains(&from) && &from != me {
-                        continue;
-                    }
-                    self.sync_log(me, &mut st).await?;
-                    // Only the key the log's lock names (for the current
-                    // epoch): nobody can slip in another.
-                    if epoch == st.log.epoch && key.access_lock(&group, epoch) == st.log.access {
-                        st.add_key(epoch, key);
-                        st.missing = None;
+                match self.join_invite(me, me, &inv).await {
+                    Ok(st) => {
                         self.commit_group(&st)?;
+                        self.emit(ClientEvent::GroupChanged {
+                            group: st.group,
+                            change: "joined (with another of our devices)".into(),
+                        });
+                    }
+                    Err(e) => self.emit(ClientEvent::Error(format!(
+                        "group {} from another of our devices: {e}",
+                        inv.group
+                    ))),
+                }
+            }
+            GroupDm::Invite(inv) => {
+                if self.load_group(&inv.group).is_ok() {
+                    return Ok(());
+                }
+                let mut ids: Vec<Hash> = self.store.state("group-invites")?.unwrap_or_default();
+                if !ids.contains(&inv.group) {
+                    ids.push(inv.group);
+                }
+                let mut b = self.store.batch();
+                b.state("group-invites", &ids)?;
+                b.state(&invite_key(&inv.group), &(from.clone(), inv.clone()))?;
+                b.commit()?;
+                self.emit(ClientEvent::GroupInvite {
+                    from,
+                    group: inv.group,
+                    name: inv.name,
+                });
+            }
+            GroupDm::Key { group, epoch, key } => {
+                let Ok(mut st) = self.load_group(&group) else {
+                    return Ok(());
+                };
+                if !st.log.admins.contains(&from) && &from != me {
+                    return Ok(());
+                }
+                self.sync_log(me, &mut st).await?;
+                // Only the key the log's lock names (for the current
+                // epoch): nobody can slip in another.
+                if epoch == st.log.epoch && key.access_lock(&group, epoch) == st.log.access {
+                    st.add_key(epoch, key);
+                    st.missing = None;
+                    st.reopen_body();
+                    self.commit_group(&st)?;
+                }
+            }
+            GroupDm::Moved {
+                group,
+                server,
+                server_key,
+                segment,
+                entry,
+            } => {
+                let Ok(mut st) = self.load_group(&group) else {
+                    return Ok(());
+                };
+                if st.segment == segment {
+                    return Ok(());
+                }
+                let Ok(e) = decode::<Entry>(&entry) else {
+                    return Ok(());
+                };
+                if e.group != group || e.server != server || segment != segment_id(&group, &e.prev)
+                {
+                    return Ok(());
+                }
+                // Catch up with the old server first (best effort: it
+                // may be why the group moves).
+                let _ = self.sync_log(me, &mut st).await;
+                let refused = |why: String| {
+                    ClientEvent::Error(format!(
+                        "refused a move of group {group} to {server}: {why}"
+                    ))
+                };
+                if st.log.head != e.prev {
+                    self.emit(refused(format!(
+                        "it follows entry {} ({}), but this device's log is at entry {} ({})",
+                        e.seq.saturating_sub(1),
+                        e.prev,
+                        st.log.seq,
+                        st.log.head
+                    )));
+                    return Ok(());
+                }
+                match self.server(&server).await {
+                    // No verified answer now: try again later.
+                    Err(e @ ClientError::Lookup(_)) => return Err(e),
+                    Ok(v) if v.record().key == server_key => {}
+                    _ => {
+                        self.emit(refused(
+                            "the new server's verified key is not the one the move names".into(),
+                        ));
+                        return Ok(());
                     }
                 }
-                GroupDm::Moved {
-                    group,
-                    server,
-                    server_key,
-                    segment,
-                    entry,
-                } => {
-                    let Ok(mut st) = self.load_group(&group) else {
-                        continue;
-                    };
-                    if st.segment == segment {
-                        continue;
+                match self.follow_move(me, &mut st, &e, segment).await? {
+                    Ok(()) => {
+                        self.sync_log(me, &mut st).await?;
+                        self.commit_group(&st)?;
+                        self.emit(ClientEvent::GroupChanged {
+                            group,
+                            change: format!("moved to {server}"),
+                        });
                     }
-                    let Ok(e) = decode::<Entry>(&entry) else {
-                        continue;
-                    };
-                    if e.group != group
-                        || e.server != server
-                        || segment != segment_id(&group, &e.prev)
-                    {
-                        continue;
-                    }
-                    // Catch up with the old server first (best effort: it
-                    // may be why the group moves).
-                    let _ = self.sync_log(me, &mut st).await;
-                    let refused = |why: String| {
-                        ClientEvent::Error(format!(
-                            "refused a move of group {group} to {server}: {why}"
-                        ))
-                    };
-                    if st.log.head != e.prev {
-                        self.emit(refused(format!(
-                            "it follows entry {} ({}), but this device's log is at entry {} ({})",
-                            e.seq.saturating_sub(1),
-                            e.prev,
-                            st.log.seq,
-                            st.log.head
-                        )));
-                        continue;
-                    }
-                    match self.server(&server).await {
-                        Ok(v) if v.record().key == server_key => {}
-                        _ => {
-                            self.emit(refused(
-                                "the new server's verified key is not the one the move names"
-                                    .into(),
-                            ));
-                            continue;
-                        }
-                    }
-                    match self.follow_move(me, &mut st, &e, segment).await? {
-                        Ok(()) => {
-                            self.sync_log(me, &mut st).await?;
-                            self.commit_group(&st)?;
-                            self.emit(ClientEvent::GroupChanged {
-                                group,
-                                change: format!("moved to {server}"),
-                            });
-                        }
-                        Err(why) => self.emit(refused(why)),
-                    }
+                    Err(why) => self.emit(refused(why)),
                 }
-                GroupDm::Ask { group, epoch } => {
-                    let Ok(st) = self.load_group(&group) else {
-                        continue;
-                    };
-                    if !st.log.admins.contains(me) || !st.body.roster.contains(&from) {
-                        continue;
-                    }
-                    if let Some(key) = st.key(epoch).cloned() {
-                        self.queue_group_dm(me, &from, &GroupDm::Key { group, epoch, key })?;
-                    }
+            }
+            GroupDm::Ask { group, epoch } => {
+                let Ok(st) = self.load_group(&group) else {
+                    return Ok(());
+                };
+                // Only the current epoch's key: an older one would open
+                // messages from before the asker joined.
+                if !st.log.admins.contains(me)
+                    || !st.body.roster.contains(&from)
+                    || epoch != st.log.epoch
+                {
+                    return Ok(());
+                }
+                if let Some(key) = st.key(epoch).cloned() {
+                    self.queue_group_dm(me, &from, &GroupDm::Key { group, epoch, key })?;
                 }
             }
         }
+
         Ok(())
     }
 
@@ -1392,9 +1521,6 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let now = unix_ms();
         for g in self.group_ids()? {
             let st = self.load_group(&g)?;
-            if st.forked.is_some() {
-                continue;
-            }
             let epoch = if st.key(st.log.epoch).is_some() {
                 st.log.epoch
             } else {
@@ -1499,12 +1625,14 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 };
                 let mut b = self.store.batch();
                 let mut events = Vec::new();
+                let mut batch_ids = std::collections::HashSet::new();
                 for (seq, bytes) in batch.messages {
-                    if seq <= cursor || st.forked.is_some() {
+                    if seq <= cursor {
                         continue;
                     }
                     match self.group_message(&me, &mut st, seq, &bytes).await? {
                         Incoming::Wait => break,
+                        Incoming::Text(m) if !batch_ids.insert(m.id) => {}
                         Incoming::Text(mut m) => {
                             st.stored += 1;
                             m.local = st.stored;
@@ -1512,7 +1640,12 @@ impl<D: Directory, C: Connector> Core<D, C> {
                             events.push(ClientEvent::GroupMessage(m.clone()));
                             report.messages.push(m);
                         }
-                        Incoming::Leave(who) => leaving.push((st.group, who)),
+                        Incoming::Leave(who, id) => {
+                            if batch_ids.insert(id) {
+                                b.seen(&id)?;
+                                leaving.push((st.group, who));
+                            }
+                        }
                         Incoming::Refused(why) => {
                             let what = format!("{server} group {} #{seq}: {why}", st.group);
                             report.rejected.push(what.clone());
@@ -1527,25 +1660,31 @@ impl<D: Directory, C: Connector> Core<D, C> {
                     (true, None) => {}
                     (false, _) => st.cursor = cursor,
                 }
-                if let Some(epoch) = st.missing
-                    && st.asked != Some(epoch)
-                    && let Some(admin) = st.log.admins.iter().find(|a| *a != &me).cloned()
-                {
-                    self.queue_group_dm(
-                        &me,
-                        &admin,
-                        &GroupDm::Ask {
-                            group: st.group,
-                            epoch,
-                        },
-                    )?;
-                    st.asked = Some(epoch);
-                }
                 self.save_group(&st, &mut b)?;
                 b.commit()?;
                 for e in events {
                     self.emit(e);
                 }
+            }
+        }
+        // Keys this device lacks (a rotation it could not open, seen in the
+        // log or in the lane): ask an admin, once per epoch.
+        for g in self.group_ids()? {
+            let mut st = self.load_group(&g)?;
+            if let Some(epoch) = st.missing
+                && st.asked != Some(epoch)
+                && let Some(admin) = st.log.admins.iter().find(|a| *a != &me).cloned()
+            {
+                self.queue_group_dm(
+                    &me,
+                    &admin,
+                    &GroupDm::Ask {
+                        group: st.group,
+                        epoch,
+                    },
+                )?;
+                st.asked = Some(epoch);
+                self.commit_group(&st)?;
             }
         }
         drop(_l);
@@ -1577,18 +1716,11 @@ impl<D: Directory, C: Connector> Core<D, C> {
             return Ok(Incoming::Refused("a message for another group".into()));
         }
         if m.epoch > st.log.epoch || m.log_seq > st.log.seq {
-            self.sync_log(me, st).await?;
-        }
-        if m.log_seq > st.log.seq {
-            // Sent under an entry our server does not show us.
-            self.mark_forked(
-                st,
-                format!(
-                    "a message was sent under log entry {} ({}), which {} does not show us (we have {})",
-                    m.log_seq, m.head, st.log.server, st.log.seq
-                ),
-            );
-            return Ok(Incoming::Wait);
+            // Perhaps entries we have not read yet; an unreachable server
+            // leaves the message for the next poll.
+            if self.sync_log(me, st).await.is_err() {
+                return Ok(Incoming::Wait);
+            }
         }
         let oldest = st.keys.first().map_or(u64::MAX, |(e, _)| *e);
         let Some(key) = st.key(m.epoch).cloned() else {
@@ -1596,9 +1728,18 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 // From before we joined (or older than we keep).
                 return Ok(Incoming::Seen);
             }
+            if m.epoch > st.log.epoch {
+                return Ok(Incoming::Refused(format!(
+                    "epoch {} which the log does not have (it is at {})",
+                    m.epoch, st.log.epoch
+                )));
+            }
+            // A rotation this device could not open: wait for the key.
             st.missing.get_or_insert(m.epoch);
             return Ok(Incoming::Wait);
         };
+        // Everything below is judged only once the message is known to be
+        // signed by a member: junk from whoever can post proves nothing.
         let ev = match gc::open_message(&m, &key) {
             Ok(ev) => ev,
             Err(e) => return Ok(Incoming::Refused(format!("does not open: {e}"))),
@@ -1607,28 +1748,48 @@ impl<D: Directory, C: Connector> Core<D, C> {
         if self.store.seen(&id)? {
             return Ok(Incoming::Seen);
         }
-        if let Some(ours) = st.head_at(m.log_seq)
-            && ours != m.head
-        {
-            self.mark_forked(
-                st,
-                format!(
-                    "{} sent under log entry {} with head {}, but ours is {}: the server shows members different logs",
-                    ev.event.sender, m.log_seq, m.head, ours
-                ),
-            );
-            return Ok(Incoming::Wait);
-        }
         let sender = ev.event.sender.clone();
-        let mut user = self.user(&sender, false).await?;
-        if user.record().device(&ev.event.device).is_none() {
-            user = self.user(&sender, true).await?;
+        if sender.kind() != xirtam_proofs::name::NameKind::User {
+            return Ok(Incoming::Refused(format!("sender {sender} is not a user")));
         }
+        let verified = match self.user(&sender, false).await {
+            Ok(u) if u.record().device(&ev.event.device).is_some() => Ok(u),
+            _ => self.user(&sender, true).await,
+        };
+        let user = match verified {
+            Ok(u) => u,
+            // No verified answer now: read it again later.
+            Err(ClientError::Lookup(_)) => return Ok(Incoming::Wait),
+            Err(e) => return Ok(Incoming::Refused(format!("sender {sender}: {e}"))),
+        };
         if let Err(e) = ev.check(&self.config.params.genesis_hash, user.record()) {
             return Ok(Incoming::Refused(format!("from {sender}: {e}")));
         }
         if !st.body.roster.contains(&sender) {
             return Ok(Incoming::Refused(format!("{sender} is not a member")));
+        }
+        // A member signed that it saw this head at this position: if our
+        // server shows us another (or none), one of us is shown another
+        // log. Marked (once) and reported; the group keeps working so that
+        // an admin can move it.
+        if m.log_seq > st.log.seq {
+            self.mark_forked(
+                st,
+                format!(
+                    "{sender} sent under log entry {} ({}), which {} does not show us (we have {}): the server shows members different logs",
+                    m.log_seq, m.head, st.log.server, st.log.seq
+                ),
+            );
+        } else if let Some(ours) = st.head_at(m.log_seq)
+            && ours != m.head
+        {
+            self.mark_forked(
+                st,
+                format!(
+                    "{sender} sent under log entry {} with head {}, but ours is {}: the server shows members different logs",
+                    m.log_seq, m.head, ours
+                ),
+            );
         }
         match ev.event.kind {
             GROUP_TEXT => Ok(Incoming::Text(GroupMsg {
@@ -1643,7 +1804,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 text: String::from_utf8_lossy(&ev.event.body).into_owned(),
             })),
             GROUP_LEAVE if &sender != me && st.log.admins.contains(me) => {
-                Ok(Incoming::Leave(sender))
+                Ok(Incoming::Leave(sender, id))
             }
             GROUP_LEAVE => Ok(Incoming::Seen),
             k => Ok(Incoming::Refused(format!("unknown kind {k}"))),
@@ -1690,7 +1851,10 @@ impl<D: Directory, C: Connector> Core<D, C> {
         if queued.is_empty() {
             *queued = self.store.state(GROUP_DMS_KEY)?.unwrap_or_default();
         }
-        if queued.len() < MAX_GROUP_DMS {
+        // Bounded, and per sender: a stranger's flood cannot push out an
+        // admin's move or key.
+        let theirs = queued.iter().filter(|(f, _)| f == from).count();
+        if queued.len() < MAX_GROUP_DMS && theirs < MAX_GROUP_DMS_PER_SENDER {
             queued.push((from.clone(), dm));
         }
         b.state(GROUP_DMS_KEY, queued)?;
@@ -1702,7 +1866,8 @@ impl<D: Directory, C: Connector> Core<D, C> {
 /// What one group message is.
 enum Incoming {
     Text(GroupMsg),
-    Leave(Name),
+    /// A member leaves (and the message's id, marked seen).
+    Leave(Name, Hash),
     Refused(String),
     /// Already seen, or from before we joined.
     Seen,

@@ -37,6 +37,9 @@ use super::CryptoError;
 const KEM_SUITE: &[u8] = b"KEM\x00\x20";
 /// `suite_id` of the key schedule: "HPKE" || kem_id || kdf_id || aead_id.
 const HPKE_SUITE: &[u8] = b"HPKE\x00\x20\x00\x01\x00\x03";
+/// `suite_id` of an export-only key schedule (AEAD id 0xFFFF, RFC 9180
+/// §7.3): what sealing a group key uses.
+const HPKE_EXPORT_SUITE: &[u8] = b"HPKE\x00\x20\x00\x01\xff\xff";
 /// Base mode.
 const MODE_BASE: u8 = 0;
 
@@ -250,38 +253,11 @@ impl Sealer {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<Sealed>, CryptoError> {
-        // The Edwards points to convert: the ephemeral public key, then
-        // each table-path shared secret.
-        let mut eds = Zeroizing::new(Vec::with_capacity(1 + to.len()));
-        eds.push(EdwardsPoint::mul_base_clamped(*sk_e));
-        let mut ladder = Vec::with_capacity(to.len());
-        for (pk_r, _) in to {
-            match self.dh(pk_r, sk_e) {
-                Dh::Edwards(p) => {
-                    eds.push(p);
-                    ladder.push(None);
-                }
-                Dh::Montgomery(u) => ladder.push(Some(Zeroizing::new(u))),
-            }
-        }
-        let us = Zeroizing::new(EdwardsPoint::to_montgomery_batch(&eds));
-        let mut next = us.iter();
-        let missing = || CryptoError::TooLarge("HPKE batch".into());
-        let enc = next.next().ok_or_else(missing)?.0;
+        let pks: Vec<&[u8; 32]> = to.iter().map(|(pk, _)| *pk).collect();
+        let (enc, secrets) = self.encap_all(sk_e, &pks)?;
         let mut out = Vec::with_capacity(to.len());
-        for ((pk_r, info), ladder) in to.iter().zip(ladder) {
-            let dh = match ladder {
-                Some(u) => u,
-                None => Zeroizing::new(next.next().ok_or_else(missing)?.0),
-            };
-            if dh.iter().all(|b| *b == 0) {
-                // RFC 9180 §7.1.4: a small-order key gives an all-zero secret.
-                return Err(CryptoError::Malformed {
-                    what: "recipient key",
-                    reason: "a small-order X25519 point".into(),
-                });
-            }
-            let (key, nonce) = key_schedule(&shared_secret(&dh, &enc, pk_r), info);
+        for ((_, info), ss) in to.iter().zip(&secrets) {
+            let (key, nonce) = key_schedule(ss, info);
             let ct = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
                 .encrypt(
                     Nonce::from_slice(&nonce),
@@ -295,6 +271,103 @@ impl Sealer {
         }
         Ok(out)
     }
+
+    /// One export-only HPKE context (RFC 9180 §5.3, AEAD id 0xFFFF) per
+    /// recipient `(pk_r, info)`, all with the ephemeral secret `sk_e`:
+    /// returns `enc` and each context's 32-byte export under
+    /// `exporter_context`.
+    pub(crate) fn export_with(
+        &mut self,
+        sk_e: &[u8; 32],
+        to: &[(&[u8; 32], &[u8])],
+        exporter_context: &[u8],
+    ) -> Result<([u8; 32], Vec<Zeroizing<[u8; 32]>>), CryptoError> {
+        let pks: Vec<&[u8; 32]> = to.iter().map(|(pk, _)| *pk).collect();
+        let (enc, secrets) = self.encap_all(sk_e, &pks)?;
+        let exports = to
+            .iter()
+            .zip(&secrets)
+            .map(|((_, info), ss)| export(ss, info, exporter_context))
+            .collect();
+        Ok((enc, exports))
+    }
+
+    /// The DHKEM encapsulation to every key in `pks` with the ephemeral
+    /// secret `sk_e`: `enc` and each recipient's shared secret.
+    fn encap_all(
+        &mut self,
+        sk_e: &[u8; 32],
+        pks: &[&[u8; 32]],
+    ) -> Result<([u8; 32], Vec<Zeroizing<[u8; 32]>>), CryptoError> {
+        // The Edwards points to convert: the ephemeral public key, then
+        // each table-path shared secret.
+        let mut eds = Zeroizing::new(Vec::with_capacity(1 + pks.len()));
+        eds.push(EdwardsPoint::mul_base_clamped(*sk_e));
+        let mut ladder = Vec::with_capacity(pks.len());
+        for pk_r in pks {
+            match self.dh(pk_r, sk_e) {
+                Dh::Edwards(p) => {
+                    eds.push(p);
+                    ladder.push(None);
+                }
+                Dh::Montgomery(u) => ladder.push(Some(Zeroizing::new(u))),
+            }
+        }
+        let us = Zeroizing::new(EdwardsPoint::to_montgomery_batch(&eds));
+        let mut next = us.iter();
+        let missing = || CryptoError::TooLarge("HPKE batch".into());
+        let enc = next.next().ok_or_else(missing)?.0;
+        let mut out = Vec::with_capacity(pks.len());
+        for (pk_r, ladder) in pks.iter().zip(ladder) {
+            let dh = match ladder {
+                Some(u) => u,
+                None => Zeroizing::new(next.next().ok_or_else(missing)?.0),
+            };
+            if dh.iter().all(|b| *b == 0) {
+                // RFC 9180 §7.1.4: a small-order key gives an all-zero secret.
+                return Err(CryptoError::Malformed {
+                    what: "recipient key",
+                    reason: "a small-order X25519 point".into(),
+                });
+            }
+            out.push(shared_secret(&dh, &enc, pk_r));
+        }
+        Ok((enc, out))
+    }
+}
+
+/// The 32-byte export of an export-only base-mode context (RFC 9180
+/// §5.1, §5.3): `Export(exporter_context, 32)`.
+pub(crate) fn export(
+    shared_secret: &[u8; 32],
+    info: &[u8],
+    exporter_context: &[u8],
+) -> Zeroizing<[u8; 32]> {
+    static PSK_ID_HASH: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let psk_id_hash =
+        PSK_ID_HASH.get_or_init(|| labeled_extract(HPKE_EXPORT_SUITE, b"", b"psk_id_hash", &[]).0);
+    let (info_hash, _) = labeled_extract(HPKE_EXPORT_SUITE, b"", b"info_hash", &[info]);
+    let context: [&[u8]; 3] = [&[MODE_BASE], psk_id_hash, &info_hash];
+    let (_, secret) = labeled_extract(HPKE_EXPORT_SUITE, shared_secret, b"secret", &[]);
+    let mut exporter_secret = Zeroizing::new([0u8; 32]);
+    labeled_expand(
+        &secret,
+        HPKE_EXPORT_SUITE,
+        b"exp",
+        &context,
+        exporter_secret.as_mut(),
+    );
+    let prk = Hkdf::<Sha256>::from_prk(exporter_secret.as_ref())
+        .expect("32 bytes is a valid HKDF-SHA256 pseudorandom key");
+    let mut out = Zeroizing::new([0u8; 32]);
+    labeled_expand(
+        &prk,
+        HPKE_EXPORT_SUITE,
+        b"sec",
+        &[exporter_context],
+        out.as_mut(),
+    );
+    out
 }
 
 /// DHKEM `ExtractAndExpand(dh, enc || pkR)`.
@@ -500,6 +573,34 @@ mod tests {
             assert!(sealer.seen.len() <= Sealer::SEEN_CAPACITY);
         }
         assert_eq!(sealer.tables(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// Our export-only contexts are RFC 9180's: the `hpke` crate's
+        /// receiver derives the same export from the shared `enc`.
+        #[test]
+        fn exports_match_the_hpke_crate(
+            ikms in proptest::collection::vec(any::<[u8; 32]>(), 1..5),
+            sk_e in any::<[u8; 32]>(),
+            info in proptest::collection::vec(any::<u8>(), 0..60),
+            ctx in proptest::collection::vec(any::<u8>(), 0..60),
+        ) {
+            let keys: Vec<_> = ikms.iter().map(|i| X25519HkdfSha256::derive_keypair(i)).collect();
+            let pks: Vec<[u8; 32]> = keys.iter().map(|(_, pk)| arr(&pk.to_bytes())).collect();
+            let to: Vec<(&[u8; 32], &[u8])> = pks.iter().map(|pk| (pk, info.as_slice())).collect();
+            let (enc, exports) = Sealer::new().export_with(&sk_e, &to, &ctx).expect("export");
+            let encapped = <X25519HkdfSha256 as Kem>::EncappedKey::from_bytes(&enc).expect("enc");
+            for ((sk_r, _), ours) in keys.iter().zip(&exports) {
+                let rx = hpke::setup_receiver::<hpke::aead::ExportOnlyAead, HkdfSha256, X25519HkdfSha256>(
+                    &OpModeR::Base, sk_r, &encapped, &info,
+                ).expect("receiver");
+                let mut theirs = [0u8; 32];
+                rx.export(&ctx, &mut theirs).expect("export");
+                prop_assert_eq!(&theirs, ours.as_ref());
+            }
+        }
     }
 
     proptest! {

@@ -28,7 +28,7 @@ use xirtam_proofs::hash::hash_tagged;
 use xirtam_proofs::{Hash, Name, PublicKey, Signature, decode, encode};
 use zeroize::Zeroizing;
 
-use crate::crypto::hpke_seal::{Sealed, Sealer, key_schedule, shared_secret};
+use crate::crypto::hpke_seal::{Sealer, export, shared_secret};
 use crate::crypto::{CryptoError, DeviceKeys, KEY_COMMIT_TAG, random_bytes};
 use crate::records::{Device, UserRecord};
 
@@ -153,13 +153,16 @@ impl Body {
 }
 
 /// An epoch key sealed to member devices: one shared HPKE encapsulated
-/// key and one 48-byte wrap per device (no recipient hint).
+/// key and one 32-byte wrap per device (no recipient hint). A wrap is the
+/// key XOR the 32-byte export of the device's export-only HPKE context;
+/// its integrity comes from the entry's signed `access` lock, a hash of
+/// the key a device checks every candidate against.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Seal {
     /// The shared ephemeral public key (HPKE `enc`).
     pub enc: [u8; 32],
     /// The wraps, in no particular order.
-    pub wraps: Vec<[u8; 48]>,
+    pub wraps: Vec<[u8; 32]>,
 }
 
 /// What an entry's `body` holds: on a rotation the sealed new key, and
@@ -190,6 +193,14 @@ fn seal_aad(group: &Hash, epoch: u64) -> Vec<u8> {
 /// Devices per sealing thread below which one thread does it all.
 const PER_THREAD: usize = 64;
 
+fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (o, (x, y)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *o = x ^ y;
+    }
+    out
+}
+
 /// Seal `key` (the key of `epoch`) to every device in `to`. The wraps
 /// share one ephemeral key; large rotations are split over the machine's
 /// cores (each wrap is one X25519 multiplication).
@@ -206,22 +217,24 @@ pub fn seal_key(
         )));
     }
     let sk_e = Zeroizing::new(random_bytes::<32>()?);
-    let aad = seal_aad(group, epoch);
+    let ctx = seal_aad(group, epoch);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(to.len().div_ceil(PER_THREAD))
         .max(1);
     let chunk = to.len().div_ceil(threads);
-    let seal_chunk = |devices: &[Device]| -> Result<Vec<Sealed>, CryptoError> {
+    type Part = Result<([u8; 32], Vec<[u8; 32]>), CryptoError>;
+    let seal_chunk = |devices: &[Device]| -> Part {
         let infos: Vec<Vec<u8>> = devices.iter().map(|d| seal_info(group, epoch, d)).collect();
         let targets: Vec<(&[u8; 32], &[u8])> = devices
             .iter()
             .zip(&infos)
             .map(|(d, i)| (&d.kx.0, i.as_slice()))
             .collect();
-        Sealer::new().seal_with(&sk_e, &targets, &aad, &key.0)
+        let (enc, pads) = Sealer::new().export_with(&sk_e, &targets, &ctx)?;
+        Ok((enc, pads.iter().map(|p| xor(&key.0, p)).collect()))
     };
-    let parts: Vec<Result<Vec<Sealed>, CryptoError>> = if threads == 1 {
+    let parts: Vec<Part> = if threads == 1 {
         vec![seal_chunk(to)]
     } else {
         std::thread::scope(|s| {
@@ -241,10 +254,9 @@ pub fn seal_key(
     let mut enc = None;
     let mut wraps = Vec::with_capacity(to.len());
     for part in parts {
-        for (e, ct) in part? {
-            enc.get_or_insert(e);
-            wraps.push(<[u8; 48]>::try_from(ct.as_slice()).map_err(|_| CryptoError::Tampered)?);
-        }
+        let (e, w) = part?;
+        enc.get_or_insert(e);
+        wraps.extend(w);
     }
     Ok(Seal {
         enc: enc.ok_or_else(|| CryptoError::TooLarge("no device".into()))?,
@@ -253,12 +265,14 @@ pub fn seal_key(
 }
 
 /// Open the key of `epoch` from `seal` with this device's long-term key:
-/// one Diffie-Hellman, then one AEAD try per wrap.
+/// one Diffie-Hellman and one export, then each wrap's candidate is
+/// checked against `lock` (the entry's signed access lock).
 pub fn open_key(
     seal: &Seal,
     me: &DeviceKeys,
     group: &Hash,
     epoch: u64,
+    lock: &Hash,
 ) -> Result<EpochKey, CryptoError> {
     let device = me.device();
     let dh = Zeroizing::new(
@@ -270,14 +284,15 @@ pub fn open_key(
         return Err(CryptoError::Tampered);
     }
     let ss = shared_secret(&dh, &seal.enc, &device.kx.0);
-    let (k, nonce) = key_schedule(&ss, &seal_info(group, epoch, &device));
-    let cipher = ChaCha20Poly1305::new(Key::from_slice(k.as_ref()));
-    let aad = seal_aad(group, epoch);
+    let pad = export(
+        &ss,
+        &seal_info(group, epoch, &device),
+        &seal_aad(group, epoch),
+    );
     for w in &seal.wraps {
-        if let Ok(pt) = cipher.decrypt(Nonce::from_slice(&nonce), Payload { msg: w, aad: &aad }) {
-            let pt = Zeroizing::new(pt);
-            let key = <[u8; 32]>::try_from(pt.as_slice()).map_err(|_| CryptoError::Tampered)?;
-            return Ok(EpochKey(key));
+        let candidate = EpochKey(xor(w, &pad));
+        if &candidate.access_lock(group, epoch) == lock {
+            return Ok(candidate);
         }
     }
     Err(CryptoError::NotForMe)
@@ -425,12 +440,13 @@ fn message_aad(group: &Hash, epoch: u64, log_seq: u64, head: &Hash) -> Vec<u8> {
 
 /// Sign `event` with `keys` and encrypt it once under `key` (the key of
 /// `event.epoch`): the cost does not depend on the number of members.
+/// Returns the message and the signed event's id.
 pub fn seal_message(
     keys: &DeviceKeys,
     network: &Hash,
     event: GroupEvent,
     key: &EpochKey,
-) -> Result<GroupMessage, CryptoError> {
+) -> Result<(GroupMessage, Hash), CryptoError> {
     if event.body.len() > MAX_MESSAGE {
         return Err(CryptoError::TooLarge(format!(
             "a group message of {} bytes; at most {MAX_MESSAGE}",
@@ -441,19 +457,23 @@ pub fn seal_message(
     let salt = random_bytes::<16>()?;
     let (group, epoch, log_seq, head) = (event.group, event.epoch, event.log_seq, event.head);
     let signed = SignedGroupEvent { event, sig };
+    let id = signed.id();
     let ct = commit_encrypt(
         &message_key(&group, epoch, key, &salt),
         &encode(&signed),
         &message_aad(&group, epoch, log_seq, &head),
     )?;
-    Ok(GroupMessage {
-        group,
-        epoch,
-        log_seq,
-        head,
-        salt,
-        ct,
-    })
+    Ok((
+        GroupMessage {
+            group,
+            epoch,
+            log_seq,
+            head,
+            salt,
+            ct,
+        },
+        id,
+    ))
 }
 
 /// Decrypt a message with the key of its epoch. The inner event must name
@@ -501,23 +521,36 @@ mod tests {
         let key = EpochKey::random().expect("rng");
         let seal = seal_key(&G, 4, &key, &to).expect("seal");
         assert_eq!(seal.wraps.len(), 150);
+        let lock = key.access_lock(&G, 4);
         for d in &devices {
-            assert_eq!(open_key(&seal, d, &G, 4).expect("opens"), key);
+            assert_eq!(open_key(&seal, d, &G, 4, &lock).expect("opens"), key);
             // Another epoch or group does not open.
-            assert_eq!(open_key(&seal, d, &G, 5), Err(CryptoError::NotForMe));
             assert_eq!(
-                open_key(&seal, d, &Hash([4; 32]), 4),
+                open_key(&seal, d, &G, 5, &key.access_lock(&G, 5)),
+                Err(CryptoError::NotForMe)
+            );
+            assert_eq!(
+                open_key(&seal, d, &Hash([4; 32]), 4, &lock),
                 Err(CryptoError::NotForMe)
             );
         }
         assert_eq!(
-            open_key(&seal, &keys(1000), &G, 4),
+            open_key(&seal, &keys(1000), &G, 4, &lock),
             Err(CryptoError::NotForMe)
         );
         // One device left out cannot open it (and says so, typed).
         let fewer = seal_key(&G, 4, &key, &to[1..]).expect("seal");
         assert_eq!(
-            open_key(&fewer, &devices[0], &G, 4),
+            open_key(&fewer, &devices[0], &G, 4, &lock),
+            Err(CryptoError::NotForMe)
+        );
+        // A flipped bit in a wrap (a server tampering) opens nothing.
+        let mut bent = seal.clone();
+        for w in &mut bent.wraps {
+            w[0] ^= 1;
+        }
+        assert_eq!(
+            open_key(&bent, &devices[0], &G, 4, &lock),
             Err(CryptoError::NotForMe)
         );
     }
@@ -556,9 +589,10 @@ mod tests {
             kind: GROUP_TEXT,
             body: b"hello".to_vec(),
         };
-        let msg = seal_message(&alice, &NET, ev.clone(), &key).expect("seal");
+        let (msg, id) = seal_message(&alice, &NET, ev.clone(), &key).expect("seal");
         let opened = open_message(&msg, &key).expect("open");
         assert_eq!(opened.event, ev);
+        assert_eq!(opened.id(), id);
         let rec = UserRecord {
             server: Name::new("~s1").expect("name"),
             devices: vec![alice.device()],

@@ -22,17 +22,17 @@ pub struct GroupMeta {
     pub state: LogState,
     /// Position of the first entry stored here (0, or the anchor's).
     pub first: u64,
-    /// The access lock of the epoch before the current one (members who
-    /// have not read the rotation yet still post and read with it).
-    pub prev_access: Hash,
     /// Bytes of entries stored.
     pub bytes: u64,
 }
 
 impl GroupMeta {
-    /// Whether `lock` is the current or the previous epoch's access lock.
+    /// Whether `lock` is the current epoch's access lock. Only the current
+    /// one: a rotation that removes a member shuts them out of the lane at
+    /// once; a member who has not read it yet is refused, reads the (open)
+    /// log and comes back with the new token.
     pub fn admits(&self, lock: &Hash) -> bool {
-        lock == &self.state.access || lock == &self.prev_access
+        lock == &self.state.access
     }
 }
 
@@ -76,11 +76,6 @@ impl MailboxStore {
         wb.put_cf(log, log_key(segment, state.seq), entry);
         let meta = match old {
             Some(m) => GroupMeta {
-                prev_access: if state.access == m.state.access {
-                    m.prev_access
-                } else {
-                    m.state.access
-                },
                 first: m.first,
                 bytes: m.bytes.saturating_add(entry.len() as u64),
                 state,
@@ -104,7 +99,6 @@ impl MailboxStore {
                 }
                 GroupMeta {
                     first: anchor.map_or(state.seq, |(seq, _)| seq),
-                    prev_access: state.access,
                     bytes,
                     state,
                 }
@@ -122,19 +116,19 @@ impl MailboxStore {
         Ok(Ok(meta))
     }
 
-    /// Up to `limit` entries of `segment` after position `after`, and
+    /// Up to `limit` entries of `segment` from position `from` on, and
     /// about `max_bytes` in total (at least one).
     pub fn group_entries(
         &self,
         segment: &Hash,
-        after: u64,
+        from: u64,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, MailboxError> {
         let c = &self.core;
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(log_key(segment, u64::MAX).to_vec());
-        let start = log_key(segment, after.saturating_add(1));
+        let start = log_key(segment, from);
         let mut out = Vec::new();
         let mut bytes = 0;
         for item in c.db.iterator_cf_opt(

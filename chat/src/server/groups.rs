@@ -18,7 +18,7 @@ use jsonrpsee::types::ErrorObjectOwned;
 use tokio::sync::Notify;
 use xirtam_proofs::{Hash, decode};
 
-use super::{Concierge, err, invalid, parse_hex_capped, parse_hex32, store_err};
+use super::{Concierge, err, invalid, parse_hex32, store_err};
 use crate::api::{self, Delivered, GroupBatch, GroupCursor, GroupEntries, GroupHead, code};
 use crate::group::crypto::{GroupMessage, access_lock};
 use crate::group::log::{self, Entry, LogError, LogState, segment_id};
@@ -37,6 +37,8 @@ enum Refusal {
     Segment,
     /// The log holds as many entries or bytes as it may.
     Full,
+    /// The group moved away (a concurrent append closed the segment).
+    Closed,
 }
 
 fn head_of(segment: &Hash, m: &GroupMeta) -> GroupHead {
@@ -48,8 +50,40 @@ fn head_of(segment: &Hash, m: &GroupMeta) -> GroupHead {
     }
 }
 
-fn decode_entry(what: &str, hex: &str) -> RpcResult<(Entry, Vec<u8>)> {
-    let bytes = parse_hex_capped(what, hex, MAX_ENTRY)?;
+/// Base64 text of at most `max` bytes.
+fn parse_b64_capped(what: &str, s: &str, max: usize) -> RpcResult<Vec<u8>> {
+    if s.len() > max.div_ceil(3) * 4 {
+        return Err(err(
+            code::TOO_LARGE,
+            format!("{what} is larger than {max} bytes"),
+        ));
+    }
+    api::unb64(s).ok_or_else(|| invalid(format!("{what} is not base64")))
+}
+
+/// The answer to an entry that does not follow the head: `HEAD_MOVED`
+/// (with the head) when it names an older one, `BAD_ENTRY` when its
+/// author is no admin.
+fn head_moved_or_refused(segment: &Hash, m: &GroupMeta, e: &Entry) -> ErrorObjectOwned {
+    if e.prev != m.state.head {
+        ErrorObjectOwned::owned(
+            code::HEAD_MOVED,
+            format!(
+                "the log's head is now entry {} ({}); read the entries after yours and apply your change again",
+                m.state.seq, m.state.head
+            ),
+            Some(head_of(segment, m)),
+        )
+    } else {
+        err(
+            code::BAD_ENTRY,
+            format!("refused entry: {}", LogError::NotAdmin(e.author.clone())),
+        )
+    }
+}
+
+fn decode_entry(what: &str, text: &str) -> RpcResult<(Entry, Vec<u8>)> {
+    let bytes = parse_b64_capped(what, text, MAX_ENTRY)?;
     let e = decode::<Entry>(&bytes)
         .map_err(|e| invalid(format!("{what} is not a group entry: {e}")))?;
     Ok((e, bytes))
@@ -76,17 +110,46 @@ impl Concierge {
     ) -> RpcResult<GroupHead> {
         let segment = Hash(parse_hex32("segment", &segment)?);
         let (e, bytes) = decode_entry("entry", &entry)?;
-        if e.server != self.name {
-            return Err(err(
-                code::BAD_ENTRY,
-                format!(
-                    "the entry names {} as its server, not {}",
-                    e.server, self.name
-                ),
-            ));
-        }
         let anchor = anchor.map(|a| decode_entry("anchor", &a)).transpose()?;
-        self.rate_check(&segment)?;
+        // Cheap checks first, before any lookup: an entry that cannot
+        // apply costs no directory lookup.
+        let existing = self.store.group_meta(&segment).map_err(store_err)?;
+        match &existing {
+            // An entry naming another server moves the group away: it is
+            // taken as the segment's last.
+            Some(m) if m.state.server != self.name => {
+                return Err(ErrorObjectOwned::owned(
+                    code::MOVED,
+                    format!("group log {segment} moved to {}", m.state.server),
+                    Some(serde_json::json!({ "server": m.state.server.to_string() })),
+                ));
+            }
+            Some(m) if e.prev != m.state.head || !m.state.admins.contains(&e.author) => {
+                return Err(head_moved_or_refused(&segment, m, &e));
+            }
+            Some(_) => {}
+            None if e.server != self.name => {
+                return Err(err(
+                    code::BAD_ENTRY,
+                    format!(
+                        "a new log here must name this server ({}), not {}",
+                        self.name, e.server
+                    ),
+                ));
+            }
+            None => {
+                // A new segment: rate-limited per author (who must be
+                // registered: the lookup below), not per segment, which
+                // the caller picks.
+                self.rate_check(&xirtam_proofs::hash::hash_tagged(
+                    "xirtam/chat/group-create-rate/v1",
+                    e.author.as_str().as_bytes(),
+                ))?;
+            }
+        }
+        if existing.is_some() {
+            self.rate_check(&segment)?;
+        }
         let author = self.user(&e.author).await?;
         let network = self.params.genesis_hash;
         let limits = &self.limits;
@@ -102,6 +165,9 @@ impl Concierge {
                 limits.max_group_messages,
                 |old| match (old, &anchor) {
                     (Some(m), _) => {
+                        if m.state.server != self.name {
+                            return Err(Refusal::Closed);
+                        }
                         if e.prev != m.state.head {
                             return Err(Refusal::Moved(Box::new(m.clone())));
                         }
@@ -137,19 +203,15 @@ impl Concierge {
                 self.waiter(&lane).notify_waiters();
                 Ok(head_of(&segment, &meta))
             }
-            Err(Refusal::Moved(m)) => Err(ErrorObjectOwned::owned(
-                code::HEAD_MOVED,
-                format!(
-                    "the log's head is now entry {} ({}); read the entries after yours and apply your change again",
-                    m.state.seq, m.state.head
-                ),
-                Some(head_of(&segment, &m)),
-            )),
+            Err(Refusal::Moved(m)) => Err(head_moved_or_refused(&segment, &m, &e)),
             Err(Refusal::Rule(r)) => Err(err(code::BAD_ENTRY, format!("refused entry: {r}"))),
             Err(Refusal::Segment) => Err(err(
                 code::BAD_ENTRY,
                 "the segment id does not match the entry (genesis: segment_id(group, 0); a move: segment_id(group, anchor head))",
             )),
+            Err(Refusal::Closed) => {
+                Err(err(code::MOVED, format!("group log {segment} moved away")))
+            }
             Err(Refusal::Full) => Err(err(
                 code::TOO_LARGE,
                 format!(
@@ -163,7 +225,7 @@ impl Concierge {
     pub(super) fn group_log(
         &self,
         segment: String,
-        after: u64,
+        from: u64,
         limit: u32,
     ) -> RpcResult<GroupEntries> {
         let segment = Hash(parse_hex32("segment", &segment)?);
@@ -171,11 +233,11 @@ impl Concierge {
         let limit = limit.clamp(1, api::MAX_LOG_BATCH) as usize;
         let entries = self
             .store
-            .group_entries(&segment, after, limit, api::MAX_BATCH_BYTES)
+            .group_entries(&segment, from, limit, api::MAX_BATCH_BYTES)
             .map_err(store_err)?;
         Ok(GroupEntries {
             head: head_of(&segment, &meta),
-            entries: entries.iter().map(hex::encode).collect(),
+            entries: entries.iter().map(|e| api::b64(e)).collect(),
         })
     }
 
@@ -188,7 +250,7 @@ impl Concierge {
             return Err(err(
                 code::FORBIDDEN,
                 format!(
-                    "this access token is not the current or previous epoch's of group log {segment}; read the log for the new key"
+                    "this access token is not the current epoch's of group log {segment}; read the log for the new key"
                 ),
             ));
         }
@@ -202,7 +264,14 @@ impl Concierge {
         message: String,
     ) -> RpcResult<u64> {
         let (segment, meta) = self.admitted(&segment, &access)?;
-        let bytes = parse_hex_capped("message", &message, self.limits.max_envelope)?;
+        let bytes = parse_b64_capped("message", &message, self.limits.max_envelope)?;
+        if meta.state.server != self.name {
+            return Err(ErrorObjectOwned::owned(
+                code::MOVED,
+                format!("group log {segment} moved to {}", meta.state.server),
+                Some(serde_json::json!({ "server": meta.state.server.to_string() })),
+            ));
+        }
         let m = decode::<GroupMessage>(&bytes)
             .map_err(|e| invalid(format!("not a group message: {e}")))?;
         if m.group != meta.state.group {
@@ -265,7 +334,7 @@ impl Concierge {
                         .into_iter()
                         .map(|m| Delivered {
                             seq: m.seq,
-                            envelope: hex::encode(&m.bytes),
+                            envelope: api::b64(&m.bytes),
                         })
                         .collect(),
                 });
