@@ -106,6 +106,9 @@ impl Prepared {
     }
 }
 
+/// `enc` and one 32-byte secret per recipient.
+pub(crate) type Encapsulated = ([u8; 32], Vec<Zeroizing<[u8; 32]>>);
+
 /// One HPKE wrap: the encapsulated key and the ciphertext.
 pub(crate) type Sealed = ([u8; 32], Vec<u8>);
 
@@ -281,7 +284,7 @@ impl Sealer {
         sk_e: &[u8; 32],
         to: &[(&[u8; 32], &[u8])],
         exporter_context: &[u8],
-    ) -> Result<([u8; 32], Vec<Zeroizing<[u8; 32]>>), CryptoError> {
+    ) -> Result<Encapsulated, CryptoError> {
         let pks: Vec<&[u8; 32]> = to.iter().map(|(pk, _)| *pk).collect();
         let (enc, secrets) = self.encap_all(sk_e, &pks)?;
         let exports = to
@@ -298,7 +301,7 @@ impl Sealer {
         &mut self,
         sk_e: &[u8; 32],
         pks: &[&[u8; 32]],
-    ) -> Result<([u8; 32], Vec<Zeroizing<[u8; 32]>>), CryptoError> {
+    ) -> Result<Encapsulated, CryptoError> {
         // The Edwards points to convert: the ephemeral public key, then
         // each table-path shared secret.
         let mut eds = Zeroizing::new(Vec::with_capacity(1 + pks.len()));
