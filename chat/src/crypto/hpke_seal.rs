@@ -130,6 +130,18 @@ impl Dh {
     }
 }
 
+/// X25519(sk, pk) for a key without a table: on the Edwards form when
+/// the point is on the curve (`[clamp(sk)]P` with the unreduced clamped
+/// scalar is exactly the ladder's value for every curve point, torsion
+/// included, and the vectorised backend makes it faster), else (a
+/// twist point) the ladder.
+fn variable_base(pk: &[u8; 32], sk: &[u8; 32]) -> Dh {
+    match MontgomeryPoint(*pk).to_edwards(0) {
+        Some(p) => Dh::Edwards(p.mul_clamped(*sk)),
+        None => Dh::Montgomery(MontgomeryPoint(*pk).mul_clamped(*sk).0),
+    }
+}
+
 pub struct Sealer {
     keys: HashMap<[u8; 32], Prepared>,
     /// Keys without a table yet, and how often they were used.
@@ -194,7 +206,7 @@ impl Sealer {
                 self.seen.clear();
             }
             self.seen.insert(*pk, uses.saturating_add(1));
-            return Dh::Montgomery(MontgomeryPoint(*pk).mul_clamped(*sk).0);
+            return variable_base(pk, sk);
         }
         self.seen.remove(pk);
         self.builds -= 1;
@@ -576,6 +588,22 @@ mod tests {
             assert!(sealer.seen.len() <= Sealer::SEEN_CAPACITY);
         }
         assert_eq!(sealer.tables(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The Edwards path of a key without a table computes the ladder's
+        /// value for every curve point, with any torsion component, and
+        /// falls back to the ladder on the twist.
+        #[test]
+        fn variable_base_equals_the_ladder(k in any::<[u8; 32]>(), sk in any::<[u8; 32]>(), t in 0usize..8, u in any::<[u8; 32]>()) {
+            let p = EdwardsPoint::mul_base_clamped(k) + curve25519_dalek::constants::EIGHT_TORSION[t];
+            let pk = p.to_montgomery().0;
+            prop_assert_eq!(variable_base(&pk, &sk).u(), MontgomeryPoint(pk).mul_clamped(sk).0);
+            // Any 32 bytes: on the curve or on the twist.
+            prop_assert_eq!(variable_base(&u, &sk).u(), MontgomeryPoint(u).mul_clamped(sk).0);
+        }
     }
 
     proptest! {

@@ -152,6 +152,38 @@ impl Body {
     }
 }
 
+/// How a [`Body`] is encoded: the names of the roster and of the banned
+/// joined by spaces (a name has none), a byte or so per name instead of
+/// a length field of eight.
+#[derive(Encode, Decode)]
+struct BodyWire {
+    name: String,
+    admins_only: bool,
+    roster: String,
+    banned: String,
+    change: Change,
+}
+
+fn join(names: &[Name]) -> String {
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn split(s: &str) -> Result<Vec<Name>, CryptoError> {
+    s.split(' ')
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            Name::new(x).map_err(|e| CryptoError::Malformed {
+                what: "group roster",
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// An epoch key sealed to member devices: one shared HPKE encapsulated
 /// key and one 32-byte wrap per device (no recipient hint). A wrap is the
 /// key XOR the 32-byte export of the device's export-only HPKE context;
@@ -333,9 +365,16 @@ pub fn seal_body(
     body: &Body,
 ) -> Result<Vec<u8>, CryptoError> {
     body.check()?;
+    let wire = BodyWire {
+        name: body.name.clone(),
+        admins_only: body.admins_only,
+        roster: join(&body.roster),
+        banned: join(&body.banned),
+        change: body.change.clone(),
+    };
     commit_encrypt(
         &body_key(group, seq, key),
-        &encode(body),
+        &encode(&wire),
         &encode(&(group, seq, prev)),
     )
 }
@@ -353,10 +392,22 @@ pub fn open_body(
         sealed,
         &encode(&(group, seq, prev)),
     )?;
-    let body: Body = decode(&plain).map_err(|e| CryptoError::Malformed {
+    let wire: BodyWire = decode(&plain).map_err(|e| CryptoError::Malformed {
         what: "group entry body",
         reason: e.to_string(),
     })?;
+    // Bounded before splitting: at most the roster's limit of names.
+    let most = MAX_MEMBERS * (xirtam_proofs::name::MAX_NAME_LEN + 1);
+    if wire.roster.len() > most || wire.banned.len() > most {
+        return Err(CryptoError::TooLarge("group roster".into()));
+    }
+    let body = Body {
+        name: wire.name,
+        admins_only: wire.admins_only,
+        roster: split(&wire.roster)?,
+        banned: split(&wire.banned)?,
+        change: wire.change,
+    };
     body.check()?;
     Ok(body)
 }
