@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use xirtam_node_api::{NetInfo, NodeApiClient, TipView};
 
 pub mod bench_chat;
+pub mod bench_group;
 pub mod bench_link;
 pub mod chat;
 pub mod demo;

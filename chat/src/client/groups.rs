@@ -328,6 +328,17 @@ impl<D: Directory, C: Connector> Core<D, C> {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// What this device presents to group `g`'s host to read its lane:
+    /// the segment and the current epoch's access token (diagnostics and
+    /// benchmarks; the token opens nothing but the lane's ciphertext).
+    pub fn group_access(&self, g: &Hash) -> Result<(Hash, [u8; 32])> {
+        let st = self.load_group(g)?;
+        let key = st
+            .key(st.log.epoch)
+            .ok_or_else(|| ClientError::Invalid("this device lacks the current key".into()))?;
+        Ok((st.segment, key.access_token(&st.group, st.log.epoch)))
+    }
+
     /// One group.
     pub fn group(&self, g: &Hash) -> Result<GroupInfo> {
         Ok(self.load_group(g)?.info())

@@ -131,6 +131,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 500_000)]
         headers: u64,
     },
+    /// Group fan-out: one group message delivered to this many members'
+    /// long-polls on loopback; times the send until the last delivery.
+    GroupFanout {
+        /// Long-polling members.
+        #[arg(long, default_value_t = 1000)]
+        pollers: usize,
+        /// Messages sent (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Device linking: a user with this much history links new devices
     /// (one per run); times the code shown until the new device holds the
     /// whole history.
@@ -340,6 +350,21 @@ async fn bench(b: BenchCmd) -> Result<()> {
                 r.rss_kib.1,
                 r.idle,
                 per / 1024.0
+            );
+        }
+        BenchCmd::GroupFanout { pollers, runs } => {
+            let r = xirtam_testnet::bench_group::run(xirtam_testnet::bench_group::FanoutBench {
+                pollers,
+                runs,
+            })
+            .await?;
+            let mut ms: Vec<f64> = r.runs.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+            for (i, t) in ms.iter().enumerate() {
+                println!("  run {}: last of {pollers} deliveries after {t:.1} ms", i + 1);
+            }
+            println!(
+                "group message to {pollers} long-polling members: median {:.1} ms to the last delivery",
+                percentile(&mut ms, 50.0)
             );
         }
         BenchCmd::Link { messages, runs } => {
