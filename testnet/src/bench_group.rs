@@ -47,12 +47,7 @@ pub async fn run(b: FanoutBench) -> Result<FanoutResult> {
     let conns = (b.pollers + 64).to_string();
     net.add_server(
         "~s1",
-        &[
-            "--postage-bits",
-            "12",
-            "--max-connections-per-ip",
-            &conns,
-        ],
+        &["--postage-bits", "12", "--max-connections-per-ip", &conns],
     )
     .await?;
     let root = net.root().to_path_buf();
@@ -89,7 +84,8 @@ pub async fn run(b: FanoutBench) -> Result<FanoutResult> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<u64>>(b.pollers);
         let (ready_tx, mut ready) = tokio::sync::mpsc::channel::<()>(b.pollers);
         for c in &clients {
-            let (c, cursor, tx, ready_tx) = (c.clone(), cursor.clone(), tx.clone(), ready_tx.clone());
+            let (c, cursor, tx, ready_tx) =
+                (c.clone(), cursor.clone(), tx.clone(), ready_tx.clone());
             tokio::spawn(async move {
                 // A first call opens the connection (and returns at once).
                 let warm = c.group_receive(vec![cursor.clone()], 0).await;
@@ -124,7 +120,10 @@ pub async fn run(b: FanoutBench) -> Result<FanoutResult> {
         while delivered < b.pollers {
             let seq = rx.recv().await.context("a poller stopped")??;
             if seq < m.seq {
-                bail!("a long-poll answered without the message (seq {seq} < {})", m.seq);
+                bail!(
+                    "a long-poll answered without the message (seq {seq} < {})",
+                    m.seq
+                );
             }
             delivered += 1;
         }

@@ -360,7 +360,10 @@ async fn bench(b: BenchCmd) -> Result<()> {
             .await?;
             let mut ms: Vec<f64> = r.runs.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
             for (i, t) in ms.iter().enumerate() {
-                println!("  run {}: last of {pollers} deliveries after {t:.1} ms", i + 1);
+                println!(
+                    "  run {}: last of {pollers} deliveries after {t:.1} ms",
+                    i + 1
+                );
             }
             println!(
                 "group message to {pollers} long-polling members: median {:.1} ms to the last delivery",
