@@ -67,6 +67,7 @@ fn rotation(c: &mut Criterion) {
         let body = Body {
             name: "a thousand".into(),
             admins_only: false,
+            history: true,
             roster: roster.clone(),
             banned: Vec::new(),
             change: Change::Rotated,

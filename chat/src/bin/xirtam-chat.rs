@@ -179,6 +179,18 @@ enum GroupCmd {
         /// The new name.
         name: String,
     },
+    /// Change the settings (admins).
+    Set {
+        /// The group.
+        group: String,
+        /// Only admins may post (on|off).
+        #[arg(long, value_parser = on_off)]
+        admins_only: Option<bool>,
+        /// New members may read the messages of the key epoch they join in
+        /// (on|off; off: adding a member rotates the key).
+        #[arg(long, value_parser = on_off)]
+        history: Option<bool>,
+    },
     /// Rotate the group's key now (admins).
     Rotate {
         /// The group.
@@ -330,6 +342,14 @@ fn show_event(e: &ClientEvent) {
     }
 }
 
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: on or off")),
+    }
+}
+
 fn short(h: &xirtam_proofs::Hash) -> String {
     h.to_hex()[..12].to_string()
 }
@@ -364,6 +384,19 @@ fn show_group_info(g: &GroupInfo) {
         g.epoch,
         g.seq,
         g.head
+    );
+    println!(
+        "  {}; {}",
+        if g.admins_only {
+            "only admins post"
+        } else {
+            "everyone posts"
+        },
+        if g.history {
+            "new members read the current key's messages"
+        } else {
+            "new members read only what follows them"
+        }
     );
     if let Some(e) = g.waiting_key {
         println!("  waiting for the key of epoch {e} (asked an admin to re-share it)");
@@ -425,6 +458,11 @@ async fn group(c: &ChatClient, cmd: GroupCmd) -> Result<()> {
             show_group_info(&c.group_rename(&find(&g)?, &n).await?)
         }
         GroupCmd::Rotate { group: g } => show_group_info(&c.group_rotate(&find(&g)?).await?),
+        GroupCmd::Set {
+            group: g,
+            admins_only,
+            history,
+        } => show_group_info(&c.group_settings(&find(&g)?, admins_only, history).await?),
         GroupCmd::Move { group: g, server } => {
             let info = c.group_move(&find(&g)?, &name(&server)?).await?;
             show_flush(&c.flush().await?);

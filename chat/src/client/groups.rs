@@ -153,6 +153,9 @@ pub struct GroupState {
     pub last: Vec<u8>,
     /// Messages stored for this group on this device.
     pub stored: u64,
+    /// When this device saw the current epoch start (Unix ms): an admin's
+    /// device rotates the key once it is older than [`ROTATION_PERIOD`].
+    pub rotated_ms: u64,
     /// The lane the group had before it moved, still read for a grace
     /// period (messages posted there by members who had not seen the move
     /// yet are not lost).
@@ -173,6 +176,9 @@ pub struct Previous {
     /// Read until then (Unix ms).
     pub until_ms: u64,
 }
+
+/// How old an epoch key gets before an admin's device rotates it.
+pub const ROTATION_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long the lane a group moved from is still read.
 pub const MOVE_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -236,6 +242,8 @@ impl GroupState {
             head: self.log.head,
             waiting_key: self.missing,
             forked: self.forked.clone(),
+            admins_only: self.body.admins_only,
+            history: self.body.history,
         }
     }
 }
@@ -263,6 +271,10 @@ pub struct GroupInfo {
     pub waiting_key: Option<u64>,
     /// Why the group is marked forked, if it is.
     pub forked: Option<String>,
+    /// Only admins may post.
+    pub admins_only: bool,
+    /// New members may read the current epoch's earlier messages.
+    pub history: bool,
 }
 
 /// A change an admin makes: the admins and body after it, and whether the
@@ -475,6 +487,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
         let body = Body {
             name: name.to_owned(),
             admins_only: false,
+            history: true,
             roster: vec![me.clone()],
             banned: Vec::new(),
             change: Change::Created,
@@ -515,6 +528,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
             forked: None,
             last: encode(&entry),
             stored: 0,
+            rotated_ms: unix_ms(),
             previous: None,
         };
         self.commit_group(&st)?;
@@ -711,6 +725,9 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 }
             }
         }
+        if e.epoch != st.log.epoch {
+            st.rotated_ms = unix_ms();
+        }
         let mut change = None;
         if let Some(k) = st.key(e.epoch) {
             match gc::open_body(&st.group, e.seq, &e.prev, k, &eb.body) {
@@ -848,10 +865,12 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 let mut body = st.body.clone();
                 body.roster.push(u.clone());
                 body.change = Change::Added(u.clone());
+                // Without history, a new member gets a new key: nothing
+                // sent before they joined opens with it.
                 Ok(Some(Plan {
                     admins: st.log.admins.clone(),
+                    rotate: !body.history,
                     body,
-                    rotate: false,
                 }))
             })
             .await?;
@@ -961,6 +980,31 @@ impl<D: Directory, C: Connector> Core<D, C> {
             let mut body = st.body.clone();
             body.name = n.clone();
             body.change = Change::Renamed;
+            Ok(Some(Plan {
+                admins: st.log.admins.clone(),
+                body,
+                rotate: false,
+            }))
+        })
+        .await
+    }
+
+    /// Change the settings (admins): whether only admins may post, and
+    /// whether new members may read the current epoch's earlier messages.
+    pub async fn group_settings(
+        &self,
+        g: &Hash,
+        admins_only: Option<bool>,
+        history: Option<bool>,
+    ) -> Result<GroupInfo> {
+        self.group_change(g, move |st, _| {
+            let mut body = st.body.clone();
+            body.admins_only = admins_only.unwrap_or(body.admins_only);
+            body.history = history.unwrap_or(body.history);
+            if (body.admins_only, body.history) == (st.body.admins_only, st.body.history) {
+                return Ok(None);
+            }
+            body.change = Change::Settings;
             Ok(Some(Plan {
                 admins: st.log.admins.clone(),
                 body,
@@ -1212,6 +1256,7 @@ impl<D: Directory, C: Connector> Core<D, C> {
             forked: None,
             last: bytes.clone(),
             stored: 0,
+            rotated_ms: unix_ms(),
             previous: None,
         };
         self.sync_log(me, &mut st).await?;
@@ -1698,7 +1743,23 @@ impl<D: Directory, C: Connector> Core<D, C> {
                 self.commit_group(&st)?;
             }
         }
+        // Periodic rotation, by an admin's device (several racing admins
+        // land one: the others find it done).
+        let mut due = Vec::new();
+        for g in self.group_ids()? {
+            let st = self.load_group(&g)?;
+            if st.log.admins.contains(&me)
+                && unix_ms().saturating_sub(st.rotated_ms) >= ROTATION_PERIOD.as_millis() as u64
+            {
+                due.push(g);
+            }
+        }
         drop(_l);
+        for g in due {
+            if let Err(e) = self.group_rotate(&g).await {
+                report.errors.push(format!("rotating group {g}: {e}"));
+            }
+        }
         for (g, who) in leaving {
             if let Err(e) = self
                 .remove_member(&g, &who, Change::Left(who.clone()))
@@ -1778,6 +1839,11 @@ impl<D: Directory, C: Connector> Core<D, C> {
         }
         if !st.body.roster.contains(&sender) {
             return Ok(Incoming::Refused(format!("{sender} is not a member")));
+        }
+        if ev.event.kind == GROUP_TEXT && st.body.admins_only && !st.log.admins.contains(&sender) {
+            return Ok(Incoming::Refused(format!(
+                "{sender} is not an admin, and only admins may post"
+            )));
         }
         // A member signed that it saw this head at this position: if our
         // server shows us another (or none), one of us is shown another
@@ -1905,5 +1971,6 @@ fn describe(c: &Change) -> String {
         Change::Renamed => "renamed".into(),
         Change::Rotated => "key rotated".into(),
         Change::Moved(s) => format!("moved to {s}"),
+        Change::Settings => "the settings changed".into(),
     }
 }

@@ -120,6 +120,8 @@ pub enum Change {
     Rotated,
     /// The log moved to another server.
     Moved(Name),
+    /// The settings changed.
+    Settings,
 }
 
 /// The encrypted part of an entry: settings and roster.
@@ -129,6 +131,9 @@ pub struct Body {
     pub name: String,
     /// Only admins may post.
     pub admins_only: bool,
+    /// New members may read the messages of the epoch they join in (sent
+    /// before they joined); when off, adding a member rotates the key.
+    pub history: bool,
     /// The members (users), admins included.
     pub roster: Vec<Name>,
     /// Users who may not be added again.
@@ -159,6 +164,7 @@ impl Body {
 struct BodyWire {
     name: String,
     admins_only: bool,
+    history: bool,
     roster: String,
     banned: String,
     change: Change,
@@ -368,6 +374,7 @@ pub fn seal_body(
     let wire = BodyWire {
         name: body.name.clone(),
         admins_only: body.admins_only,
+        history: body.history,
         roster: join(&body.roster),
         banned: join(&body.banned),
         change: body.change.clone(),
@@ -404,6 +411,7 @@ pub fn open_body(
     let body = Body {
         name: wire.name,
         admins_only: wire.admins_only,
+        history: wire.history,
         roster: split(&wire.roster)?,
         banned: split(&wire.banned)?,
         change: wire.change,
@@ -612,6 +620,7 @@ mod tests {
         let body = Body {
             name: "lobby".into(),
             admins_only: false,
+            history: true,
             roster: vec![Name::new("@alice").expect("name")],
             banned: vec![],
             change: Change::Created,

@@ -66,7 +66,10 @@ async fn a_send_goes_out_while_a_long_poll_is_open() {
     .await
     .expect("the send is not held up by the open long-poll")
     .expect("send");
-    assert_eq!(report.delivered.len(), 1, "{report:?}");
+    // Delivered by this flush or by the background flusher that the
+    // queueing woke (whichever takes the flush lock first): not left queued.
+    assert!(report.queued.is_empty(), "{report:?}");
+    assert!(report.delivered.len() <= 1, "{report:?}");
     assert!(
         s1.open_polls.load(Ordering::SeqCst) >= 1,
         "the long-poll was still open"
