@@ -1084,11 +1084,34 @@ impl<D: Directory, C: Connector> Core<D, C> {
         );
         let segment = segment_id(&st.group, &st.log.head);
         let conn = self.conn(to).await?;
-        conn.rpc
+        let entry = match conn
+            .rpc
             .group_append(&segment, &encode(&entry), Some(&st.last))
             .await
-            .map_err(|e| self.group_err(to, "group_append", e))?;
-        st.add_key(epoch, key);
+        {
+            Ok(_) => {
+                st.add_key(epoch, key);
+                entry
+            }
+            Err(e) => {
+                // An earlier try of this move may have landed there with
+                // its answer lost (the segment is then taken by that
+                // entry): adopt it - its seal includes this device.
+                let earlier = conn
+                    .rpc
+                    .group_log(&segment, seq, 1)
+                    .await
+                    .ok()
+                    .and_then(|(_, entries)| entries.into_iter().next())
+                    .and_then(|b| decode::<Entry>(&b).ok())
+                    .filter(|x| x.seq == seq && x.prev == st.log.head && &x.server == to);
+                match earlier {
+                    Some(x) => x,
+                    None => return Err(self.group_err(to, "group_append", e)),
+                }
+            }
+        };
+        let epoch = entry.epoch;
         let (old_server, old_segment) = (st.log.server.clone(), st.segment);
         self.follow_move(&me, &mut st, &entry, segment)
             .await?

@@ -106,8 +106,9 @@ impl Prepared {
     }
 }
 
-/// `enc` and one 32-byte secret per recipient.
-pub(crate) type Encapsulated = ([u8; 32], Vec<Zeroizing<[u8; 32]>>);
+/// `enc` and one 32-byte secret per recipient (`None` for a small-order
+/// key, whose shared secret would be all zeros: RFC 9180 §7.1.4).
+pub(crate) type Encapsulated = ([u8; 32], Vec<Option<Zeroizing<[u8; 32]>>>);
 
 /// One HPKE wrap: the encapsulated key and the ciphertext.
 pub(crate) type Sealed = ([u8; 32], Vec<u8>);
@@ -272,6 +273,10 @@ impl Sealer {
         let (enc, secrets) = self.encap_all(sk_e, &pks)?;
         let mut out = Vec::with_capacity(to.len());
         for ((_, info), ss) in to.iter().zip(&secrets) {
+            let ss = ss.as_ref().ok_or_else(|| CryptoError::Malformed {
+                what: "recipient key",
+                reason: "a small-order X25519 point".into(),
+            })?;
             let (key, nonce) = key_schedule(ss, info);
             let ct = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
                 .encrypt(
@@ -290,7 +295,7 @@ impl Sealer {
     /// One export-only HPKE context (RFC 9180 §5.3, AEAD id 0xFFFF) per
     /// recipient `(pk_r, info)`, all with the ephemeral secret `sk_e`:
     /// returns `enc` and each context's 32-byte export under
-    /// `exporter_context`.
+    /// `exporter_context` (`None` for a small-order key).
     pub(crate) fn export_with(
         &mut self,
         sk_e: &[u8; 32],
@@ -302,7 +307,7 @@ impl Sealer {
         let exports = to
             .iter()
             .zip(&secrets)
-            .map(|((_, info), ss)| export(ss, info, exporter_context))
+            .map(|((_, info), ss)| ss.as_ref().map(|ss| export(ss, info, exporter_context)))
             .collect();
         Ok((enc, exports))
     }
@@ -338,14 +343,8 @@ impl Sealer {
                 Some(u) => u,
                 None => Zeroizing::new(next.next().ok_or_else(missing)?.0),
             };
-            if dh.iter().all(|b| *b == 0) {
-                // RFC 9180 §7.1.4: a small-order key gives an all-zero secret.
-                return Err(CryptoError::Malformed {
-                    what: "recipient key",
-                    reason: "a small-order X25519 point".into(),
-                });
-            }
-            out.push(shared_secret(&dh, &enc, pk_r));
+            // RFC 9180 §7.1.4: a small-order key gives an all-zero secret.
+            out.push((!dh.iter().all(|b| *b == 0)).then(|| shared_secret(&dh, &enc, pk_r)));
         }
         Ok((enc, out))
     }
@@ -629,7 +628,7 @@ mod tests {
                 ).expect("receiver");
                 let mut theirs = [0u8; 32];
                 rx.export(&ctx, &mut theirs).expect("export");
-                prop_assert_eq!(&theirs, ours.as_ref());
+                prop_assert_eq!(&theirs, ours.as_ref().expect("a valid key").as_ref());
             }
         }
     }

@@ -270,7 +270,9 @@ pub fn seal_key(
             .map(|(d, i)| (&d.kx.0, i.as_slice()))
             .collect();
         let (enc, pads) = Sealer::new().export_with(&sk_e, &targets, &ctx)?;
-        Ok((enc, pads.iter().map(|p| xor(&key.0, p)).collect()))
+        // A device whose key is a small-order point (a broken or hostile
+        // record) gets no wrap: it cannot stop the others' rotation.
+        Ok((enc, pads.iter().flatten().map(|p| xor(&key.0, p)).collect()))
     };
     let parts: Vec<Part> = if threads == 1 {
         vec![seal_chunk(to)]
@@ -295,6 +297,12 @@ pub fn seal_key(
         let (e, w) = part?;
         enc.get_or_insert(e);
         wraps.extend(w);
+    }
+    if wraps.is_empty() {
+        return Err(CryptoError::Malformed {
+            what: "recipient keys",
+            reason: "every one is a small-order X25519 point".into(),
+        });
     }
     Ok(Seal {
         enc: enc.ok_or_else(|| CryptoError::TooLarge("no device".into()))?,
@@ -602,6 +610,21 @@ mod tests {
         assert_eq!(
             open_key(&fewer, &devices[0], &G, 4, &lock),
             Err(CryptoError::NotForMe)
+        );
+        // A device with a small-order key gets no wrap and stops nobody.
+        let mut with_bad = to.clone();
+        with_bad.insert(
+            3,
+            Device {
+                sign: keys(2000).device().sign,
+                kx: crate::records::KxPublicKey([0; 32]),
+            },
+        );
+        let mixed = seal_key(&G, 4, &key, &with_bad).expect("the others still get the key");
+        assert_eq!(mixed.wraps.len(), 150);
+        assert_eq!(
+            open_key(&mixed, &devices[7], &G, 4, &lock).expect("opens"),
+            key
         );
         // A flipped bit in a wrap (a server tampering) opens nothing.
         let mut bent = seal.clone();

@@ -408,6 +408,8 @@ struct HostileHost {
     serve: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Serve the second segment's log when the first is asked for.
     redirect: std::sync::Arc<std::sync::Mutex<Option<(Hash, Hash)>>>,
+    /// Take appends but answer with an error (the answer lost).
+    lose_replies: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn refused(code: i32, msg: &str) -> jsonrpsee::types::ErrorObjectOwned {
@@ -453,7 +455,7 @@ impl HostileHost {
     fn module(self) -> jsonrpsee::RpcModule<HostileHost> {
         let mut m = jsonrpsee::RpcModule::new(self);
         m.register_method("group_append", |p, h, _| {
-            let (segment, entry, _anchor): (String, String, Option<String>) = p.parse()?;
+            let (segment, entry, anchor): (String, String, Option<String>) = p.parse()?;
             let segment = Hash::from_hex(&segment).map_err(|_| refused(-32602, "segment"))?;
             let bytes = api::unb64(&entry).ok_or_else(|| refused(-32602, "base64"))?;
             let e: Entry = decode(&bytes).map_err(|_| refused(-32602, "entry"))?;
@@ -466,10 +468,22 @@ impl HostileHost {
                 .last()
                 .map(|x| decode::<Entry>(x).expect("entry").head())
                 .unwrap_or(Hash::ZERO);
+            if branch.is_empty()
+                && let Some(a) = anchor
+            {
+                branch.push(api::unb64(&a).ok_or_else(|| refused(-32602, "base64"))?);
+            }
+            let head = branch
+                .last()
+                .map(|x| decode::<Entry>(x).expect("entry").head())
+                .unwrap_or(head);
             if e.prev != head {
                 return Err(refused(api::code::HEAD_MOVED, "head moved"));
             }
             branch.push(bytes);
+            if h.lose_replies.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(refused(-32000, "connection reset (the answer was lost)"));
+            }
             Ok::<_, jsonrpsee::types::ErrorObjectOwned>(HostileHost::head(&segment, branch))
         })
         .expect("register");
@@ -484,7 +498,7 @@ impl HostileHost {
                 head: HostileHost::head(&segment, &branch),
                 entries: branch
                     .iter()
-                    .skip(from as usize)
+                    .filter(|e| decode::<Entry>(e).expect("entry").seq >= from)
                     .map(|e| api::b64(e))
                     .collect(),
             })
@@ -876,4 +890,41 @@ async fn junk_in_the_lane_neither_forks_nor_stalls_a_group() {
     })
     .await;
     assert!(bob.group(&g).expect("group").forked.is_none());
+}
+
+/// A move whose answer was lost (the new server took the entry): the admin's
+/// client finds its entry there and adopts it, instead of being refused on
+/// that server for good.
+#[tokio::test]
+async fn a_move_whose_answer_was_lost_is_adopted() {
+    let net = chat_net(1, &["~s1"]).await;
+    let root = net.root().to_path_buf();
+    let alice = user(&net, &root.join("alice"), "@alice", "~s1").await;
+    let bob = user(&net, &root.join("bob"), "@bob", "~s1").await;
+    let (host, _evil, _front) = hostile_host(&net).await;
+    let g = alice
+        .group_create("lossy", None)
+        .await
+        .expect("create")
+        .group;
+    invite_all(&alice, &g, &[(&bob, "@bob")]).await;
+    host.lose_replies
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let moved = alice
+        .group_move(&g, &n("~evil"))
+        .await
+        .expect("the move that landed is adopted");
+    assert_eq!((moved.server, moved.epoch), (n("~evil"), 1));
+    host.lose_replies
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    alice.flush().await.expect("flush");
+    until(&bob, "bob to follow", |c| {
+        c.group(&g).expect("group").server == n("~evil")
+    })
+    .await;
+    alice.group_send(&g, "on the new host").await.expect("send");
+    until(&bob, "the message there", |c| {
+        texts(c, &g).contains(&"@alice: on the new host".to_string())
+    })
+    .await;
 }
