@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 # --- system packages -------------------------------------------------------
-# A C/C++ toolchain (blake3's SIMD code, RocksDB), and libclang for
-# RocksDB's bindgen-generated bindings.
-PKGS=(build-essential pkg-config clang libclang-dev)
+# A C/C++ toolchain (blake3's SIMD code, RocksDB), libclang for
+# RocksDB's bindgen-generated bindings, and tmux (the terminal client's
+# tests drive it in tmux).
+PKGS=(build-essential pkg-config clang libclang-dev tmux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -97,7 +97,7 @@ async fn show_received(log: &mut Log, c: &mut ChatClient, n: usize) -> Result<()
 
 /// Run the demo under `dir` (a fresh temporary directory when `None`),
 /// printing the transcript when `echo`.
-pub async fn run(dir: Option<&Path>, echo: bool) -> Result<DemoOutcome> {
+pub async fn run(dir: Option<&Path>, echo: bool, stay: bool) -> Result<DemoOutcome> {
     let mut log = Log {
         start: Instant::now(),
         lines: Vec::new(),
@@ -198,6 +198,29 @@ pub async fn run(dir: Option<&Path>, echo: bool) -> Result<DemoOutcome> {
             alice_inbox.len(),
             bob_inbox.len()
         );
+    }
+    if stay {
+        // The clients let go of their data directories, which the
+        // terminal client opens.
+        drop((alice, bob));
+        let bin = crate::find_bin("xirtam-chat", "XIRTAM_CHAT_BIN")
+            .map_or_else(|_| "xirtam-chat".into(), |p| p.display().to_string());
+        for who in ["alice", "bob"] {
+            std::fs::write(root.join(who).join("nodes"), net.node_urls().join("\n"))?;
+        }
+        log.say(format!(
+            "demo complete: every message arrived once, in order. The network stays up until Ctrl-C; in other terminals:\n    {bin} --network regtest --datadir {} tui\n    {bin} --network regtest --datadir {} tui",
+            root.join("alice").display(),
+            root.join("bob").display()
+        ));
+        tokio::signal::ctrl_c().await?;
+        log.say("stopping the testnet");
+        let (alice_inbox, bob_inbox) = (Vec::new(), Vec::new());
+        return Ok(DemoOutcome {
+            transcript: log.lines,
+            alice_inbox,
+            bob_inbox,
+        });
     }
     log.say("demo complete: every message arrived once, in order; stopping the testnet");
     Ok(DemoOutcome {

@@ -22,6 +22,7 @@ pub mod bench_link;
 pub mod chat;
 pub mod demo;
 pub mod header_source;
+pub mod tmux;
 
 pub use xirtam_chat;
 pub use xirtam_node_api as node_api;

@@ -14,6 +14,7 @@ use xirtam_proofs::Name;
 use xirtam_proofs::params::Params;
 
 mod common;
+mod tui;
 
 /// Chat with names verified on the directory chain.
 #[derive(Parser, Debug)]
@@ -107,6 +108,18 @@ enum Cmd {
     /// Groups hosted on a concierge server.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// The interactive terminal client: conversations, groups and every
+    /// command above, updated as events arrive (`?` for help). Logs go to
+    /// DATADIR/tui.log.
+    Tui {
+        /// Seconds between fresh lookups of your contacts' records (their
+        /// moves and key changes become notices).
+        #[arg(long, default_value_t = 30)]
+        watch: u64,
+        /// Write startup and key-to-screen times (JSON) here on exit.
+        #[arg(long, hide = true)]
+        stats: Option<PathBuf>,
+    },
 }
 
 /// `G` is a group's name, or its id (or the first hex digits of it, at
@@ -244,9 +257,23 @@ enum DeviceCmd {
 fn main() -> std::process::ExitCode {
     // Keys, history and databases: private to the user.
     xirtam_chat::private_files();
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     let log = cli.log.clone();
-    match common::block_on(&log, false, run(cli)) {
+    let result = if let Cmd::Tui { .. } = cli.cmd {
+        // The screen is the terminal client's: logs go to a file.
+        let log_file = data_dir(&cli).map(|d| d.join("tui.log"));
+        match log_file {
+            Ok(f) => {
+                let _ = xirtam_chat::create_private_dir(f.parent().unwrap_or(&f));
+                common::block_on_logging_to(&log, Some(&f), true, run(cli, started))
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        common::block_on(&log, false, run(cli, started))
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Errors may quote a server or a peer: escaped.
@@ -561,22 +588,31 @@ fn show_flush(f: &FlushReport) {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    let params = Params::by_name(&cli.network).ok_or_else(|| {
+fn params(cli: &Cli) -> Result<&'static Params> {
+    Params::by_name(&cli.network).ok_or_else(|| {
         anyhow!(
             "unknown network {:?}: use local, testnet or regtest",
             cli.network
         )
-    })?;
-    let dir = match &cli.datadir {
+    })
+}
+
+/// `--datadir`, or `~/.xirtam/chat-NETWORK`.
+fn data_dir(cli: &Cli) -> Result<PathBuf> {
+    Ok(match &cli.datadir {
         Some(d) => d.clone(),
         None => {
             let home = std::env::var_os("HOME").context("HOME is not set; pass --datadir")?;
             PathBuf::from(home)
                 .join(".xirtam")
-                .join(format!("chat-{}", params.name))
+                .join(format!("chat-{}", params(cli)?.name))
         }
-    };
+    })
+}
+
+async fn run(cli: Cli, started: std::time::Instant) -> Result<()> {
+    let params = params(&cli)?;
+    let dir = data_dir(&cli)?;
     let nodes_file = dir.join("nodes");
     let nodes = if cli.nodes.is_empty() {
         std::fs::read_to_string(&nodes_file)
@@ -735,6 +771,21 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Device(d) => device(&c, d).await?,
+        Cmd::Tui { watch, stats } => {
+            if !tui::is_terminal() {
+                bail!("`tui` needs a terminal; the other commands work without one");
+            }
+            tui::run(
+                c,
+                tui::Options {
+                    datadir: dir,
+                    watch: Duration::from_secs(watch.max(1)),
+                    stats,
+                    started,
+                },
+            )
+            .await?
+        }
         Cmd::Group(g) => group(&c, g).await?,
         Cmd::Move { server } => {
             let s = name(&server)?;

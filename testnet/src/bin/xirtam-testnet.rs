@@ -44,6 +44,10 @@ enum Cmd {
         /// Keep the data here instead of a temporary directory.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Keep the network up after the story (until Ctrl-C) and print
+        /// how to open `xirtam-chat tui` as @alice and @bob.
+        #[arg(long)]
+        stay: bool,
     },
     /// Show each node's tip and peers.
     Status,
@@ -172,8 +176,8 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Demo { keep } => {
-            xirtam_testnet::demo::run(keep.as_deref(), true).await?;
+        Cmd::Demo { keep, stay } => {
+            xirtam_testnet::demo::run(keep.as_deref(), true, stay).await?;
             Ok(())
         }
         Cmd::Up {

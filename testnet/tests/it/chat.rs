@@ -79,7 +79,7 @@ async fn receive(c: &mut ChatClient, count: usize) -> (Vec<Message>, usize, Vec<
 
 #[tokio::test]
 async fn demo_story() {
-    let out = xirtam_testnet::demo::run(None, false)
+    let out = xirtam_testnet::demo::run(None, false, false)
         .await
         .expect("the demo completes");
     let texts: Vec<&str> = out.alice_inbox.iter().map(|m| m.text.as_str()).collect();

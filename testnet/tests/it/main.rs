@@ -7,3 +7,4 @@ mod groups;
 mod lightclient;
 mod network;
 mod rogue;
+mod tui;

@@ -12,13 +12,37 @@ pub(crate) fn block_on(
     multi_thread: bool,
     command: impl Future<Output = Result<()>>,
 ) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(log)
-                .map_err(|e| anyhow!("bad --log filter: {e}"))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    block_on_logging_to(log, None, multi_thread, command)
+}
+
+/// [`block_on`], with logs appended to `file` instead of stderr when given
+/// (a full-screen program owns the terminal).
+pub(crate) fn block_on_logging_to(
+    log: &str,
+    file: Option<&std::path::Path>,
+    multi_thread: bool,
+    command: impl Future<Output = Result<()>>,
+) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(log)
+        .map_err(|e| anyhow!("bad --log filter: {e}"))?;
+    match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("open the log file {}", path.display()))?;
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
+        }
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let mut rt = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()
     } else {
