@@ -19,6 +19,7 @@ use xirtam_node_api::{NetInfo, NodeApiClient, TipView};
 pub mod bench_chat;
 pub mod bench_group;
 pub mod bench_link;
+pub mod bench_tui;
 pub mod chat;
 pub mod demo;
 pub mod header_source;

@@ -145,6 +145,23 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// The terminal client (`xirtam-chat tui`, in tmux): startup with
+    /// this many stored messages, and key-to-screen latency idle and while
+    /// messages arrive.
+    Tui {
+        /// Messages in the store.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Startups timed (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Keys typed per phase (one every 50 ms).
+        #[arg(long, default_value_t = 200)]
+        keys: usize,
+        /// Messages a second arriving while typing.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+    },
     /// Device linking: a user with this much history links new devices
     /// (one per run); times the code shown until the new device holds the
     /// whole history.
@@ -372,6 +389,62 @@ async fn bench(b: BenchCmd) -> Result<()> {
             println!(
                 "group message to {pollers} long-polling members: median {:.1} ms to the last delivery",
                 percentile(&mut ms, 50.0)
+            );
+        }
+        BenchCmd::Tui {
+            messages,
+            runs,
+            keys,
+            rate,
+        } => {
+            let r = xirtam_testnet::bench_tui::run(xirtam_testnet::bench_tui::TuiBench {
+                messages,
+                runs,
+                keys,
+                rate,
+            })
+            .await?;
+            println!(
+                "terminal client with {messages} stored messages (setup: sent and delivered in {:.1} s)",
+                r.setup.as_secs_f64()
+            );
+            let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+            for (i, (inside, screen)) in r.startup_inside.iter().zip(&r.startup_screen).enumerate()
+            {
+                println!(
+                    "  startup {}: first frame {:.1} ms after the process started; on the tmux screen {:.1} ms after asking tmux to start it",
+                    i + 1,
+                    ms(inside),
+                    ms(screen)
+                );
+            }
+            let mut inside: Vec<f64> = r.startup_inside.iter().map(ms).collect();
+            let mut screen: Vec<f64> = r.startup_screen.iter().map(ms).collect();
+            println!(
+                "startup median: {:.1} ms to the first frame, {:.1} ms to the screen",
+                percentile(&mut inside, 50.0),
+                percentile(&mut screen, 50.0)
+            );
+            for (what, keys) in [("idle", &r.keys_idle_us), ("loaded", &r.keys_loaded_us)] {
+                let mut v: Vec<f64> = keys.iter().map(|&u| u as f64 / 1000.0).collect();
+                if v.is_empty() {
+                    println!("typing {what}: no key measured");
+                    continue;
+                }
+                println!(
+                    "typing {what}: {} keys, key read to frame written median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    v.len(),
+                    percentile(&mut v, 50.0),
+                    percentile(&mut v, 99.0),
+                    percentile(&mut v, 100.0)
+                );
+            }
+            println!(
+                "messages arriving while typing: {} in {:.1} s ({:.0}/s; {} failed to queue)",
+                r.arrived,
+                r.loaded_for.as_secs_f64(),
+                r.arrived as f64 / r.loaded_for.as_secs_f64(),
+                r.send_errors
             );
         }
         BenchCmd::Link { messages, runs } => {

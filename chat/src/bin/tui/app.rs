@@ -1172,3 +1172,228 @@ fn group_item(m: &GroupMsg, me: Option<&Name>) -> Item {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossterm::event::KeyEvent;
+    use xirtam_chat::client::Delivery;
+
+    /// A distinct id per text.
+    fn h(text: &str) -> Hash {
+        let mut b = [0u8; 32];
+        for (i, c) in text.bytes().enumerate() {
+            b[i % 32] ^= c.wrapping_add(i as u8);
+        }
+        b[31] = 1;
+        Hash(b)
+    }
+
+    fn n(s: &str) -> Name {
+        Name::new(s).expect("valid")
+    }
+
+    fn msg(local: u64, from: &str, to: &str, text: &str, request: bool) -> Message {
+        Message {
+            local,
+            id: h(text),
+            from: n(from),
+            to: n(to),
+            time_ms: local,
+            after: Hash::ZERO,
+            text: text.into(),
+            delivered: from == "@alice",
+            verified_at: 1,
+            via: None,
+            request,
+        }
+    }
+
+    fn app(messages: Vec<Message>, contacts: &[&str]) -> App {
+        App::new(Loaded {
+            me: Some(n("@alice")),
+            server: Some(n("~s1")),
+            messages,
+            contacts: contacts.iter().map(|c| n(c)).collect(),
+            ..Loaded::default()
+        })
+    }
+
+    fn key(c: KeyCode) -> KeyEvent {
+        KeyEvent::new(c, KeyModifiers::NONE)
+    }
+
+    fn type_line(a: &mut App, text: &str) -> Vec<Action> {
+        for ch in text.chars() {
+            a.on_key(key(KeyCode::Char(ch)));
+        }
+        a.on_key(key(KeyCode::Enter))
+    }
+
+    #[test]
+    fn a_strangers_messages_stay_apart_until_accepted() {
+        let mut a = app(
+            vec![
+                msg(1, "@bob", "@alice", "hi", false),
+                msg(2, "@eve", "@alice", "buy now", true),
+            ],
+            &["@bob"],
+        );
+        let eve = ConvId::Direct(n("@eve"));
+        assert_eq!(
+            a.ordered(),
+            vec![ConvId::Notices, ConvId::Direct(n("@bob")), eve.clone()]
+        );
+        assert!(a.convs[&eve].request);
+        // A new message from a stranger is a request too, and opening it
+        // does not accept it.
+        a.on_event(ClientEvent::Request(msg(
+            3, "@mallory", "@alice", "psst", true,
+        )));
+        let mallory = ConvId::Direct(n("@mallory"));
+        a.select(mallory.clone());
+        assert!(a.convs[&mallory].request);
+        assert!(a.pending_request().is_some());
+        a.on_outcome(Outcome::Accepted(n("@mallory")));
+        assert!(!a.convs[&mallory].request);
+        assert!(a.pending_request().is_none());
+    }
+
+    #[test]
+    fn delivery_marks_follow_the_client_core() {
+        let mut a = app(vec![msg(1, "@bob", "@alice", "hi", false)], &["@bob"]);
+        assert_eq!(a.open, ConvId::Direct(n("@bob")));
+        let actions = type_line(&mut a, "hello");
+        let pending = match actions.as_slice() {
+            [Action::Send { to, text, pending }] if *to == n("@bob") && text == "hello" => *pending,
+            other => panic!("{other:?}"),
+        };
+        assert!(a.composer.is_empty(), "the composer clears at once");
+        let mark = |a: &App| match &a.convs[&ConvId::Direct(n("@bob"))]
+            .items
+            .last()
+            .expect("item")
+            .body
+        {
+            Body::Msg { mark, .. } => mark.clone(),
+            Body::Notice { .. } => panic!("a notice"),
+        };
+        assert_eq!(mark(&a), Mark::Sending);
+        let mut queued = msg(7, "@alice", "@bob", "hello", false);
+        queued.delivered = false;
+        a.on_outcome(Outcome::Queued {
+            pending,
+            msg: queued,
+        });
+        assert_eq!(mark(&a), Mark::Queued);
+        a.on_event(ClientEvent::Retrying {
+            local: 7,
+            to: n("@bob"),
+            attempts: 1,
+            error: "server down".into(),
+        });
+        assert!(matches!(mark(&a), Mark::Retrying(e) if e.contains("server down")));
+        a.on_event(ClientEvent::Delivered(Delivery {
+            local: 7,
+            to: n("@bob"),
+            server: n("~s1"),
+            seq: 1,
+            record_height: 1,
+            server_height: 1,
+            devices: 1,
+            refused_keys: Vec::new(),
+            long_term: Vec::new(),
+        }));
+        assert_eq!(mark(&a), Mark::Delivered);
+        // Refused before it was queued: shown as not sent.
+        let actions = type_line(&mut a, "again");
+        let [Action::Send { pending, .. }] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        a.on_outcome(Outcome::NotSent {
+            pending: *pending,
+            conv: ConvId::Direct(n("@bob")),
+            error: "no such user".into(),
+        });
+        assert!(matches!(mark(&a), Mark::Failed(e) if e == "no such user"));
+    }
+
+    #[test]
+    fn unread_counts_and_the_open_conversation() {
+        let mut a = app(
+            vec![
+                msg(1, "@bob", "@alice", "one", false),
+                msg(2, "@carol", "@alice", "two", false),
+            ],
+            &["@bob", "@carol"],
+        );
+        // Carol's is the latest: open, and read at once.
+        assert_eq!(a.open, ConvId::Direct(n("@carol")));
+        let actions = a.select(a.open.clone());
+        assert!(matches!(actions.as_slice(), [Action::MarkRead(p)] if *p == n("@carol")));
+        assert_eq!(a.convs[&ConvId::Direct(n("@bob"))].unread, 1);
+        a.on_event(ClientEvent::Message(msg(
+            3, "@bob", "@alice", "three", false,
+        )));
+        assert_eq!(a.convs[&ConvId::Direct(n("@bob"))].unread, 2);
+        // A message in the open conversation is read as it arrives.
+        let actions = a.on_event(ClientEvent::Message(msg(
+            4, "@carol", "@alice", "four", false,
+        )));
+        assert!(matches!(actions.as_slice(), [Action::MarkRead(_)]));
+        assert_eq!(a.convs[&ConvId::Direct(n("@carol"))].unread, 0);
+        // The same message twice is shown once.
+        a.on_event(ClientEvent::Message(msg(
+            4, "@carol", "@alice", "four", false,
+        )));
+        assert_eq!(a.convs[&ConvId::Direct(n("@carol"))].items.len(), 2);
+        // Another device read bob's conversation up to "three".
+        a.on_event(ClientEvent::Read {
+            peer: n("@bob"),
+            id: h("three"),
+        });
+        assert_eq!(a.convs[&ConvId::Direct(n("@bob"))].unread, 0);
+    }
+
+    #[test]
+    fn a_gap_is_marked_and_commands_need_their_context() {
+        let mut a = app(vec![msg(1, "@bob", "@alice", "one", false)], &["@bob"]);
+        a.on_event(ClientEvent::Missing {
+            message: h("one"),
+            after: h("zero"),
+        });
+        let conv = &a.convs[&ConvId::Direct(n("@bob"))];
+        assert!(matches!(
+            conv.items[0].body,
+            Body::Msg {
+                missing_before: true,
+                ..
+            }
+        ));
+        // Typing in the notices pane sends nothing.
+        a.select(ConvId::Notices);
+        assert!(type_line(&mut a, "hello?").is_empty());
+        assert!(
+            a.flash
+                .as_ref()
+                .is_some_and(|(f, _)| f.contains("open a conversation"))
+        );
+        a.composer.take();
+        // A bad command says why and keeps the text to fix.
+        assert!(type_line(&mut a, "/whois bob").is_empty());
+        assert_eq!(a.composer.text(), "/whois bob");
+        // `?` on an empty composer is help; in text it is a character.
+        a.composer.take();
+        a.on_key(key(KeyCode::Char('?')));
+        assert!(a.help);
+        a.on_key(key(KeyCode::Char('x')));
+        assert!(!a.help);
+        assert_eq!(a.composer.text(), "x");
+        a.on_key(key(KeyCode::Char('?')));
+        assert_eq!(a.composer.text(), "x?");
+        // Ctrl-C quits even with help open.
+        a.help = true;
+        a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+        assert!(a.quit);
+    }
+}

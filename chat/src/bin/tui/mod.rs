@@ -243,6 +243,18 @@ struct Stats {
     messages: usize,
     keys_us: Vec<u64>,
     events: u64,
+    /// Messages that arrived while running.
+    arrived: u64,
+}
+
+impl Stats {
+    fn count(&mut self, e: &xirtam_chat::client::ClientEvent) {
+        use xirtam_chat::client::ClientEvent as E;
+        self.events += 1;
+        if matches!(e, E::Message(_) | E::Request(_) | E::GroupMessage(_)) {
+            self.arrived += 1;
+        }
+    }
 }
 
 impl Stats {
@@ -251,6 +263,7 @@ impl Stats {
             "startup_us": self.startup_us,
             "messages": self.messages,
             "events": self.events,
+            "arrived": self.arrived,
             "keys_us": self.keys_us,
         });
         std::fs::write(path, json.to_string()).with_context(|| format!("write {}", path.display()))
@@ -303,10 +316,10 @@ pub(crate) async fn run(c: ChatClient, opts: Options) -> Result<()> {
             }
             e = events.next() => {
                 let Some(e) = e else { break };
-                stats.events += 1;
+                stats.count(&e);
                 actions.extend(app.on_event(e));
                 while let Some(e) = events.try_next() {
-                    stats.events += 1;
+                    stats.count(&e);
                     actions.extend(app.on_event(e));
                 }
             }

@@ -513,6 +513,44 @@ mod tests {
     }
 
     #[test]
+    fn a_screen_of_hostile_text_holds_no_control_character() {
+        use super::super::app::{App, Loaded};
+        use ratatui::backend::TestBackend;
+        use xirtam_chat::client::store::Message;
+        use xirtam_proofs::{Hash, Name};
+        let n = |s: &str| Name::new(s).expect("valid");
+        let evil = "a\u{1b}[2J\u{1b}]0;title\u{7}\nb\r\u{9b}31m\u{202e}c\t\u{0}";
+        let messages = (1..=10_000u64)
+            .map(|i| Message {
+                local: i,
+                id: Hash([(i % 251) as u8 + 1; 32]),
+                from: n("@eve"),
+                to: n("@alice"),
+                time_ms: i,
+                after: Hash::ZERO,
+                text: evil.into(),
+                delivered: false,
+                verified_at: 1,
+                via: None,
+                request: true,
+            })
+            .collect();
+        let mut app = App::new(Loaded {
+            me: Some(n("@alice")),
+            messages,
+            ..Loaded::default()
+        });
+        app.composer.set("typed\u{1b}[2J".into());
+        let mut term = ratatui::Terminal::new(TestBackend::new(100, 30)).expect("terminal");
+        term.draw(|f| draw(f, &mut app)).expect("draw");
+        let buf = term.backend().buffer();
+        let text: String = buf.content().iter().map(|c| c.symbol()).collect();
+        assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
+        assert!(text.contains("\\u{1b}[2J"), "the escape is shown as text");
+        assert!(text.contains("requests"), "a stranger is listed apart");
+    }
+
+    #[test]
     fn wrapping_breaks_at_spaces_and_fits() {
         assert_eq!(wrap("hello big world", 9), vec!["hello ", "big world"]);
         assert_eq!(wrap("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
