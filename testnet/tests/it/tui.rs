@@ -89,6 +89,19 @@ async fn the_terminal_client_chats_runs_a_group_and_shows_a_move() {
     );
     assert_ne!(t.title().await.expect("title"), "pwned");
 
+    // A stranger's message waits under requests.
+    let carol = user(&net, &root.join("carol"), "@carol", "~s1").await;
+    carol
+        .send(&n("@alice"), "hello, stranger here")
+        .await
+        .expect("send");
+    t.wait_until("@carol under requests", SCREEN, |s| {
+        s.find("── requests ──")
+            .is_some_and(|r| s[r..].contains("@carol"))
+    })
+    .await
+    .expect("request listed apart");
+
     // Create a group and invite bob, who joins and posts.
     t.type_text("/group create book club").await.expect("type");
     t.keys(&["Enter"]).await.expect("enter");

@@ -99,9 +99,20 @@ impl Conv {
     /// The last message's text, for the list.
     pub(crate) fn preview(&self) -> Option<(&Name, &str)> {
         self.items.iter().rev().find_map(|i| match &i.body {
+            Body::Msg {
+                mark: Mark::Failed(_),
+                ..
+            }
+            | Body::Notice { .. } => None,
             Body::Msg { from, text, .. } => Some((from, text.as_str())),
-            Body::Notice { .. } => None,
         })
+    }
+
+    /// Did we write in this conversation?
+    fn has_ours(&self, me: Option<&Name>) -> bool {
+        self.items
+            .iter()
+            .any(|i| matches!(&i.body, Body::Msg { from, .. } if Some(from) == me))
     }
 
     fn push(&mut self, item: Item) {
@@ -249,9 +260,15 @@ pub(crate) struct App {
     pub(crate) stopped: Option<String>,
     pub(crate) areas: Areas,
     pub(crate) quit: bool,
+    /// The flash as of the last tick, and for how many ticks it has shown.
+    flash_seen: Option<(String, bool)>,
+    flash_ticks: u32,
     next_pending: u64,
     seen_group_msgs: HashSet<Hash>,
 }
+
+/// Seconds a status message shows.
+const FLASH_SECS: u32 = 15;
 
 /// Shown while a command runs.
 const WORKING: &str = "working...";
@@ -281,6 +298,8 @@ impl App {
             stopped: None,
             areas: Areas::default(),
             quit: false,
+            flash_seen: None,
+            flash_ticks: 0,
             next_pending: 1,
             seen_group_msgs: HashSet::new(),
         };
@@ -364,16 +383,7 @@ impl App {
                     )
                 })
                 .count();
-            conv.request = !self.contacts.contains(peer)
-                && conv.items.iter().all(|i| {
-                    matches!(
-                        &i.body,
-                        Body::Msg {
-                            mark: Mark::Incoming,
-                            ..
-                        }
-                    )
-                });
+            conv.request = !self.contacts.contains(peer) && !conv.has_ours(self.me.as_ref());
         }
         self.groups.clear();
         self.seen_group_msgs.clear();
@@ -478,13 +488,29 @@ impl App {
             .entry(id.clone())
             .or_insert_with(|| Conv::new(id));
         conv.push(notice(text, warn));
-        if !open {
+        // Unread counts messages; a notice counts when it warns (a key
+        // change, a fork) or is in the notices pane.
+        if !open && (warn || conv.id == ConvId::Notices) {
             conv.unread += 1;
         }
     }
 
     fn flash(&mut self, text: impl Into<String>, warn: bool) {
         self.flash = Some((text.into(), warn));
+    }
+
+    /// A second passed: a status message goes after 15 s (an error that
+    /// has passed must not stay on screen).
+    pub(crate) fn tick(&mut self) {
+        if self.flash != self.flash_seen {
+            self.flash_seen = self.flash.clone();
+            self.flash_ticks = 0;
+        } else if self.flash.is_some() {
+            self.flash_ticks += 1;
+            if self.flash_ticks >= FLASH_SECS {
+                self.flash = None;
+            }
+        }
     }
 
     /// Open a conversation (creating an empty one with a user).
@@ -716,6 +742,13 @@ impl App {
             _ => text,
         };
         match self.open.clone() {
+            ConvId::Direct(to) if self.open_conv().is_some_and(|c| c.request) => {
+                self.flash(
+                    format!("{to} is not a contact: /accept first (a reply would accept them)"),
+                    true,
+                );
+                Vec::new()
+            }
             ConvId::Direct(to) => {
                 self.composer.take();
                 self.scroll = 0;
@@ -775,7 +808,8 @@ impl App {
             ClientEvent::Message(m) | ClientEvent::Request(m) => self.message(m),
             ClientEvent::Delivered(d) => {
                 if let Some(c) = self.convs.get_mut(&ConvId::Direct(d.to.clone()))
-                    && let Some(Body::Msg { mark, .. }) = c.msg_mut(|_, l| l == d.local)
+                    && let Some(Body::Msg { mark, .. }) =
+                        c.msg_mut(|id, l| *id != Hash::ZERO && l == d.local)
                 {
                     *mark = Mark::Delivered;
                 }
@@ -799,7 +833,8 @@ impl App {
                 error,
             } => {
                 if let Some(c) = self.convs.get_mut(&ConvId::Direct(to))
-                    && let Some(Body::Msg { mark, .. }) = c.msg_mut(|_, l| l == local)
+                    && let Some(Body::Msg { mark, .. }) =
+                        c.msg_mut(|id, l| *id != Hash::ZERO && l == local)
                 {
                     *mark = Mark::Retrying(format!("attempt {attempts}: {error}"));
                 }
@@ -951,7 +986,9 @@ impl App {
             return Vec::new();
         }
         if !ours {
-            if m.request && !self.contacts.contains(&peer) && conv.items.is_empty() {
+            // A request until accepted: from someone not a contact, to
+            // whom we never wrote (notices do not count).
+            if m.request && !self.contacts.contains(&peer) && !conv.has_ours(self.me.as_ref()) {
                 conv.request = true;
             }
             conv.unread += 1;
@@ -975,7 +1012,7 @@ impl App {
                 missing_before: false,
             },
         });
-        if self.open == id && !conv.request {
+        if self.open == id {
             return self.read_open();
         }
         Vec::new()
@@ -1044,8 +1081,12 @@ impl App {
                             *b = group_item(&m, self.me.as_ref()).body;
                         }
                         Err(e) => {
-                            self.flash.replace((e.clone(), true));
-                            if let Body::Msg { mark, .. } = b {
+                            self.flash
+                                .replace((format!("{e} (the text is back in the composer)"), true));
+                            if let Body::Msg { mark, text, .. } = b {
+                                if self.composer.is_empty() {
+                                    self.composer.set(text.clone());
+                                }
                                 *mark = Mark::Failed(e);
                             }
                         }
@@ -1057,12 +1098,34 @@ impl App {
                 conv,
                 error,
             } => {
-                self.flash(error.clone(), true);
+                self.flash(format!("{error} (the text is back in the composer)"), true);
                 if let Some(c) = self.convs.get_mut(&conv)
-                    && let Some(Body::Msg { mark, .. }) =
+                    && let Some(Body::Msg { mark, text, .. }) =
                         c.msg_mut(|id, l| *id == Hash::ZERO && l == pending)
                 {
+                    if self.composer.is_empty() {
+                        self.composer.set(text.clone());
+                    }
                     *mark = Mark::Failed(error);
+                }
+                // A conversation holding only this failure (a name that
+                // does not exist) goes away.
+                let only_failed = self.convs.get(&conv).is_some_and(|c| {
+                    c.items.iter().all(|i| {
+                        matches!(
+                            &i.body,
+                            Body::Msg {
+                                mark: Mark::Failed(_),
+                                ..
+                            }
+                        )
+                    })
+                });
+                if only_failed {
+                    self.convs.remove(&conv);
+                    if self.open == conv {
+                        self.open = ConvId::Notices;
+                    }
                 }
             }
             Outcome::Said { conv, lines, warn } => {
@@ -1116,9 +1179,9 @@ impl App {
     pub(crate) fn pending_request(&self) -> Option<&'static str> {
         match &self.open {
             ConvId::Invite(_) => Some("/join to accept this invitation"),
-            ConvId::Direct(_) if self.open_conv().is_some_and(|c| c.request) => {
-                Some("a request from someone you have not accepted: /accept to answer")
-            }
+            ConvId::Direct(_) if self.open_conv().is_some_and(|c| c.request) => Some(
+                "a request from someone you have not accepted: /accept to answer (replying needs it)",
+            ),
             _ => None,
         }
     }
@@ -1395,5 +1458,90 @@ mod tests {
         a.help = true;
         a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
         assert!(a.quit);
+    }
+
+    /// Review finding: a stranger's client sends a contact pass before its
+    /// first message; the pass notice must not make it a conversation.
+    #[test]
+    fn a_stranger_who_sent_a_pass_first_is_still_a_request() {
+        let mut a = app(vec![msg(1, "@bob", "@alice", "hi", false)], &["@bob"]);
+        a.on_event(ClientEvent::Pass(n("@eve")));
+        a.on_event(ClientEvent::Request(msg(2, "@eve", "@alice", "buy", true)));
+        let eve = ConvId::Direct(n("@eve"));
+        assert!(a.convs[&eve].request);
+        assert_eq!(a.ordered().last(), Some(&eve));
+        // Notices do not count as unread messages.
+        assert_eq!(a.convs[&eve].unread, 1);
+        // Enter in a request does not answer (and accept) it.
+        a.select(eve.clone());
+        assert!(type_line(&mut a, "oops").is_empty());
+        assert_eq!(a.composer.text(), "oops");
+        assert!(a.convs[&eve].request);
+        // An open request is read as messages arrive.
+        a.on_event(ClientEvent::Request(msg(3, "@eve", "@alice", "more", true)));
+        assert_eq!(a.convs[&eve].unread, 0);
+    }
+
+    /// Review findings: a failed send gives its text back, a conversation
+    /// holding only a failure goes, and a delivery never marks a message
+    /// still being stored (whose number is the client's own).
+    #[test]
+    fn failures_give_the_text_back_and_marks_match_stored_messages_only() {
+        let mut a = app(vec![msg(1, "@bob", "@alice", "hi", false)], &["@bob"]);
+        let actions = type_line(&mut a, "/msg @nobody hello there");
+        let [Action::Send { pending, .. }] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        a.on_outcome(Outcome::NotSent {
+            pending: *pending,
+            conv: ConvId::Direct(n("@nobody")),
+            error: "@nobody is not registered".into(),
+        });
+        assert_eq!(a.composer.text(), "hello there");
+        assert!(!a.convs.contains_key(&ConvId::Direct(n("@nobody"))));
+        a.composer.take();
+        a.select(ConvId::Direct(n("@bob")));
+        let actions = type_line(&mut a, "pending");
+        let [Action::Send { pending, .. }] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        a.on_event(ClientEvent::Delivered(Delivery {
+            local: *pending,
+            to: n("@bob"),
+            server: n("~s1"),
+            seq: 1,
+            record_height: 1,
+            server_height: 1,
+            devices: 1,
+            refused_keys: Vec::new(),
+            long_term: Vec::new(),
+        }));
+        let last = &a.convs[&ConvId::Direct(n("@bob"))]
+            .items
+            .last()
+            .expect("item")
+            .body;
+        assert!(
+            matches!(
+                last,
+                Body::Msg {
+                    mark: Mark::Sending,
+                    ..
+                }
+            ),
+            "{last:?}"
+        );
+    }
+
+    #[test]
+    fn a_status_message_goes_after_a_while() {
+        let mut a = app(Vec::new(), &[]);
+        a.on_event(ClientEvent::Error("server ~s1 is unreachable".into()));
+        for _ in 0..FLASH_SECS {
+            assert!(a.flash.is_some());
+            a.tick();
+        }
+        a.tick();
+        assert!(a.flash.is_none());
     }
 }

@@ -36,11 +36,12 @@ impl Composer {
     }
 
     pub(crate) fn insert_str(&mut self, s: &str) {
-        // Pasted text: carriage returns become newlines, other control
-        // characters (escape sequences) are dropped.
+        // Pasted text: line ends (CR, LF, CR LF: terminals send CR)
+        // become newlines, other control characters (escape sequences) are
+        // dropped.
+        let s = s.replace("\r\n", "\n").replace('\r', "\n");
         for c in s.chars() {
             match c {
-                '\r' => {}
                 '\n' | '\t' => self.insert(c),
                 c if c.is_control() => {}
                 c => self.insert(c),
@@ -241,7 +242,7 @@ mod tests {
     #[test]
     fn pasted_escapes_are_dropped() {
         let mut c = Composer::default();
-        c.insert_str("a\u{1b}[2Jb\r\nc");
-        assert_eq!(c.text(), "a[2Jb\nc");
+        c.insert_str("a\u{1b}[2Jb\r\nc\rd");
+        assert_eq!(c.text(), "a[2Jb\nc\nd");
     }
 }

@@ -300,6 +300,7 @@ pub(crate) async fn run(c: ChatClient, opts: Options) -> Result<()> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let running = c.start(Duration::from_secs(25));
     spawn_watch(&c, opts.watch, done_tx.clone());
+    let mut terminated = terminated()?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut read_due: HashSet<Name> = HashSet::new();
     let mut actions: Vec<Action> = app.select(app.open.clone());
@@ -326,7 +327,9 @@ pub(crate) async fn run(c: ChatClient, opts: Options) -> Result<()> {
             Some(o) = done_rx.recv() => {
                 actions.extend(app.on_outcome(o));
             }
+            Some(()) = terminated.recv() => app.quit = true,
             _ = tick.tick() => {
+                app.tick();
                 let error = app.chain.error.take();
                 app.chain = app::Chain { error, ..chain(&c) };
                 for peer in read_due.drain() {
@@ -414,6 +417,28 @@ fn on_input(app: &mut App, e: Event, at: Instant, keys: &mut Vec<Instant>) -> Ve
         // A resize is a redraw (the loop draws after every input).
         _ => Vec::new(),
     }
+}
+
+/// SIGTERM and SIGHUP (a closed terminal) end the client like Ctrl-C does,
+/// so the terminal is restored.
+fn terminated() -> Result<mpsc::Receiver<()>> {
+    let (tx, rx) = mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+        let mut hup = signal(SignalKind::hangup()).context("listen for SIGHUP")?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+            let _ = tx.send(()).await;
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    Ok(rx)
 }
 
 /// Edit `text` in `$VISUAL` or `$EDITOR` (default `vi`) on a private file
@@ -564,10 +589,27 @@ async fn act(c: &ChatClient, a: Action) -> Outcome {
             ),
             Err(e) => failed(format!("cannot verify {user}'s new record: {e}")),
         },
-        Action::Run(cmd, open) => match run_command(c, cmd, open).await {
-            Ok(o) => o,
-            Err(e) => failed(e),
-        },
+        Action::Run(cmd, open) => {
+            // Output goes where the command was typed, wherever the user
+            // is when it finishes.
+            match run_command(c, cmd, open.clone()).await {
+                Ok(Outcome::Said {
+                    conv: None,
+                    lines,
+                    warn,
+                }) => Outcome::Said {
+                    conv: Some(open),
+                    lines,
+                    warn,
+                },
+                Ok(o) => o,
+                Err(e) => Outcome::Said {
+                    conv: Some(open),
+                    lines: vec![e],
+                    warn: true,
+                },
+            }
+        }
         // Handled by the event loop.
         Action::Editor
         | Action::MarkRead(_)

@@ -164,6 +164,26 @@ fn item_lines(item: &Item, me: Option<&xirtam_proofs::Name>, width: usize) -> Ve
                 let first = if i == 0 { format!("{who}{line}") } else { line };
                 pieces.extend(wrap(&first, body_width));
             }
+            // The mark goes after the text, or on lines of its own when it
+            // does not fit (a long error must stay readable).
+            let mark = mark_text(mark);
+            let mut mark_lines = Vec::new();
+            let last_width: usize = pieces
+                .last()
+                .map_or(0, |p| p.chars().map(|c| c.width().unwrap_or(0)).sum());
+            let mut inline_mark = None;
+            if let Some((m, style)) = mark {
+                if last_width + m.chars().count() <= body_width {
+                    inline_mark = Some((m, style));
+                } else {
+                    mark_lines = wrap(m.trim_start(), body_width)
+                        .into_iter()
+                        .map(|l| {
+                            Line::from(vec![Span::raw(indent.clone()), Span::styled(l, style)])
+                        })
+                        .collect();
+                }
+            }
             let last = pieces.len() - 1;
             for (i, piece) in pieces.into_iter().enumerate() {
                 let lead = if i == 0 {
@@ -179,12 +199,13 @@ fn item_lines(item: &Item, me: Option<&xirtam_proofs::Name>, width: usize) -> Ve
                     spans.push(Span::raw(piece));
                 }
                 if i == last
-                    && let Some((m, style)) = mark_text(mark)
+                    && let Some((m, style)) = inline_mark.take()
                 {
                     spans.push(Span::styled(m, style));
                 }
                 lines.push(Line::from(spans));
             }
+            lines.extend(mark_lines);
         }
     }
     lines
