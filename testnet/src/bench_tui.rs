@@ -41,6 +41,9 @@ pub struct TuiResult {
     /// Per run: process start to the first frame written (the client's
     /// own clock).
     pub startup_inside: Vec<Duration>,
+    /// Per run: process start to the client opened (store and light
+    /// client), and to the store read.
+    pub startup_parts: Vec<(Duration, Duration)>,
     /// Per run: tmux asked to start the client until its screen showed.
     pub startup_screen: Vec<Duration>,
     /// Key-to-frame latencies, idle (µs).
@@ -56,6 +59,8 @@ pub struct TuiResult {
 }
 
 struct Stats {
+    opened_us: u64,
+    loaded_us: u64,
     startup_us: u64,
     keys_us: Vec<u64>,
     arrived: u64,
@@ -66,6 +71,8 @@ fn read_stats(path: &Path) -> Result<Stats> {
     let v: serde_json::Value = serde_json::from_str(&text).context("stats JSON")?;
     Ok(Stats {
         startup_us: v["startup_us"].as_u64().context("startup_us")?,
+        opened_us: v["opened_us"].as_u64().unwrap_or(0),
+        loaded_us: v["loaded_us"].as_u64().unwrap_or(0),
         keys_us: v["keys_us"]
             .as_array()
             .context("keys_us")?
@@ -156,6 +163,12 @@ pub async fn run(b: TuiBench) -> Result<TuiResult> {
     alice.accept(&bn).await?;
     bob.flush().await?;
     alice.flush().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while alice.poll(Duration::from_secs(1)).await?.passes.is_empty() {
+        if Instant::now() > deadline {
+            bail!("bob's contact pass did not reach alice");
+        }
+    }
     let t = Instant::now();
     for i in 0..b.messages {
         alice
@@ -163,8 +176,8 @@ pub async fn run(b: TuiBench) -> Result<TuiResult> {
             .await?;
     }
     let f = alice.flush().await?;
-    if !f.queued.is_empty() {
-        bail!("{} history messages not delivered", f.queued.len());
+    if let Some((_, _, why)) = f.queued.first() {
+        bail!("{} history messages not delivered: {why}", f.queued.len());
     }
     let mut out = TuiResult {
         setup: t.elapsed(),
@@ -180,6 +193,10 @@ pub async fn run(b: TuiBench) -> Result<TuiResult> {
         out.startup_screen.push(t0.elapsed());
         let s = quit(&t, &stats).await?;
         out.startup_inside.push(Duration::from_micros(s.startup_us));
+        out.startup_parts.push((
+            Duration::from_micros(s.opened_us),
+            Duration::from_micros(s.loaded_us),
+        ));
     }
     // Typing, idle.
     let t = start_tui(&net, &a_dir, &stats)?;

@@ -409,12 +409,19 @@ async fn bench(b: BenchCmd) -> Result<()> {
                 r.setup.as_secs_f64()
             );
             let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
-            for (i, (inside, screen)) in r.startup_inside.iter().zip(&r.startup_screen).enumerate()
+            for (i, ((inside, screen), (opened, loaded))) in r
+                .startup_inside
+                .iter()
+                .zip(&r.startup_screen)
+                .zip(&r.startup_parts)
+                .enumerate()
             {
                 println!(
-                    "  startup {}: first frame {:.1} ms after the process started; on the tmux screen {:.1} ms after asking tmux to start it",
+                    "  startup {}: first frame {:.1} ms after the process started (client open at {:.1} ms, store read at {:.1} ms); on the tmux screen {:.1} ms after asking tmux to start it",
                     i + 1,
                     ms(inside),
+                    ms(opened),
+                    ms(loaded),
                     ms(screen)
                 );
             }

@@ -239,6 +239,10 @@ fn chain(c: &ChatClient) -> app::Chain {
 /// Measurements (`--stats`): startup and key-to-screen latencies.
 #[derive(Debug, Default)]
 struct Stats {
+    /// Process start to the client opened (store, light client).
+    opened_us: u64,
+    /// ... to the store read.
+    loaded_us: u64,
     startup_us: u64,
     messages: usize,
     keys_us: Vec<u64>,
@@ -261,6 +265,8 @@ impl Stats {
     fn write(&self, path: &Path) -> Result<()> {
         let json = serde_json::json!({
             "startup_us": self.startup_us,
+            "opened_us": self.opened_us,
+            "loaded_us": self.loaded_us,
             "messages": self.messages,
             "events": self.events,
             "arrived": self.arrived,
@@ -275,10 +281,13 @@ pub(crate) async fn run(c: ChatClient, opts: Options) -> Result<()> {
     // Subscribe first: nothing that happens while loading is lost (the
     // model ignores what it already has).
     let mut events = c.events();
+    let opened_us = opts.started.elapsed().as_micros() as u64;
     let mut app = App::new(load(&c, &opts.datadir)?);
     app.chain = chain(&c);
     let mut stats = Stats {
         messages: app.convs.values().map(|c| c.items.len()).sum(),
+        opened_us,
+        loaded_us: opts.started.elapsed().as_micros() as u64,
         ..Stats::default()
     };
     // A panic must not leave the terminal raw.
@@ -293,7 +302,14 @@ pub(crate) async fn run(c: ChatClient, opts: Options) -> Result<()> {
     term.clear()?;
     term.draw(|f| view::draw(f, &mut app))?;
     stats.startup_us = opts.started.elapsed().as_micros() as u64;
-    tracing::info!(target: "tui", startup_ms = stats.startup_us / 1000, messages = stats.messages, "interactive");
+    tracing::info!(
+        target: "tui",
+        opened_ms = stats.opened_us / 1000,
+        loaded_ms = stats.loaded_us / 1000,
+        startup_ms = stats.startup_us / 1000,
+        messages = stats.messages,
+        "interactive"
+    );
 
     let (input_tx, mut input_rx) = mpsc::unbounded_channel();
     let input = Input::start(input_tx);
