@@ -190,6 +190,8 @@ pub(crate) enum Action {
     Invites,
     /// Edit the composer's text in `$EDITOR`.
     Editor,
+    /// Clear and redraw the whole screen (Ctrl-L).
+    Repaint,
 }
 
 /// A finished [`Action`].
@@ -249,6 +251,8 @@ pub(crate) struct App {
     /// Lines scrolled up from the bottom of the open conversation.
     pub(crate) scroll: usize,
     pub(crate) help: bool,
+    /// Lines of help scrolled.
+    pub(crate) help_scroll: usize,
     /// A one-line message in the status line (the last outcome).
     pub(crate) flash: Option<(String, bool)>,
     pub(crate) chain: Chain,
@@ -289,6 +293,7 @@ impl App {
             composer: Composer::default(),
             scroll: 0,
             help: false,
+            help_scroll: 0,
             flash: None,
             chain: Chain::default(),
             contacts: HashSet::new(),
@@ -569,8 +574,29 @@ impl App {
             return Vec::new();
         }
         if self.help {
-            // Any key closes help; a typed character is not lost.
+            // Arrows and pages scroll help; any other key closes it, and a
+            // typed character is not lost.
+            match k.code {
+                KeyCode::Up => {
+                    self.help_scroll = self.help_scroll.saturating_sub(1);
+                    return Vec::new();
+                }
+                KeyCode::Down => {
+                    self.help_scroll += 1;
+                    return Vec::new();
+                }
+                KeyCode::PageUp => {
+                    self.help_scroll = self.help_scroll.saturating_sub(10);
+                    return Vec::new();
+                }
+                KeyCode::PageDown => {
+                    self.help_scroll += 10;
+                    return Vec::new();
+                }
+                _ => {}
+            }
             self.help = false;
+            self.help_scroll = 0;
             if !matches!(k.code, KeyCode::Char(_)) || ctrl || k.code == KeyCode::Char('?') {
                 return Vec::new();
             }
@@ -595,7 +621,7 @@ impl App {
                 self.composer.home();
                 Vec::new()
             }
-            KeyCode::Char('l') if ctrl => Vec::new(),
+            KeyCode::Char('l') if ctrl => vec![Action::Repaint],
             KeyCode::Char('?') if self.composer.is_empty() => {
                 self.help = true;
                 Vec::new()
@@ -790,6 +816,16 @@ impl App {
                 let id = ConvId::Direct(to.clone());
                 let mut actions = self.select(id.clone());
                 if let Some(text) = text {
+                    if self.open_conv().is_some_and(|c| c.request) {
+                        self.composer.set(text);
+                        self.flash(
+                            format!(
+                                "{to} is not a contact: /accept first (a reply would accept them)"
+                            ),
+                            true,
+                        );
+                        return actions;
+                    }
                     let pending = self.placeholder(id, text.clone());
                     actions.push(Action::Send { to, text, pending });
                 }
@@ -1099,13 +1135,12 @@ impl App {
                 error,
             } => {
                 self.flash(format!("{error} (the text is back in the composer)"), true);
+                let mut lost = None;
                 if let Some(c) = self.convs.get_mut(&conv)
                     && let Some(Body::Msg { mark, text, .. }) =
                         c.msg_mut(|id, l| *id == Hash::ZERO && l == pending)
                 {
-                    if self.composer.is_empty() {
-                        self.composer.set(text.clone());
-                    }
+                    lost = Some(text.clone());
                     *mark = Mark::Failed(error);
                 }
                 // A conversation holding only this failure (a name that
@@ -1121,6 +1156,18 @@ impl App {
                         )
                     })
                 });
+                if let Some(text) = lost
+                    && self.composer.is_empty()
+                {
+                    // Where the conversation went, the whole command comes
+                    // back: Enter must not send the text somewhere else.
+                    match (&conv, only_failed) {
+                        (ConvId::Direct(to), true) => {
+                            self.composer.set(format!("/msg {to} {text}"))
+                        }
+                        _ => self.composer.set(text),
+                    }
+                }
                 if only_failed {
                     self.convs.remove(&conv);
                     if self.open == conv {
@@ -1152,12 +1199,13 @@ impl App {
                 }
             }
             Outcome::Left(g) => {
+                let title = self.title(&ConvId::Group(g));
                 self.groups.remove(&g);
                 self.convs.remove(&ConvId::Group(g));
                 if self.open == ConvId::Group(g) {
                     self.open = ConvId::Notices;
                 }
-                self.flash(format!("left the group {}", short(&g)), false);
+                self.flash(format!("left {title}"), false);
             }
             Outcome::Accepted(n) => {
                 self.contacts.insert(n.clone());
@@ -1477,6 +1525,15 @@ mod tests {
         assert!(type_line(&mut a, "oops").is_empty());
         assert_eq!(a.composer.text(), "oops");
         assert!(a.convs[&eve].request);
+        // Nor does /msg with a text.
+        a.composer.take();
+        let actions = type_line(&mut a, "/msg @eve hello");
+        assert!(
+            !actions.iter().any(|x| matches!(x, Action::Send { .. })),
+            "{actions:?}"
+        );
+        assert_eq!(a.composer.text(), "hello");
+        assert!(a.convs[&eve].request);
         // An open request is read as messages arrive.
         a.on_event(ClientEvent::Request(msg(3, "@eve", "@alice", "more", true)));
         assert_eq!(a.convs[&eve].unread, 0);
@@ -1497,7 +1554,9 @@ mod tests {
             conv: ConvId::Direct(n("@nobody")),
             error: "@nobody is not registered".into(),
         });
-        assert_eq!(a.composer.text(), "hello there");
+        // The conversation is gone, so the whole command comes back (Enter
+        // must not send the text to whatever is open now).
+        assert_eq!(a.composer.text(), "/msg @nobody hello there");
         assert!(!a.convs.contains_key(&ConvId::Direct(n("@nobody"))));
         a.composer.take();
         a.select(ConvId::Direct(n("@bob")));

@@ -319,6 +319,7 @@ pub(crate) async fn run(c: ChatClient, opts: Options) -> Result<()> {
     let mut terminated = terminated()?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut read_due: HashSet<Name> = HashSet::new();
+    let mut refresh_due: HashSet<Hash> = HashSet::new();
     let mut actions: Vec<Action> = app.select(app.open.clone());
     loop {
         // Keys waiting for this frame: their latency ends when it is drawn.
@@ -348,6 +349,11 @@ pub(crate) async fn run(c: ChatClient, opts: Options) -> Result<()> {
                 app.tick();
                 let error = app.chain.error.take();
                 app.chain = app::Chain { error, ..chain(&c) };
+                for g in refresh_due.drain() {
+                    if let Ok(info) = c.group(&g) {
+                        app.group_refreshed(info);
+                    }
+                }
                 for peer in read_due.drain() {
                     let c = c.clone();
                     tokio::task::spawn_blocking(move || {
@@ -370,6 +376,7 @@ pub(crate) async fn run(c: ChatClient, opts: Options) -> Result<()> {
                         Err(e) => app.flash = Some((format!("editor: {e:#}"), true)),
                     }
                 }
+                Action::Repaint => term.clear()?,
                 Action::MarkRead(peer) => {
                     read_due.insert(peer);
                 }
@@ -382,6 +389,9 @@ pub(crate) async fn run(c: ChatClient, opts: Options) -> Result<()> {
                     if let Ok(info) = c.group(&g) {
                         app.group_refreshed(info);
                     }
+                    // The core tells of a change before it has stored
+                    // it: read again on the next tick too.
+                    refresh_due.insert(g);
                 }
                 Action::Reload => match load(&c, &opts.datadir) {
                     Ok(data) => app.load(data),
@@ -632,6 +642,7 @@ async fn act(c: &ChatClient, a: Action) -> Outcome {
         | Action::GroupRead
         | Action::RefreshGroup(_)
         | Action::Reload
+        | Action::Repaint
         | Action::Invites => said(None, Vec::new()),
     }
 }

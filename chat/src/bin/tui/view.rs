@@ -230,7 +230,7 @@ pub(crate) fn draw(f: &mut Frame<'_>, app: &mut App) {
     draw_composer(f, app, composer_area, &composer_lines, cursor);
     draw_status(f, app, status);
     if app.help {
-        draw_help(f, area);
+        draw_help(f, area, &mut app.help_scroll);
     }
 }
 
@@ -478,12 +478,9 @@ const KEYS: &[(&str, &str)] = &[
     ("Ctrl-C, Ctrl-Q", "quit"),
 ];
 
-fn draw_help(f: &mut Frame<'_>, area: Rect) {
-    let width = area.width.saturating_sub(4).min(90);
-    let height = area
-        .height
-        .saturating_sub(2)
-        .min((KEYS.len() + HELP.len() + 6) as u16);
+fn draw_help(f: &mut Frame<'_>, area: Rect, scroll: &mut usize) {
+    let width = area.width.saturating_sub(2).min(100);
+    let height = area.height.min((KEYS.len() + HELP.len() + 5) as u16);
     let popup = Rect::new(
         area.x + (area.width - width) / 2,
         area.y + (area.height - height) / 2,
@@ -511,13 +508,18 @@ fn draw_help(f: &mut Frame<'_>, area: Rect) {
             Span::raw(*what),
         ]));
     }
+    // Scrolled with the arrows and pages when it does not fit.
+    let visible = usize::from(height.saturating_sub(2));
+    *scroll = (*scroll).min(lines.len().saturating_sub(visible));
+    let title = if lines.len() > visible {
+        " help · ↑ ↓ PgUp PgDn scroll · any other key closes "
+    } else {
+        " help · any key closes "
+    };
+    let lines: Vec<Line<'_>> = lines.into_iter().skip(*scroll).collect();
     f.render_widget(Clear, popup);
     f.render_widget(
-        Paragraph::new(lines).block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(" help · any key closes "),
-        ),
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)),
         popup,
     );
 }
@@ -569,6 +571,30 @@ mod tests {
         assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
         assert!(text.contains("\\u{1b}[2J"), "the escape is shown as text");
         assert!(text.contains("requests"), "a stranger is listed apart");
+    }
+
+    #[test]
+    fn help_scrolls_to_every_command_on_a_small_terminal() {
+        use super::super::app::{App, Loaded};
+        use ratatui::backend::TestBackend;
+        let screen = |app: &mut App| {
+            let mut term = ratatui::Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+            term.draw(|f| draw(f, app)).expect("draw");
+            term.backend()
+                .buffer()
+                .content()
+                .iter()
+                .map(|c| c.symbol())
+                .collect::<String>()
+        };
+        let mut app = App::new(Loaded::default());
+        app.help = true;
+        let top = screen(&mut app);
+        assert!(top.contains("scroll") && !top.contains("/quit"), "{top}");
+        app.help_scroll = 1000;
+        let bottom = screen(&mut app);
+        assert!(bottom.contains("/quit, Ctrl-C"), "{bottom}");
+        assert!(app.help_scroll < 1000, "clamped to the end");
     }
 
     #[test]
