@@ -253,6 +253,9 @@ pub(crate) struct App {
     pub(crate) help: bool,
     /// Lines of help scrolled.
     pub(crate) help_scroll: usize,
+    /// Items that arrived below while the open conversation was scrolled
+    /// up.
+    pub(crate) new_below: usize,
     /// A one-line message in the status line (the last outcome).
     pub(crate) flash: Option<(String, bool)>,
     pub(crate) chain: Chain,
@@ -294,6 +297,7 @@ impl App {
             scroll: 0,
             help: false,
             help_scroll: 0,
+            new_below: 0,
             flash: None,
             chain: Chain::default(),
             contacts: HashSet::new(),
@@ -491,12 +495,27 @@ impl App {
         let conv = self
             .convs
             .entry(id.clone())
-            .or_insert_with(|| Conv::new(id));
+            .or_insert_with(|| Conv::new(id.clone()));
         conv.push(notice(text, warn));
         // Unread counts messages; a notice counts when it warns (a key
         // change, a fork) or is in the notices pane.
         if !open && (warn || conv.id == ConvId::Notices) {
             conv.unread += 1;
+        }
+        self.arrived(&id);
+    }
+
+    /// An item was added to conversation `id`: when that is the open one
+    /// and the user has scrolled up, the text being read stays put and a
+    /// marker counts what arrived below.
+    fn arrived(&mut self, id: &ConvId) {
+        if *id != self.open || self.scroll == 0 {
+            return;
+        }
+        let width = usize::from(self.areas.messages.width.saturating_sub(2));
+        if let Some(item) = self.convs.get(id).and_then(|c| c.items.last()) {
+            self.scroll += super::view::item_height(item, self.me.as_ref(), width);
+            self.new_below += 1;
         }
     }
 
@@ -525,6 +544,7 @@ impl App {
             .or_insert_with(|| Conv::new(id.clone()));
         self.open = id;
         self.scroll = 0;
+        self.new_below = 0;
         self.help = false;
         self.read_open()
     }
@@ -1048,6 +1068,7 @@ impl App {
                 missing_before: false,
             },
         });
+        self.arrived(&id);
         if self.open == id {
             return self.read_open();
         }
@@ -1068,6 +1089,7 @@ impl App {
             conv.unread += 1;
         }
         conv.push(group_item(&m, self.me.as_ref()));
+        self.arrived(&id);
         if self.open == id {
             return self.read_open();
         }
@@ -1602,5 +1624,24 @@ mod tests {
         }
         a.tick();
         assert!(a.flash.is_none());
+    }
+
+    /// Review finding: a message arriving while the user reads further up
+    /// must not move the text; a marker counts it.
+    #[test]
+    fn reading_further_up_is_not_moved_by_arrivals() {
+        let mut a = app(vec![msg(1, "@bob", "@alice", "one", false)], &["@bob"]);
+        a.areas.messages = Rect::new(0, 0, 60, 20);
+        a.on_event(ClientEvent::Message(msg(2, "@bob", "@alice", "two", false)));
+        assert_eq!((a.scroll, a.new_below), (0, 0), "at the bottom, it follows");
+        a.scroll = 5;
+        let long = "word ".repeat(40);
+        a.on_event(ClientEvent::Message(msg(3, "@bob", "@alice", &long, false)));
+        assert!(
+            a.scroll > 5 + 2,
+            "scrolled by the new item's lines: {}",
+            a.scroll
+        );
+        assert_eq!(a.new_below, 1);
     }
 }

@@ -103,6 +103,11 @@ fn mark_text(mark: &Mark) -> Option<(String, Style)> {
     })
 }
 
+/// How many lines an item takes at `width` columns.
+pub(crate) fn item_height(item: &Item, me: Option<&xirtam_proofs::Name>, width: usize) -> usize {
+    item_lines(item, me, width).len()
+}
+
 /// The display lines of one item at `width` columns.
 fn item_lines(item: &Item, me: Option<&xirtam_proofs::Name>, width: usize) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
@@ -332,9 +337,18 @@ fn conv_title(app: &App) -> String {
 
 fn draw_messages(f: &mut Frame<'_>, app: &mut App, area: Rect) {
     app.areas.messages = area;
-    let block = Block::default()
+    let mut block = Block::default()
         .borders(Borders::ALL)
         .title(format!(" {} ", conv_title(app)));
+    if app.new_below > 0 {
+        block = block.title_bottom(
+            Line::styled(
+                format!(" ↓ {} new below (PgDn) ", app.new_below),
+                Style::default().fg(Color::Black).bg(Color::Yellow),
+            )
+            .right_aligned(),
+        );
+    }
     let inner = block.inner(area);
     f.render_widget(block, area);
     let width = usize::from(inner.width);
@@ -363,6 +377,9 @@ fn draw_messages(f: &mut Frame<'_>, app: &mut App, area: Rect) {
     let max_scroll = rev.len().saturating_sub(height);
     if app.scroll > max_scroll {
         app.scroll = max_scroll;
+    }
+    if app.scroll == 0 {
+        app.new_below = 0;
     }
     let lines: Vec<Line<'static>> = rev
         .into_iter()
