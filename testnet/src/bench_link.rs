@@ -42,11 +42,23 @@ pub struct LinkBenchResult {
     pub runs: Vec<LinkRun>,
 }
 
-/// Run the benchmark.
-pub async fn run(b: LinkBench) -> Result<LinkBenchResult> {
-    if b.runs == 0 || b.runs > 7 {
-        bail!("between 1 and 7 runs (a record lists at most 8 devices)");
-    }
+/// A fresh local testnet (one node; one concierge, `~s1`, that takes
+/// deposits without rate or size limits), `@alice` and `@bob` registered
+/// on it and contacts both ways, and `messages` messages from alice to bob
+/// delivered: where the link and terminal-client benchmarks start.
+pub(crate) struct History {
+    /// The network (stopped when dropped).
+    pub(crate) net: Testnet,
+    /// `@alice`, holding the history.
+    pub(crate) alice: ChatClient,
+    /// `@bob`.
+    pub(crate) bob: ChatClient,
+    /// Time to queue and deliver the history.
+    pub(crate) setup: Duration,
+}
+
+/// Set up a [`History`].
+pub(crate) async fn two_users_with_history(messages: usize) -> Result<History> {
     let mut net = Testnet::start(Config {
         nodes: 1,
         log: "warn".into(),
@@ -79,10 +91,10 @@ pub async fn run(b: LinkBench) -> Result<LinkBenchResult> {
     );
     let alice = ChatClient::init(&root.join("alice"), config.clone())?;
     alice.register(&a, &s1).await?;
-    let bob = ChatClient::init(&root.join("bob"), config.clone())?;
+    let bob = ChatClient::init(&root.join("bob"), config)?;
     bob.register(&b_name, &s1).await?;
     // Bob accepts alice: her messages go into his contacts lane with his
-    // pass, without postage.
+    // pass, without postage (writing to him accepts him on her side).
     bob.accept(&a).await?;
     bob.flush().await?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -91,19 +103,38 @@ pub async fn run(b: LinkBench) -> Result<LinkBenchResult> {
             bail!("bob's contact pass did not reach alice");
         }
     }
-    // The history: alice writes to bob (what she sent is hers to provision
-    // like what she received).
     let t = Instant::now();
-    for i in 0..b.messages {
+    for i in 0..messages {
         alice
             .queue(&b_name, &format!("history message {i}: {}", "x".repeat(40)))
             .await?;
     }
     let f = alice.flush().await?;
-    if !f.queued.is_empty() {
-        bail!("{} history messages not delivered", f.queued.len());
+    if let Some((_, _, why)) = f.queued.first() {
+        bail!("{} history messages not delivered: {why}", f.queued.len());
     }
-    let history_setup = t.elapsed();
+    Ok(History {
+        net,
+        alice,
+        bob,
+        setup: t.elapsed(),
+    })
+}
+
+/// Run the benchmark.
+pub async fn run(b: LinkBench) -> Result<LinkBenchResult> {
+    if b.runs == 0 || b.runs > 7 {
+        bail!("between 1 and 7 runs (a record lists at most 8 devices)");
+    }
+    let History {
+        net,
+        alice,
+        setup: history_setup,
+        ..
+    } = two_users_with_history(b.messages).await?;
+    let root = net.root().to_path_buf();
+    let config = net.client_config()?;
+    let a = Name::new("@alice").context("name")?;
     let mut runs = Vec::new();
     for r in 0..b.runs {
         let new = ChatClient::init(&root.join(format!("new{r}")), config.clone())?;

@@ -14,11 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use xirtam_chat::client::ChatClient;
 use xirtam_proofs::Name;
 
+use crate::Testnet;
 use crate::tmux::Tmux;
-use crate::{Config, Testnet};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -124,68 +123,21 @@ pub async fn run(b: TuiBench) -> Result<TuiResult> {
     if b.runs == 0 || b.rate == 0 {
         bail!("at least one run, and a rate above 0");
     }
-    let mut net = Testnet::start(Config {
-        nodes: 1,
-        log: "warn".into(),
-        timeout: Duration::from_secs(300),
-        ..Config::default()
-    })
-    .await?;
-    net.auto_mine(0, Duration::from_millis(200));
-    net.add_server(
-        "~s1",
-        &[
-            "--deposit-rate",
-            "100000",
-            "--deposit-burst",
-            "100000",
-            "--postage-bits",
-            "12",
-            "--max-stored",
-            "1000000",
-        ],
-    )
-    .await?;
-    let root = net.root().to_path_buf();
-    let config = net.client_config()?;
-    let (a, bn, s1) = (
-        Name::new("@alice").context("name")?,
-        Name::new("@bob").context("name")?,
-        Name::new("~s1").context("name")?,
-    );
-    let a_dir = root.join("alice");
-    let alice = ChatClient::init(&a_dir, config.clone())?;
-    alice.register(&a, &s1).await?;
-    let bob = ChatClient::init(&root.join("bob"), config)?;
-    bob.register(&bn, &s1).await?;
-    // Contacts both ways: messages skip the requests lane.
-    bob.accept(&a).await?;
-    alice.accept(&bn).await?;
-    bob.flush().await?;
-    alice.flush().await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while alice.poll(Duration::from_secs(1)).await?.passes.is_empty() {
-        if Instant::now() > deadline {
-            bail!("bob's contact pass did not reach alice");
-        }
-    }
-    let t = Instant::now();
-    for i in 0..b.messages {
-        alice
-            .queue(&bn, &format!("history message {i}: {}", "x".repeat(40)))
-            .await?;
-    }
-    let f = alice.flush().await?;
-    if let Some((_, _, why)) = f.queued.first() {
-        bail!("{} history messages not delivered: {why}", f.queued.len());
-    }
+    let crate::bench_link::History {
+        net,
+        alice,
+        bob,
+        setup,
+    } = crate::bench_link::two_users_with_history(b.messages).await?;
+    let a = Name::new("@alice").context("name")?;
+    let a_dir = net.root().join("alice");
     let mut out = TuiResult {
-        setup: t.elapsed(),
+        setup,
         ..TuiResult::default()
     };
     // The terminal client opens alice's data directory.
     drop(alice);
-    let stats: PathBuf = root.join("tui-stats.json");
+    let stats: PathBuf = net.root().join("tui-stats.json");
     for _ in 0..b.runs {
         let t0 = Instant::now();
         let t = start_tui(&net, &a_dir, &stats)?;
