@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use xirtam_proofs::header::{ChainState, Header, header_template, mine};
 use xirtam_proofs::op::{Op, Record, apply};
 use xirtam_proofs::params::Params;
-use xirtam_proofs::state::{MemoryNodeStore, prove, update};
+use xirtam_proofs::state::{MemoryNodeStore, NodeRef, prove, update};
 use xirtam_proofs::{Hash, Name};
 
 use crate::{DirAnswer, Source, SourceError, TipClaim};
@@ -83,8 +83,10 @@ impl MemoryChain {
             .iter()
             .map(|(n, r)| (n.key_hash(), r.hash()))
             .collect();
-        let (root, nodes) =
-            update(&self.store, root, &updates).map_err(|e| MemoryError(e.to_string()))?;
+        // The memory store finds nodes by hash alone: versions are 0.
+        let (root, nodes) = update(&self.store, NodeRef::new(root, 0), 0, &updates)
+            .map_err(|e| MemoryError(e.to_string()))?;
+        let root = root.hash;
         self.store.insert_batch(nodes);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -113,7 +115,7 @@ impl MemoryChain {
             code: xirtam_node_api::code::NOT_FOUND,
             message: "height above the tip".into(),
         })?;
-        let (value, proof) = prove(&self.store, h.state_root, &name.key_hash())
+        let (value, proof) = prove(&self.store, NodeRef::new(h.state_root, 0), &name.key_hash())
             .map_err(|e| SourceError::Malformed(e.to_string()))?;
         let record = match value {
             Some(v) => Some(

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use xirtam_proofs::op::{Owners, Record, Value};
-use xirtam_proofs::state::{self, MemoryNodeStore, StateProof, verify_state};
+use xirtam_proofs::state::{self, MemoryNodeStore, NodeRef, StateProof, verify_state};
 use xirtam_proofs::{Hash, Name, SecretKey, encode};
 
 const BLOCK: usize = 1_000;
@@ -50,13 +50,13 @@ fn bench(c: &mut Criterion) {
 
     // Bulk build, one 1,000-name batch per "block", as a chain would.
     let mut store = MemoryNodeStore::new();
-    let mut root = state::EMPTY_ROOT;
+    let mut root = NodeRef::EMPTY;
     let t = Instant::now();
-    for start in (0..n).step_by(BLOCK) {
+    for (at, start) in (0..n).step_by(BLOCK).enumerate() {
         let items: Vec<(Hash, Hash)> = (start..(start + BLOCK).min(n))
             .map(|i| (name(i).key_hash(), record(i, &owner).hash()))
             .collect();
-        let (r, batch) = state::update(&store, root, &items).expect("memory store");
+        let (r, batch) = state::update(&store, root, at as u64 + 1, &items).expect("memory store");
         store.insert_batch(batch);
         root = r;
     }
@@ -105,7 +105,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let (nm, r, p) = &present[i % present.len()];
             i += 1;
-            verify_state(&root, nm, Some(r), black_box(p)).expect("valid")
+            verify_state(&root.hash, nm, Some(r), black_box(p)).expect("valid")
         })
     });
     let mut i = 0;
@@ -113,7 +113,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let (nm, p) = &absent[i % absent.len()];
             i += 1;
-            verify_state(&root, nm, None, black_box(p)).expect("valid")
+            verify_state(&root.hash, nm, None, black_box(p)).expect("valid")
         })
     });
     let mut i = 0;
@@ -134,7 +134,7 @@ fn bench(c: &mut Criterion) {
                 next += BLOCK;
                 items
             },
-            |items| state::update(&store, root, &items).expect("memory store"),
+            |items| state::update(&store, root, root.at + 1, &items).expect("memory store"),
             BatchSize::SmallInput,
         )
     });

@@ -2,9 +2,18 @@
 //!
 //! A compressed sparse Merkle tree over 256-bit keys (`key = H(STATE_KEY,
 //! name)`, path = key bits, most significant first), content-addressed:
-//! every node is stored under its own hash, so every old root stays readable
-//! until its nodes are garbage-collected and a reorg is just switching roots
-//! (see `docs/adr/0001-state-tree.md` for why this tree).
+//! every node is identified by its own hash, nodes are never overwritten,
+//! so every old root stays readable until its nodes are garbage-collected
+//! and a reorg is just switching roots (see `docs/adr/0001-state-tree.md`
+//! for why this tree).
+//!
+//! A stored node is found by a [`NodeRef`]: its hash and the *version* it
+//! was written at (the height of the block whose [`update`] wrote it). An
+//! inner node keeps the versions of its children beside their hashes, so a
+//! store can key nodes by `(version, hash)` and every block's new nodes land
+//! in one contiguous key range, after all earlier ones (ADR 0015). Versions
+//! are storage addresses only: no hash covers them, and proofs do not carry
+//! them.
 //!
 //! ```text
 //! empty subtree = 0^32
@@ -40,6 +49,35 @@ pub const EMPTY_ROOT: Hash = Hash::ZERO;
 /// Keys are 256 bits, so no path is longer.
 pub const MAX_DEPTH: usize = 256;
 
+/// Where a stored node is: its hash (what the tree commits to) and the
+/// version it was written at (where a store keeps it).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash, Encode, Decode)]
+pub struct NodeRef {
+    /// The node's hash.
+    pub hash: Hash,
+    /// The version (block height) of the update that wrote it; 0 for the
+    /// empty subtree.
+    pub at: u64,
+}
+
+impl NodeRef {
+    /// The empty subtree: stored nowhere.
+    pub const EMPTY: NodeRef = NodeRef {
+        hash: EMPTY_ROOT,
+        at: 0,
+    };
+
+    /// A node written at version `at`.
+    pub fn new(hash: Hash, at: u64) -> Self {
+        NodeRef { hash, at }
+    }
+
+    /// The empty subtree?
+    pub fn is_empty(&self) -> bool {
+        self.hash == EMPTY_ROOT
+    }
+}
+
 /// A stored tree node.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Encode, Decode)]
 pub enum Node {
@@ -50,12 +88,12 @@ pub enum Node {
         /// Record hash.
         value: Hash,
     },
-    /// Two children (either may be [`EMPTY_ROOT`], never both).
+    /// Two children (either may be [`NodeRef::EMPTY`], never both).
     Inner {
         /// Child on bit 0.
-        left: Hash,
+        left: NodeRef,
         /// Child on bit 1.
-        right: Hash,
+        right: NodeRef,
     },
 }
 
@@ -82,20 +120,22 @@ impl Node {
     pub fn hash(&self) -> Hash {
         match self {
             Node::Leaf { key, value } => leaf_hash(key, value),
-            Node::Inner { left, right } => inner_hash(left, right),
+            Node::Inner { left, right } => inner_hash(&left.hash, &right.hash),
         }
     }
 }
 
-/// Read access to stored nodes, by hash.
+/// Read access to stored nodes.
 pub trait NodeStore {
     /// The store's own error (I/O, corruption).
     type Error: std::error::Error + Send + Sync + 'static;
-    /// The node with this hash, if stored.
-    fn get_node(&self, hash: &Hash) -> Result<Option<Node>, Self::Error>;
+    /// The node `at` points to, if stored.
+    fn get_node(&self, at: &NodeRef) -> Result<Option<Node>, Self::Error>;
 }
 
-/// Nodes in a `HashMap`: for tests, benchmarks and tools.
+/// Nodes in a `HashMap` by hash (versions are ignored: a hash names one
+/// content): for tests, benchmarks, tools and the light client's mock
+/// node.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryNodeStore {
     nodes: HashMap<Hash, Node, BuildHashPrefix>,
@@ -158,8 +198,8 @@ impl MemoryNodeStore {
 
 impl NodeStore for MemoryNodeStore {
     type Error = std::convert::Infallible;
-    fn get_node(&self, hash: &Hash) -> Result<Option<Node>, Self::Error> {
-        Ok(self.nodes.get(hash).copied())
+    fn get_node(&self, at: &NodeRef) -> Result<Option<Node>, Self::Error> {
+        Ok(self.nodes.get(&at.hash).copied())
     }
 }
 
@@ -181,22 +221,35 @@ pub enum TreeError {
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-fn load<S: NodeStore>(store: &S, hash: &Hash) -> Result<Node, TreeError> {
-    match store.get_node(hash) {
+fn load<S: NodeStore>(store: &S, at: &NodeRef) -> Result<Node, TreeError> {
+    match store.get_node(at) {
         Ok(Some(n)) => Ok(n),
-        Ok(None) => Err(TreeError::MissingNode(*hash)),
+        Ok(None) => Err(TreeError::MissingNode(at.hash)),
         Err(e) => Err(TreeError::Store(Box::new(e))),
     }
 }
 
-/// Insert or replace `(key, value_hash)` pairs under `root`. Returns the new
-/// root and the nodes to store (nothing is removed: the old root stays
-/// valid). Later duplicates of a key win.
+/// Insert or replace `(key, value_hash)` pairs under `root`, as version
+/// `at`. Returns the new root and the nodes to store, all at version `at`
+/// (nothing is removed: the old root stays valid). Later duplicates of a key
+/// win.
+///
+/// The new root, unless empty, is always among the nodes returned (with no
+/// updates, the old root node is returned again for version `at`), so the
+/// root of version `at` is always found at version `at`.
 pub fn update<S: NodeStore>(
     store: &S,
-    root: Hash,
+    root: NodeRef,
+    at: u64,
     updates: &[(Hash, Hash)],
-) -> Result<(Hash, Vec<(Hash, Node)>), TreeError> {
+) -> Result<(NodeRef, Vec<(Hash, Node)>), TreeError> {
+    if updates.is_empty() {
+        if root.is_empty() {
+            return Ok((NodeRef::EMPTY, Vec::new()));
+        }
+        let node = load(store, &root)?;
+        return Ok((NodeRef::new(root.hash, at), vec![(root.hash, node)]));
+    }
     let mut items: Vec<(Hash, Hash)> = updates.to_vec();
     // Stable sort keeps input order among equal keys; keep the last.
     items.sort_by_key(|it| it.0);
@@ -207,80 +260,88 @@ pub fn update<S: NodeStore>(
             _ => deduped.push(it),
         }
     }
-    let mut out = Vec::with_capacity(deduped.len() * 8);
-    let new_root = insert(store, root, 0, &deduped, &mut out)?;
-    Ok((new_root, out))
+    let mut w = Writer {
+        at,
+        out: Vec::with_capacity(deduped.len() * 8),
+    };
+    let new_root = w.insert(store, root, 0, &deduped)?;
+    Ok((new_root, w.out))
 }
 
-fn put(node: Node, out: &mut Vec<(Hash, Node)>) -> Hash {
-    let h = node.hash();
-    out.push((h, node));
-    h
+/// The nodes an [`update`] writes, all at one version.
+struct Writer {
+    at: u64,
+    out: Vec<(Hash, Node)>,
 }
 
-fn insert<S: NodeStore>(
-    store: &S,
-    node: Hash,
-    depth: usize,
-    items: &[(Hash, Hash)],
-    out: &mut Vec<(Hash, Node)>,
-) -> Result<Hash, TreeError> {
-    if items.is_empty() {
-        return Ok(node);
+impl Writer {
+    fn put(&mut self, node: Node) -> NodeRef {
+        let h = node.hash();
+        self.out.push((h, node));
+        NodeRef::new(h, self.at)
     }
-    if node == EMPTY_ROOT {
-        if let [(key, value)] = items {
-            return Ok(put(
-                Node::Leaf {
+
+    fn insert<S: NodeStore>(
+        &mut self,
+        store: &S,
+        node: NodeRef,
+        depth: usize,
+        items: &[(Hash, Hash)],
+    ) -> Result<NodeRef, TreeError> {
+        if items.is_empty() {
+            return Ok(node);
+        }
+        if node.is_empty() {
+            if let [(key, value)] = items {
+                return Ok(self.put(Node::Leaf {
                     key: *key,
                     value: *value,
-                },
-                out,
-            ));
-        }
-        return split(store, EMPTY_ROOT, EMPTY_ROOT, depth, items, out);
-    }
-    match load(store, &node)? {
-        Node::Leaf { key, value } => {
-            if let [(k, v)] = items
-                && *k == key
-            {
-                return Ok(put(Node::Leaf { key, value: *v }, out));
+                }));
             }
-            match items.binary_search_by(|(k, _)| k.cmp(&key)) {
-                // The existing key is being replaced.
-                Ok(_) => insert(store, EMPTY_ROOT, depth, items, out),
-                // Push the existing leaf down alongside the new ones.
-                Err(pos) => {
-                    let mut merged = Vec::with_capacity(items.len() + 1);
-                    merged.extend_from_slice(&items[..pos]);
-                    merged.push((key, value));
-                    merged.extend_from_slice(&items[pos..]);
-                    insert(store, EMPTY_ROOT, depth, &merged, out)
+            return self.split(store, NodeRef::EMPTY, NodeRef::EMPTY, depth, items);
+        }
+        match load(store, &node)? {
+            Node::Leaf { key, value } => {
+                if let [(k, v)] = items
+                    && *k == key
+                {
+                    return Ok(self.put(Node::Leaf { key, value: *v }));
+                }
+                match items.binary_search_by(|(k, _)| k.cmp(&key)) {
+                    // The existing key is being replaced.
+                    Ok(_) => self.insert(store, NodeRef::EMPTY, depth, items),
+                    // Push the existing leaf down alongside the new ones.
+                    Err(pos) => {
+                        let mut merged = Vec::with_capacity(items.len() + 1);
+                        merged.extend_from_slice(&items[..pos]);
+                        merged.push((key, value));
+                        merged.extend_from_slice(&items[pos..]);
+                        self.insert(store, NodeRef::EMPTY, depth, &merged)
+                    }
                 }
             }
+            Node::Inner { left, right } => self.split(store, left, right, depth, items),
         }
-        Node::Inner { left, right } => split(store, left, right, depth, items, out),
     }
-}
 
-fn split<S: NodeStore>(
-    store: &S,
-    left: Hash,
-    right: Hash,
-    depth: usize,
-    items: &[(Hash, Hash)],
-    out: &mut Vec<(Hash, Node)>,
-) -> Result<Hash, TreeError> {
-    if depth >= MAX_DEPTH {
-        return Err(TreeError::TooDeep);
+    fn split<S: NodeStore>(
+        &mut self,
+        store: &S,
+        left: NodeRef,
+        right: NodeRef,
+        depth: usize,
+        items: &[(Hash, Hash)],
+    ) -> Result<NodeRef, TreeError> {
+        if depth >= MAX_DEPTH {
+            return Err(TreeError::TooDeep);
+        }
+        // Items share their first `depth` bits and are sorted, so those with
+        // bit `depth` = 0 come first.
+        let mid = items.partition_point(|(k, _)| !k.bit(depth));
+        let l = self.insert(store, left, depth + 1, &items[..mid])?;
+        let r = self.insert(store, right, depth + 1, &items[mid..])?;
+        Ok(self.put(Node::Inner { left: l, right: r }))
     }
-    // Items share their first `depth` bits and are sorted, so those with
-    // bit `depth` = 0 come first.
-    let mid = items.partition_point(|(k, _)| !k.bit(depth));
-    let l = insert(store, left, depth + 1, &items[..mid], out)?;
-    let r = insert(store, right, depth + 1, &items[mid..], out)?;
-    Ok(put(Node::Inner { left: l, right: r }, out))
 }
 
 /// Where a key's path ends.
@@ -390,7 +451,7 @@ impl<C> Decode<C> for StateProof {
 bincode::impl_borrow_decode!(StateProof);
 
 /// The value hash stored for `key` under `root`, if any.
-pub fn get<S: NodeStore>(store: &S, root: Hash, key: &Hash) -> Result<Option<Hash>, TreeError> {
+pub fn get<S: NodeStore>(store: &S, root: NodeRef, key: &Hash) -> Result<Option<Hash>, TreeError> {
     prove(store, root, key).map(|(v, _)| v)
 }
 
@@ -400,7 +461,7 @@ pub fn get<S: NodeStore>(store: &S, root: Hash, key: &Hash) -> Result<Option<Has
 /// Duplicate keys are allowed.
 pub fn get_many<S: NodeStore>(
     store: &S,
-    root: Hash,
+    root: NodeRef,
     keys: &[Hash],
 ) -> Result<Vec<Option<Hash>>, TreeError> {
     let mut order: Vec<usize> = (0..keys.len()).collect();
@@ -414,13 +475,13 @@ pub fn get_many<S: NodeStore>(
 /// key, all sharing their first `depth` bits).
 fn descend<S: NodeStore>(
     store: &S,
-    node: Hash,
+    node: NodeRef,
     depth: usize,
     keys: &[Hash],
     order: &[usize],
     out: &mut [Option<Hash>],
 ) -> Result<(), TreeError> {
-    if order.is_empty() || node == EMPTY_ROOT {
+    if order.is_empty() || node.is_empty() {
         return Ok(());
     }
     match load(store, &node)? {
@@ -446,13 +507,13 @@ fn descend<S: NodeStore>(
 /// The value hash for `key` under `root` (if present) and its proof.
 pub fn prove<S: NodeStore>(
     store: &S,
-    root: Hash,
+    root: NodeRef,
     key: &Hash,
 ) -> Result<(Option<Hash>, StateProof), TreeError> {
     let mut siblings = Vec::new();
     let mut node = root;
     loop {
-        if node == EMPTY_ROOT {
+        if node.is_empty() {
             return Ok((
                 None,
                 StateProof {
@@ -488,10 +549,10 @@ pub fn prove<S: NodeStore>(
                     return Err(TreeError::TooDeep);
                 }
                 if key.bit(depth) {
-                    siblings.push(left);
+                    siblings.push(left.hash);
                     node = right;
                 } else {
-                    siblings.push(right);
+                    siblings.push(right.hash);
                     node = left;
                 }
             }
@@ -589,10 +650,10 @@ mod tests {
         hash_tagged("v", &i.to_le_bytes())
     }
 
-    fn build(n: u32) -> (MemoryNodeStore, Hash) {
+    fn build(n: u32) -> (MemoryNodeStore, NodeRef) {
         let mut s = MemoryNodeStore::new();
         let items: Vec<_> = (0..n).map(|i| (k(i), v(i))).collect();
-        let (root, batch) = update(&s, EMPTY_ROOT, &items).expect("memory store");
+        let (root, batch) = update(&s, NodeRef::EMPTY, 1, &items).expect("memory store");
         s.insert_batch(batch);
         (s, root)
     }
@@ -600,7 +661,7 @@ mod tests {
     #[test]
     fn empty_tree_proves_absence() {
         let s = MemoryNodeStore::new();
-        let (val, p) = prove(&s, EMPTY_ROOT, &k(1)).expect("ok");
+        let (val, p) = prove(&s, NodeRef::EMPTY, &k(1)).expect("ok");
         assert_eq!(val, None);
         assert_eq!(verify_state_hashed(&EMPTY_ROOT, &k(1), None, &p), Ok(()));
         assert_eq!(
@@ -612,32 +673,32 @@ mod tests {
     #[test]
     fn single_leaf_is_the_root() {
         let (_, root) = build(1);
-        assert_eq!(root, leaf_hash(&k(0), &v(0)));
+        assert_eq!(root.hash, leaf_hash(&k(0), &v(0)));
     }
 
     #[test]
     fn incremental_equals_batch_and_order_does_not_matter() {
         let (_, batch_root) = build(300);
         let mut s = MemoryNodeStore::new();
-        let mut root = EMPTY_ROOT;
+        let mut root = NodeRef::EMPTY;
         for i in (0..300).rev() {
-            let (r, b) = update(&s, root, &[(k(i), v(i))]).expect("ok");
+            let (r, b) = update(&s, root, 300 - u64::from(i), &[(k(i), v(i))]).expect("ok");
             s.insert_batch(b);
             root = r;
         }
-        assert_eq!(root, batch_root);
+        assert_eq!(root.hash, batch_root.hash);
     }
 
     #[test]
     fn update_replaces_and_old_root_stays_readable() {
         let (mut s, root) = build(50);
-        let (root2, b) = update(&s, root, &[(k(7), v(1000))]).expect("ok");
+        let (root2, b) = update(&s, root, 2, &[(k(7), v(1000))]).expect("ok");
         s.insert_batch(b);
-        assert_ne!(root, root2);
+        assert_ne!(root.hash, root2.hash);
         assert_eq!(get(&s, root, &k(7)).expect("ok"), Some(v(7)));
         assert_eq!(get(&s, root2, &k(7)).expect("ok"), Some(v(1000)));
         // last duplicate wins
-        let (root3, _) = update(&s, root, &[(k(7), v(1)), (k(7), v(1000))]).expect("ok");
+        let (root3, _) = update(&s, root, 2, &[(k(7), v(1)), (k(7), v(1000))]).expect("ok");
         assert_eq!(root3, root2);
     }
 
@@ -653,13 +714,16 @@ mod tests {
             );
             if i < 200 {
                 assert_eq!(val, Some(v(i)));
-                assert_eq!(verify_state_hashed(&root, &k(i), Some(&v(i)), &p), Ok(()));
-                assert!(verify_state_hashed(&root, &k(i), Some(&v(i + 1)), &p).is_err());
-                assert!(verify_state_hashed(&root, &k(i), None, &p).is_err());
+                assert_eq!(
+                    verify_state_hashed(&root.hash, &k(i), Some(&v(i)), &p),
+                    Ok(())
+                );
+                assert!(verify_state_hashed(&root.hash, &k(i), Some(&v(i + 1)), &p).is_err());
+                assert!(verify_state_hashed(&root.hash, &k(i), None, &p).is_err());
             } else {
                 assert_eq!(val, None);
-                assert_eq!(verify_state_hashed(&root, &k(i), None, &p), Ok(()));
-                assert!(verify_state_hashed(&root, &k(i), Some(&v(i)), &p).is_err());
+                assert_eq!(verify_state_hashed(&root.hash, &k(i), None, &p), Ok(()));
+                assert!(verify_state_hashed(&root.hash, &k(i), Some(&v(i)), &p).is_err());
             }
         }
     }
@@ -673,7 +737,78 @@ mod tests {
             Err(TreeError::MissingNode(_))
         ));
         assert!(matches!(
-            update(&empty, root, &[(k(1), v(2))]),
+            update(&empty, root, 2, &[(k(1), v(2))]),
+            Err(TreeError::MissingNode(_))
+        ));
+    }
+
+    /// Nodes keyed by `(version, hash)`, as the node stores them: a node
+    /// looked up at the wrong version is missing.
+    #[derive(Default)]
+    struct Versioned(HashMap<(u64, Hash), Node>);
+
+    impl NodeStore for Versioned {
+        type Error = std::convert::Infallible;
+        fn get_node(&self, at: &NodeRef) -> Result<Option<Node>, Self::Error> {
+            Ok(self.0.get(&(at.at, at.hash)).copied())
+        }
+    }
+
+    /// Every node an update writes is found at the update's version through
+    /// the references of every later root, including a version with no
+    /// changes (its root is written again at that version) and roots that
+    /// share most of their nodes with older versions.
+    #[test]
+    fn versions_locate_every_node_of_every_root() {
+        let mut s = Versioned::default();
+        let mut roots = vec![NodeRef::EMPTY];
+        for at in 1..=40u64 {
+            let i = u32::try_from(at).expect("small");
+            // Version 20 changes nothing; others add a key or replace one.
+            let items: Vec<(Hash, Hash)> = match at {
+                20 => vec![],
+                a if a % 3 == 0 => vec![(k(i / 2), v(1000 + i))],
+                _ => (0..i % 5 + 1)
+                    .map(|j| (k(i * 10 + j), v(i * 10 + j)))
+                    .collect(),
+            };
+            let prev = *roots.last().expect("non-empty");
+            let (root, nodes) = update(&s, prev, at, &items).expect("readable");
+            assert_eq!(root.at, at, "the root of version {at} is stored at {at}");
+            assert!(nodes.iter().any(|(h, _)| *h == root.hash));
+            for (h, n) in nodes {
+                s.0.insert((at, h), n);
+            }
+            roots.push(root);
+        }
+        assert_eq!(roots[20].hash, roots[19].hash);
+        // Every key of every version reads back through the versioned store.
+        let mut expected: HashMap<Hash, Hash> = HashMap::new();
+        for at in 1..=40u64 {
+            let i = u32::try_from(at).expect("small");
+            match at {
+                20 => {}
+                a if a % 3 == 0 => {
+                    expected.insert(k(i / 2), v(1000 + i));
+                }
+                _ => {
+                    for j in 0..i % 5 + 1 {
+                        expected.insert(k(i * 10 + j), v(i * 10 + j));
+                    }
+                }
+            }
+            let root = roots[usize::try_from(at).expect("small")];
+            for (key, val) in &expected {
+                assert_eq!(get(&s, root, key).expect("every node found"), Some(*val));
+            }
+            let keys: Vec<Hash> = expected.keys().copied().collect();
+            let many = get_many(&s, root, &keys).expect("every node found");
+            assert!(many.iter().all(Option::is_some));
+        }
+        // A root looked up at another version is missing, not misread.
+        let last = *roots.last().expect("non-empty");
+        assert!(matches!(
+            get(&s, NodeRef::new(last.hash, last.at - 1), &k(1)),
             Err(TreeError::MissingNode(_))
         ));
     }

@@ -9,7 +9,7 @@ use xirtam_lightclient::{DirAnswer, Source, SourceError, TipClaim};
 use xirtam_proofs::header::{ChainState, Header, header_template, mine};
 use xirtam_proofs::op::{Owners, Record, Value};
 use xirtam_proofs::params::Params;
-use xirtam_proofs::state::{MemoryNodeStore, prove, update};
+use xirtam_proofs::state::{MemoryNodeStore, NodeRef, prove, update};
 use xirtam_proofs::{Hash, Name, REGTEST, SecretKey, U256};
 
 pub(crate) fn name(s: &str) -> Name {
@@ -89,7 +89,10 @@ impl MockChain {
             .iter()
             .map(|(n, r)| (n.key_hash(), r.hash()))
             .collect();
-        let (root, nodes) = update(&self.store, root, &updates).expect("tree update");
+        // The memory store finds nodes by hash alone: versions are 0.
+        let (root, nodes) =
+            update(&self.store, NodeRef::new(root, 0), 0, &updates).expect("tree update");
+        let root = root.hash;
         self.store.insert_batch(nodes);
         for (_, r) in writes {
             self.records.insert(r.hash(), r.clone());
@@ -135,7 +138,8 @@ impl MockChain {
             code: xirtam_node_api::code::NOT_FOUND,
             message: "height above the tip".into(),
         })?;
-        let (value, proof) = prove(&self.store, h.state_root, &name.key_hash()).expect("prove");
+        let (value, proof) =
+            prove(&self.store, NodeRef::new(h.state_root, 0), &name.key_hash()).expect("prove");
         Ok(DirAnswer {
             height: at,
             block_hash: h.hash(),

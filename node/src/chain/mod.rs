@@ -35,10 +35,10 @@ use xirtam_proofs::header::{ChainState, Header, HeaderError};
 use xirtam_proofs::op::{Op, OpError, apply};
 use xirtam_proofs::params::Params;
 use xirtam_proofs::state::commit_entry_hash;
-use xirtam_proofs::state::{StateProof, TreeError};
+use xirtam_proofs::state::{NodeRef, StateProof, TreeError};
 use xirtam_proofs::{Hash, Name, Record, U256, decode, encode};
 
-pub use state::{NodeCache, StateView, load_record, prove_at, record_at};
+pub use state::{NodeCache, StateView, load_record, node_key, prove_at, record_at, state_root};
 
 use crate::store::{Batch, Column, KvStore, SCHEMA_VERSION, StoreError};
 
@@ -528,7 +528,7 @@ impl<S: KvStore> Chain<S> {
         record_at(
             &*self.store,
             Some(&self.cache),
-            self.tip().header.state_root,
+            state_root(&self.tip().header),
             name,
         )
     }
@@ -552,7 +552,7 @@ impl<S: KvStore> Chain<S> {
         height: u64,
     ) -> Result<(Header, Option<Record>, StateProof), ChainError> {
         let header = self.main_header(height)?;
-        let (record, proof) = prove_at(&*self.store, Some(&self.cache), header.state_root, name)?;
+        let (record, proof) = prove_at(&*self.store, Some(&self.cache), state_root(&header), name)?;
         Ok((header, record, proof))
     }
 
@@ -567,7 +567,7 @@ impl<S: KvStore> Chain<S> {
         let header = self.main_header(height)?;
         let view = StateView(&*self.store, Some(&self.cache));
         let key = xirtam_proofs::op::commit_key(commitment);
-        let (value, proof) = xirtam_proofs::state::prove(&view, header.state_root, &key)?;
+        let (value, proof) = xirtam_proofs::state::prove(&view, state_root(&header), &key)?;
         let at = match value {
             None => None,
             Some(v) => {
@@ -861,7 +861,8 @@ impl<S: KvStore> Chain<S> {
         let view = StateView(&*self.store, Some(&self.cache));
         // Every op reads the parent's state: read all their keys in one
         // descent of the tree rather than one walk per key.
-        let reads = Reads::prefetch(self.params, &view, parent.header.state_root, &block.ops)?;
+        let parent_root = state_root(&parent.header);
+        let reads = Reads::prefetch(self.params, &view, parent_root, &block.ops)?;
         let mut batch = Batch::new();
         let mut items = Vec::with_capacity(block.ops.len());
         for (index, op) in block.ops.iter().enumerate() {
@@ -883,15 +884,19 @@ impl<S: KvStore> Chain<S> {
             batch.put(Column::Records, t.value.0, t.stored);
             items.push((t.key, t.value));
         }
-        let (root, nodes) = xirtam_proofs::state::update(&view, parent.header.state_root, &items)?;
-        if root != header.state_root {
+        let (root, nodes) = xirtam_proofs::state::update(&view, parent_root, height, &items)?;
+        if root.hash != header.state_root {
             return Err(ChainError::StateRoot {
-                expected: root,
+                expected: root.hash,
                 got: header.state_root,
             });
         }
         for (h, n) in nodes {
-            batch.put(Column::StateNodes, h.0, encode(&n));
+            batch.put(
+                Column::StateNodes,
+                node_key(&NodeRef::new(h, height)),
+                encode(&n),
+            );
             self.cache.insert(h, n);
         }
         Ok(Validated {
@@ -1002,7 +1007,7 @@ impl<S: KvStore> Chain<S> {
         let next = self.height() + 1;
         let stamp_height = self.stamp_height(op)?;
         op.check_stamp_age(self.params, stamp_height, next)?;
-        self.transition(&Reads::Walk(self.tip().header.state_root), op, next)
+        self.transition(&Reads::Walk(state_root(&self.tip().header)), op, next)
     }
 
     /// Height of `op`'s stamp block, which must be on the main chain.
@@ -1061,7 +1066,8 @@ impl<S: KvStore> Chain<S> {
     /// Returns the ops used and the state root.
     pub fn template_ops(&self, candidates: Vec<Op>) -> Result<(Vec<Op>, Hash), ChainError> {
         let tip = self.tip();
-        let root = tip.header.state_root;
+        let root = state_root(&tip.header);
+        let next = tip.header.height + 1;
         let mut ops = Vec::new();
         let mut items = Vec::new();
         let mut bytes = 0usize;
@@ -1085,15 +1091,15 @@ impl<S: KvStore> Chain<S> {
             ops.push(op);
         }
         let view = StateView(&*self.store, Some(&self.cache));
-        let (new_root, _) = xirtam_proofs::state::update(&view, root, &items)?;
-        Ok((ops, new_root))
+        let (new_root, _) = xirtam_proofs::state::update(&view, root, next, &items)?;
+        Ok((ops, new_root.hash))
     }
 }
 
 /// Where [`Chain::transition`] reads state values, all under one root.
 enum Reads {
     /// A walk of the tree under this root per key.
-    Walk(Hash),
+    Walk(NodeRef),
     /// The values of every key a block reads, read in one descent.
     Prefetched(HashMap<Hash, Option<Hash>>),
 }
@@ -1104,7 +1110,7 @@ impl Reads {
     fn prefetch<S: KvStore>(
         params: &Params,
         view: &StateView<'_, S>,
-        root: Hash,
+        root: NodeRef,
         ops: &[Op],
     ) -> Result<Self, ChainError> {
         let mut keys = Vec::with_capacity(ops.len() * 2);

@@ -1,9 +1,28 @@
 //! The state tree and records, read from the store.
 
-use xirtam_proofs::state::{self, Node, NodeStore, StateProof};
+use xirtam_proofs::header::Header;
+use xirtam_proofs::state::{self, Node, NodeRef, NodeStore, StateProof};
 use xirtam_proofs::{Hash, Name, Record, decode};
 
 use crate::store::{Column, KvStore, StoreError};
+
+/// The key of a state-tree node in [`Column::StateNodes`]: the version it
+/// was written at (u64 big-endian), then its hash. Every block writes its
+/// nodes at its own height, so a block's writes are one contiguous key
+/// range after all earlier ones (ADR 0015).
+pub fn node_key(at: &NodeRef) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&at.at.to_be_bytes());
+    k[8..].copy_from_slice(&at.hash.0);
+    k
+}
+
+/// Where the state root of the block with `header` is stored: every block
+/// writes its root node at its own height (see
+/// [`xirtam_proofs::state::update`]).
+pub fn state_root(header: &Header) -> NodeRef {
+    NodeRef::new(header.state_root, header.height)
+}
 
 /// Reads state-tree nodes from [`Column::StateNodes`], through an optional
 /// cache.
@@ -12,11 +31,12 @@ pub struct StateView<'a, S: KvStore>(pub &'a S, pub Option<&'a NodeCache>);
 
 impl<S: KvStore> NodeStore for StateView<'_, S> {
     type Error = StoreError;
-    fn get_node(&self, hash: &Hash) -> Result<Option<Node>, StoreError> {
+    fn get_node(&self, at: &NodeRef) -> Result<Option<Node>, StoreError> {
+        let hash = &at.hash;
         if let Some(n) = self.1.and_then(|c| c.get(hash)) {
             return Ok(Some(n));
         }
-        match self.0.get(Column::StateNodes, &hash.0)? {
+        match self.0.get(Column::StateNodes, &node_key(at))? {
             None => Ok(None),
             Some(bytes) => {
                 let n = decode::<Node>(&bytes).map_err(|e| StoreError::Corrupt {
@@ -42,8 +62,10 @@ impl<S: KvStore> NodeStore for StateView<'_, S> {
     }
 }
 
-/// A bounded cache of state-tree nodes. Nodes are content-addressed, so a
-/// cached node can never be stale.
+/// A bounded cache of state-tree nodes, by hash. Nodes are
+/// content-addressed, so a cached node can never be stale. (A node written
+/// again at a later version has the same content; only the versions of its
+/// children may differ, and both sets of children are stored.)
 ///
 /// A set-associative table of [`WAYS`]-entry sets, indexed by bits of the
 /// node's hash: a lookup compares the tags in the set's first cache line and
@@ -61,8 +83,8 @@ pub struct NodeCache {
 /// Entries per set.
 const WAYS: usize = 4;
 /// Words per entry: the node's hash, then its two hashes (key and value, or
-/// left and right).
-const ENTRY: usize = 12;
+/// left and right), then (inner nodes) the versions of left and right.
+const ENTRY: usize = 14;
 /// A set: one tag word per way, then the entries. A tag is the first word
 /// of the node's hash with bit 0 set (occupied) and bit 1 the node's kind
 /// (set for an inner node); 0 is an empty way.
@@ -132,7 +154,10 @@ impl NodeCache {
         let node = if set[way] & INNER == 0 {
             Node::Leaf { key: a, value: b }
         } else {
-            Node::Inner { left: a, right: b }
+            Node::Inner {
+                left: NodeRef::new(a, e[12]),
+                right: NodeRef::new(b, e[13]),
+            }
         };
         Self::to_front(set, way);
         Some(node)
@@ -152,15 +177,16 @@ impl NodeCache {
         }
         // Evict the last entry: rotate it to the front and overwrite it.
         Self::to_front(set, WAYS - 1);
-        let (kind, a, b) = match node {
-            Node::Leaf { key, value } => (0, key, value),
-            Node::Inner { left, right } => (INNER, left, right),
+        let (kind, a, b, versions) = match node {
+            Node::Leaf { key, value } => (0, key, value, [0, 0]),
+            Node::Inner { left, right } => (INNER, left.hash, right.hash, [left.at, right.at]),
         };
         set[0] = tag | OCCUPIED | kind;
         let e = &mut set[WAYS..WAYS + ENTRY];
         e[..4].copy_from_slice(&w);
         e[4..8].copy_from_slice(&words(&a));
         e[8..12].copy_from_slice(&words(&b));
+        e[12..14].copy_from_slice(&versions);
     }
 }
 
@@ -190,7 +216,7 @@ pub fn load_record<S: KvStore>(store: &S, hash: &Hash) -> Result<Record, super::
 pub fn record_at<S: KvStore>(
     store: &S,
     cache: Option<&NodeCache>,
-    root: Hash,
+    root: NodeRef,
     name: &Name,
 ) -> Result<Option<Record>, super::ChainError> {
     match state::get(&StateView(store, cache), root, &name.key_hash())? {
@@ -203,7 +229,7 @@ pub fn record_at<S: KvStore>(
 pub fn prove_at<S: KvStore>(
     store: &S,
     cache: Option<&NodeCache>,
-    root: Hash,
+    root: NodeRef,
     name: &Name,
 ) -> Result<(Option<Record>, StateProof), super::ChainError> {
     let (value, proof) = state::prove(&StateView(store, cache), root, &name.key_hash())?;
@@ -239,8 +265,8 @@ mod tests {
         let cache = NodeCache::new(1_000);
         let (lh, l) = leaf(1);
         let inner = Node::Inner {
-            left: lh,
-            right: Hash([7; 32]),
+            left: NodeRef::new(lh, 3),
+            right: NodeRef::new(Hash([7; 32]), u64::MAX),
         };
         let ih = inner.hash();
         cache.insert(lh, l);
@@ -286,10 +312,14 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let items: Vec<(Hash, Hash)> = (0..4u8).map(|i| (Hash([i; 32]), Hash([9; 32]))).collect();
         let (root, nodes) =
-            state::update(&StateView(&*store, None), state::EMPTY_ROOT, &items).expect("update");
+            state::update(&StateView(&*store, None), NodeRef::EMPTY, 5, &items).expect("update");
         let mut b = Batch::new();
         for (h, n) in &nodes {
-            b.put(Column::StateNodes, h.0, encode(n));
+            b.put(
+                Column::StateNodes,
+                node_key(&NodeRef::new(*h, 5)),
+                encode(n),
+            );
         }
         store.write(b).expect("write");
         assert!(
@@ -299,9 +329,12 @@ mod tests {
                 .is_some()
         );
         // Swap the root's bytes for another node's.
-        let other = nodes.iter().find(|(h, _)| *h != root).expect("more nodes");
+        let other = nodes
+            .iter()
+            .find(|(h, _)| *h != root.hash)
+            .expect("more nodes");
         let mut b = Batch::new();
-        b.put(Column::StateNodes, root.0, encode(&other.1));
+        b.put(Column::StateNodes, node_key(&root), encode(&other.1));
         store.write(b).expect("write");
         assert!(matches!(
             StateView(&*store, None).get_node(&root),

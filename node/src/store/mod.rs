@@ -22,7 +22,8 @@ pub enum Column {
     Index,
     /// Height (u64 big-endian) -> block hash, for the main chain only.
     MainChain,
-    /// State-tree node hash -> encoded node (content-addressed).
+    /// Version (u64 big-endian) and hash of a state-tree node -> encoded
+    /// node (see `chain::node_key`).
     StateNodes,
     /// Record hash -> encoded record (content-addressed).
     Records,
@@ -135,8 +136,10 @@ pub trait KvStore: Send + Sync + 'static {
 }
 
 /// Schema version written in [`Column::Meta`]; bump on incompatible changes.
-/// (2: ops of two kinds, records with `claimed_at`, the mempool column.)
-pub const SCHEMA_VERSION: u32 = 2;
+/// (2: ops of two kinds, records with `claimed_at`, the mempool column;
+/// 3: state nodes keyed by version and hash, inner nodes with the versions
+/// of their children, ADR 0015.)
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests {

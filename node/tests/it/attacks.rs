@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use xirtam_node::chain::{BlockStatus, Chain, ChainError, MAX_ORPHAN_BYTES, MAX_ORPHANS, Origin};
+use xirtam_node::chain::{
+    BlockStatus, Chain, ChainError, MAX_ORPHAN_BYTES, MAX_ORPHANS, Origin, node_key, state_root,
+};
 use xirtam_node::store::{Batch, Column, KvStore, MemoryStore};
 use xirtam_proofs::block::{Block, ops_root};
 use xirtam_proofs::header::{ChainState, header_template, mine};
@@ -270,9 +272,9 @@ fn storage_corruption_is_not_blamed_on_the_block() {
         node.submit_op(reveal).expect("admitted");
         node.mine_block().expect("mine");
     }
-    let root = node.lock().chain.tip().header.state_root;
+    let root = node_key(&state_root(&node.lock().chain.tip().header));
     let good = store
-        .get(Column::StateNodes, &root.0)
+        .get(Column::StateNodes, &root)
         .expect("read")
         .expect("root stored");
     // An update of @a: its block must read the root node.
@@ -291,10 +293,10 @@ fn storage_corruption_is_not_blamed_on_the_block() {
         .scan(Column::StateNodes)
         .expect("scan")
         .into_iter()
-        .find(|(k, _)| k[..] != root.0[..])
+        .find(|(k, _)| k[..] != root[..])
         .expect("another node");
     let mut b = Batch::new();
-    b.put(Column::StateNodes, root.0, other.1);
+    b.put(Column::StateNodes, root, other.1);
     store.write(b).expect("write");
     let mut c = Chain::open(NET, store.clone()).expect("reopen");
     let e = c
@@ -308,7 +310,7 @@ fn storage_corruption_is_not_blamed_on_the_block() {
     assert_eq!(c.invalid_reason(&block.header.hash()), None);
     // Repaired: the same block connects.
     let mut b = Batch::new();
-    b.put(Column::StateNodes, root.0, good);
+    b.put(Column::StateNodes, root, good);
     store.write(b).expect("write");
     let mut c = Chain::open(NET, store).expect("reopen");
     assert_eq!(

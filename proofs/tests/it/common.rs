@@ -4,7 +4,7 @@ use xirtam_proofs::block::ops_root;
 use xirtam_proofs::header::{ChainState, Header, header_template, mine};
 use xirtam_proofs::op::{Claim, Commit, Draft, Owners, Record, Value, Write, claim_commitment};
 use xirtam_proofs::params::{LOCAL, Params};
-use xirtam_proofs::state::{self, MemoryNodeStore};
+use xirtam_proofs::state::{self, MemoryNodeStore, NodeRef};
 use xirtam_proofs::{Hash, Name, SecretKey};
 
 pub(crate) const FAR_FUTURE: u64 = u64::MAX / 2;
@@ -109,9 +109,9 @@ pub(crate) fn tree(records: &[(Name, Record)]) -> (MemoryNodeStore, Hash) {
         .iter()
         .map(|(n, r)| (n.key_hash(), r.hash()))
         .collect();
-    let (root, batch) = state::update(&s, state::EMPTY_ROOT, &items).expect("memory store");
+    let (root, batch) = state::update(&s, NodeRef::EMPTY, 1, &items).expect("memory store");
     s.insert_batch(batch);
-    (s, root)
+    (s, root.hash)
 }
 
 pub(crate) fn record(nonce: u64, owner: &SecretKey, value: &[u8]) -> Record {

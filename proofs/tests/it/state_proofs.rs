@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use xirtam_proofs::state::{self, StateProof, StateProofError, verify_state};
+use xirtam_proofs::state::{self, NodeRef, StateProof, StateProofError, verify_state};
 use xirtam_proofs::{Hash, Name, Record, decode, encode};
 
 use crate::common::{key, record, tree};
@@ -80,14 +80,14 @@ proptest! {
         let (store, root) = tree(&recs);
         let map: BTreeMap<_, _> = recs.iter().cloned().collect();
         for (n, r) in &recs {
-            let (v, p) = state::prove(&store, root, &n.key_hash()).expect("stored");
+            let (v, p) = state::prove(&store, NodeRef::new(root, 0), &n.key_hash()).expect("stored");
             prop_assert_eq!(v, Some(r.hash()));
             prop_assert_eq!(verify_state(&root, n, Some(r), &p), Ok(()));
             prop_assert!(verify_state(&root, n, None, &p).is_err());
             assert_every_flip_fails(&root, n, Some(r), &p, bits.iter().copied());
         }
         for n in absent.iter().filter(|n| !map.contains_key(*n)) {
-            let (v, p) = state::prove(&store, root, &n.key_hash()).expect("stored");
+            let (v, p) = state::prove(&store, NodeRef::new(root, 0), &n.key_hash()).expect("stored");
             prop_assert_eq!(v, None);
             prop_assert_eq!(verify_state(&root, n, None, &p), Ok(()));
             // An absence proof cannot be passed off as a record.
@@ -103,7 +103,7 @@ proptest! {
         let names: Vec<Name> = names.into_iter().collect();
         let recs = records(&names);
         let (store, root) = tree(&recs);
-        let (_, p) = state::prove(&store, root, &names[0].key_hash()).expect("stored");
+        let (_, p) = state::prove(&store, NodeRef::new(root, 0), &names[0].key_hash()).expect("stored");
         for (n, r) in recs.iter().skip(1) {
             prop_assert!(verify_state(&root, n, Some(r), &p).is_err());
             prop_assert!(verify_state(&root, n, Some(&recs[0].1), &p).is_err());
@@ -119,11 +119,11 @@ fn every_single_bit_flip_fails_exhaustively() {
     let recs = records(&names);
     let (store, root) = tree(&recs);
     let (n, r) = &recs[123];
-    let (_, p) = state::prove(&store, root, &n.key_hash()).expect("stored");
+    let (_, p) = state::prove(&store, NodeRef::new(root, 0), &n.key_hash()).expect("stored");
     let all = 0..(encode(&p).len() * 8).max(encode(r).len() * 8).max(256);
     assert_every_flip_fails(&root, n, Some(r), &p, all.clone());
     let absent = Name::new("@nobody").expect("valid");
-    let (v, p) = state::prove(&store, root, &absent.key_hash()).expect("stored");
+    let (v, p) = state::prove(&store, NodeRef::new(root, 0), &absent.key_hash()).expect("stored");
     assert_eq!(v, None);
     assert_every_flip_fails(&root, &absent, None, &p, 0..encode(&p).len() * 8);
 }
@@ -138,7 +138,7 @@ fn exclusion_kinds_are_both_exercised_and_checked() {
     let (mut empty, mut other) = (0, 0);
     for i in 0..400 {
         let n = Name::new(&format!("@absent{i}")).expect("valid");
-        let (_, p) = state::prove(&store, root, &n.key_hash()).expect("stored");
+        let (_, p) = state::prove(&store, NodeRef::new(root, 0), &n.key_hash()).expect("stored");
         match p.terminal {
             state::Terminal::Empty => empty += 1,
             state::Terminal::Other { key, value } => {
@@ -167,7 +167,7 @@ fn exclusion_kinds_are_both_exercised_and_checked() {
     // A present name cannot be proven absent with an "other leaf" proof that
     // is really its own leaf.
     let (n, r) = &recs[0];
-    let (_, p) = state::prove(&store, root, &n.key_hash()).expect("stored");
+    let (_, p) = state::prove(&store, NodeRef::new(root, 0), &n.key_hash()).expect("stored");
     let fake = StateProof {
         siblings: p.siblings.clone(),
         terminal: state::Terminal::Other {
@@ -196,7 +196,7 @@ proptest! {
         let items: Vec<(Hash, Hash)> =
             present.iter().map(|(k, v)| (Hash::from(*k), Hash::from(*v))).collect();
         let mut store = state::MemoryNodeStore::new();
-        let (root, nodes) = state::update(&store, state::EMPTY_ROOT, &items).expect("in memory");
+        let (root, nodes) = state::update(&store, NodeRef::EMPTY, 1, &items).expect("in memory");
         store.insert_batch(nodes);
         let mut keys: Vec<Hash> = absent.into_iter().map(Hash::from).collect();
         if !items.is_empty() {

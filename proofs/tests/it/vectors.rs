@@ -16,7 +16,7 @@ use xirtam_proofs::header::{ChainState, Header, validate_header_chain};
 use xirtam_proofs::keys::tagged_message;
 use xirtam_proofs::params::LOCAL;
 use xirtam_proofs::pow::CompactTarget;
-use xirtam_proofs::state::{self, StateProof, verify_state};
+use xirtam_proofs::state::{self, NodeRef, StateProof, verify_state};
 use xirtam_proofs::{Hash, Name, Op, PublicKey, Record, Signature, decode, encode};
 
 use crate::common::{FAR_FUTURE, claim, commit, key, mine_chain, record, tree};
@@ -175,11 +175,12 @@ fn state_proof_vectors() {
         .collect();
     let (store, root) = tree(&recs);
     let (present, rec) = &recs[5];
-    let (_, inc) = state::prove(&store, root, &present.key_hash()).expect("stored");
+    let (_, inc) =
+        state::prove(&store, NodeRef::new(root, 0), &present.key_hash()).expect("stored");
     let mut inc_bad = inc.clone();
     inc_bad.siblings[0].0[0] ^= 1;
     let absent = Name::new("@nobody").expect("valid");
-    let (_, exc) = state::prove(&store, root, &absent.key_hash()).expect("stored");
+    let (_, exc) = state::prove(&store, NodeRef::new(root, 0), &absent.key_hash()).expect("stored");
     let mut exc_bad = exc.clone();
     if let Some(s) = exc_bad.siblings.iter_mut().find(|s| **s != Hash::ZERO) {
         s.0[31] ^= 1;
