@@ -116,7 +116,7 @@ pub fn inner_hash(left: &Hash, right: &Hash) -> Hash {
 }
 
 impl Node {
-    /// The node's hash (its address in the store).
+    /// The node's hash (with its version, its address in a store).
     pub fn hash(&self) -> Hash {
         match self {
             Node::Leaf { key, value } => leaf_hash(key, value),

@@ -2,9 +2,10 @@
 //!
 //! Every valid block, on the main chain or a side branch, is stored with
 //! its [`BlockMeta`] (its header and the [`ChainState`] after it) and its
-//! state: the state tree is content-addressed, so each block's `state_root`
-//! stays readable and a reorg only rewrites the main-chain height index and
-//! the tip (one batch). Fork choice: most cumulative work; ties keep the
+//! state: state-tree nodes are never overwritten (each block writes its new
+//! nodes, root included, at its own height: ADR 0015), so each block's
+//! `state_root` stays readable and a reorg only rewrites the main-chain
+//! height index and the tip (one batch). Fork choice: most cumulative work; ties keep the
 //! block seen first.
 //!
 //! **Branch admission** (as Bitcoin Core's): a block is fully validated and
@@ -56,8 +57,8 @@ pub const MAX_INVALID: usize = 10_000;
 /// the tip's work).
 pub const MAX_WANTED: usize = 10_000;
 
-/// The node cache holds up to twice this many state-tree nodes (~104 bytes
-/// each: ~105 MB at most, mapped as it fills).
+/// The node cache holds up to twice this many state-tree nodes (~120 bytes
+/// each: ~126 MB at most, mapped as it fills).
 pub const NODE_CACHE: usize = 500_000;
 
 /// What the node keeps per valid block.
@@ -227,6 +228,9 @@ fn corrupt(what: &'static str, reason: impl ToString) -> ChainError {
 struct Validated {
     meta: BlockMeta,
     batch: Batch,
+    /// The block's new state-tree nodes (also in `batch`), for the node
+    /// cache once the batch is written.
+    nodes: Vec<(Hash, xirtam_proofs::state::Node)>,
 }
 
 /// The chain over a store.
@@ -891,13 +895,17 @@ impl<S: KvStore> Chain<S> {
                 got: header.state_root,
             });
         }
-        for (h, n) in nodes {
+        // Cached only once written (`store_block`): a cached inner node
+        // names the versions of its children, which must then be stored. A
+        // block rejected later (a bad signature, a failed write) leaves
+        // nothing behind that a valid block at another height, building
+        // the same node, would find.
+        for (h, n) in &nodes {
             batch.put(
                 Column::StateNodes,
-                node_key(&NodeRef::new(h, height)),
-                encode(&n),
+                node_key(&NodeRef::new(*h, height)),
+                encode(n),
             );
-            self.cache.insert(h, n);
         }
         Ok(Validated {
             meta: BlockMeta {
@@ -905,7 +913,21 @@ impl<S: KvStore> Chain<S> {
                 state,
             },
             batch,
+            nodes,
         })
+    }
+
+    /// Remember a stored block's new state-tree nodes.
+    fn cache_nodes(&self, nodes: Vec<(Hash, xirtam_proofs::state::Node)>) {
+        for (h, n) in nodes {
+            self.cache.insert(h, n);
+        }
+    }
+
+    /// Whether the state-node cache holds the node with this hash
+    /// (diagnostics and tests: the cache must only hold stored nodes).
+    pub fn node_cached(&self, hash: &Hash) -> bool {
+        self.cache.get(hash).is_some()
     }
 
     /// Store a validated block and apply fork choice, in one batch.
@@ -916,12 +938,17 @@ impl<S: KvStore> Chain<S> {
         v: Validated,
         change: &mut TipChange,
     ) -> Result<BlockStatus, ChainError> {
-        let Validated { meta, mut batch } = v;
+        let Validated {
+            meta,
+            mut batch,
+            nodes,
+        } = v;
         batch.put(Column::Blocks, hash.0, encode(&block));
         batch.put(Column::Index, hash.0, encode(&meta));
         let better = meta.work() > self.tip().work();
         if !better {
             self.store.write(batch)?;
+            self.cache_nodes(nodes);
             self.index.insert(hash, meta);
             tracing::info!(target: "chain", height = block.header.height, %hash, "side-branch block");
             return Ok(BlockStatus::SideBranch);
@@ -956,6 +983,7 @@ impl<S: KvStore> Chain<S> {
         }
         batch.put(Column::Meta, META_TIP, hash.0);
         self.store.write(batch)?;
+        self.cache_nodes(nodes);
 
         let keep = usize::try_from(fork_height + 1).unwrap_or(usize::MAX);
         let dropped: Vec<Hash> = self.main.split_off(keep.min(self.main.len()));

@@ -112,7 +112,7 @@ const OCCUPIED: u64 = 1;
 const INNER: u64 = 2;
 
 impl NodeCache {
-    /// A cache holding up to about `2 * cap` nodes (~100 bytes each).
+    /// A cache holding up to about `2 * cap` nodes (~120 bytes each).
     pub fn new(cap: usize) -> Self {
         let sets = (cap.max(1) * 2).div_ceil(WAYS).next_power_of_two();
         NodeCache {

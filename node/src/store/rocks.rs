@@ -37,9 +37,10 @@ impl RocksStore {
             match c {
                 Column::StateNodes => {
                     // Tree nodes are hashes: incompressible, and read at
-                    // random by hash. No compression (every block read
-                    // would be decompressed for nothing), a bloom filter
-                    // and a block cache of their own.
+                    // random (written in key order: version, then hash).
+                    // No compression (every block read would be
+                    // decompressed for nothing), a bloom filter and a
+                    // block cache of their own.
                     o.set_compression_type(rocksdb::DBCompressionType::None);
                     o.optimize_for_point_lookup(64);
                 }

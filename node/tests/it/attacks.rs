@@ -256,6 +256,69 @@ fn children_of_an_invalid_block_do_not_grow_the_invalid_set() {
     assert_eq!(c.invalid_count(), 1);
 }
 
+/// A block that fails a stateless rule (here a bad signature) after its
+/// state was computed leaves none of its state-tree nodes in the node
+/// cache: a cached inner node names where its children are stored, and this
+/// block stored nothing. (A valid block at another height that built the
+/// same node would otherwise find an entry pointing at nodes never written,
+/// and fail with a missing node once they left the cache.)
+#[test]
+fn a_rejected_block_leaves_nothing_in_the_node_cache() {
+    let store = Arc::new(MemoryStore::new());
+    let node =
+        xirtam_node::node::Node::open(NET, store.clone(), xirtam_node::mempool::Mempool::default())
+            .expect("open");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for (n, k) in [("@a", key(1)), ("@b", key(2))] {
+        let reveal = rt.block_on(crate::common::prepare_claim(&node, n, &k, b"v"));
+        node.submit_op(reveal).expect("admitted");
+        node.mine_block().expect("mine");
+    }
+    let mut c = node.lock();
+    let recent = c.chain.tip().header.hash();
+    let good = crate::common::op("@a", 2, &key(1), &key(1), b"w", recent);
+    // Signed by @b's owner, then changed: the signature no longer matches,
+    // but the stamp is solved again, so only the signature is wrong.
+    let mut bad = crate::common::op("@b", 2, &key(2), &key(2), b"w", recent);
+    if let Op::Write(w) = &mut bad {
+        w.value = Value::new(b"forged".to_vec()).expect("small");
+        assert!(w.solve_stamp(NET, 0, 1 << 24));
+    }
+    // The state rules do not check signatures: the template takes both.
+    let (ops, root) = c
+        .chain
+        .template_ops(vec![good.clone(), bad])
+        .expect("template");
+    assert_eq!(ops.len(), 2);
+    let state = c.chain.tip().state.clone();
+    let time = c.chain.tip().header.time + 1;
+    let mut h = header_template(NET, &state, time);
+    h.ops_root = ops_root(&ops.iter().map(Op::hash).collect::<Vec<_>>());
+    h.state_root = root;
+    assert!(mine(&mut h, 0, u64::MAX));
+    let e = c
+        .chain
+        .submit_block(Block { header: h, ops }, FAR)
+        .expect_err("bad signature");
+    assert!(e.is_invalid_block(), "{e}");
+    assert!(
+        !c.chain.node_cached(&root),
+        "the rejected block's state root is cached"
+    );
+    // Control: the valid op alone connects, and its root is cached.
+    let (ops, root) = c.chain.template_ops(vec![good]).expect("template");
+    let mut h = header_template(NET, &state, time);
+    h.ops_root = ops_root(&ops.iter().map(Op::hash).collect::<Vec<_>>());
+    h.state_root = root;
+    assert!(mine(&mut h, 0, u64::MAX));
+    let block = Block { header: h, ops };
+    assert_eq!(
+        c.chain.submit_block(block, FAR).expect("valid").status,
+        BlockStatus::Tip
+    );
+    assert!(c.chain.node_cached(&root));
+}
+
 /// A corrupted state node shows up as a storage error, and the block that
 /// ran into it is not remembered as invalid: once the store is repaired,
 /// the same block connects.
