@@ -9,9 +9,9 @@
 #                                       # (= xirtam-node run --network local --mine)
 #
 # Installs the system packages the build needs when they are missing. The
-# first build compiles RocksDB from C++ source (RocksDB alone: 11 minutes on
-# two cores; a whole first run on a fresh machine was measured at about 30
-# minutes); later runs start at once.
+# first build compiles RocksDB from C++ source: a whole first run on a fresh
+# 2-core machine was measured at 12 minutes (29.5 on a slower one); later
+# runs start at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
