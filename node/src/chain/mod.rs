@@ -269,8 +269,13 @@ impl<S: KvStore> Chain<S> {
         }
         let schema = store.get(Column::Meta, META_SCHEMA)?;
         if schema.as_deref() != Some(&SCHEMA_VERSION.to_le_bytes()[..]) {
+            let found = match schema.as_deref().map(<[u8; 4]>::try_from) {
+                Some(Ok(v)) => format!("schema {}", u32::from_le_bytes(v)),
+                _ => "an unknown schema".to_string(),
+            };
             return Err(StoreError::Incompatible(format!(
-                "unsupported database schema {schema:?} (this node writes {SCHEMA_VERSION})"
+                "the database is {found}, and this node reads schema {SCHEMA_VERSION}: move the \
+                 data directory aside (or delete it) and start again to sync from peers"
             ))
             .into());
         }

@@ -319,6 +319,30 @@ fn a_rejected_block_leaves_nothing_in_the_node_cache() {
     assert!(c.chain.node_cached(&root));
 }
 
+/// A database written by another schema (here 2, before state nodes were
+/// keyed by version) is refused with a message that says what to do, never
+/// read as if it were current.
+#[test]
+fn a_database_of_another_schema_is_refused_with_advice() {
+    let store = Arc::new(MemoryStore::new());
+    drop(Chain::open(NET, store.clone()).expect("fresh"));
+    let mut b = Batch::new();
+    b.put(
+        Column::Meta,
+        b"schema".to_vec(),
+        2u32.to_le_bytes().to_vec(),
+    );
+    store.write(b).expect("write");
+    let e = Chain::open(NET, store).expect_err("schema 2");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("schema 2")
+            && msg.contains("reads schema 3")
+            && msg.contains("data directory"),
+        "{msg}"
+    );
+}
+
 /// A corrupted state node shows up as a storage error, and the block that
 /// ran into it is not remembered as invalid: once the store is repaired,
 /// the same block connects.
