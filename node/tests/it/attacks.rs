@@ -256,14 +256,9 @@ fn children_of_an_invalid_block_do_not_grow_the_invalid_set() {
     assert_eq!(c.invalid_count(), 1);
 }
 
-/// A block that fails a stateless rule (here a bad signature) after its
-/// state was computed leaves none of its state-tree nodes in the node
-/// cache: a cached inner node names where its children are stored, and this
-/// block stored nothing. (A valid block at another height that built the
-/// same node would otherwise find an entry pointing at nodes never written,
-/// and fail with a missing node once they left the cache.)
-#[test]
-fn a_rejected_block_leaves_nothing_in_the_node_cache() {
+/// A node on a memory store where `@a` (owner `key(1)`) and `@b` (owner
+/// `key(2)`) are claimed, so the state tree has inner nodes.
+fn node_with_two_names() -> (Arc<MemoryStore>, Arc<xirtam_node::node::Node<MemoryStore>>) {
     let store = Arc::new(MemoryStore::new());
     let node =
         xirtam_node::node::Node::open(NET, store.clone(), xirtam_node::mempool::Mempool::default())
@@ -274,6 +269,18 @@ fn a_rejected_block_leaves_nothing_in_the_node_cache() {
         node.submit_op(reveal).expect("admitted");
         node.mine_block().expect("mine");
     }
+    (store, node)
+}
+
+/// A block that fails a stateless rule (here a bad signature) after its
+/// state was computed leaves none of its state-tree nodes in the node
+/// cache: a cached inner node names where its children are stored, and this
+/// block stored nothing. (A valid block at another height that built the
+/// same node would otherwise find an entry pointing at nodes never written,
+/// and fail with a missing node once they left the cache.)
+#[test]
+fn a_rejected_block_leaves_nothing_in_the_node_cache() {
+    let (_, node) = node_with_two_names();
     let mut c = node.lock();
     let recent = c.chain.tip().header.hash();
     let good = crate::common::op("@a", 2, &key(1), &key(1), b"w", recent);
@@ -348,17 +355,7 @@ fn a_database_of_another_schema_is_refused_with_advice() {
 /// the same block connects.
 #[test]
 fn storage_corruption_is_not_blamed_on_the_block() {
-    let store = Arc::new(MemoryStore::new());
-    let node =
-        xirtam_node::node::Node::open(NET, store.clone(), xirtam_node::mempool::Mempool::default())
-            .expect("open");
-    // Two claimed names, so the state tree has inner nodes.
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    for (n, k) in [("@a", key(1)), ("@b", key(2))] {
-        let reveal = rt.block_on(crate::common::prepare_claim(&node, n, &k, b"v"));
-        node.submit_op(reveal).expect("admitted");
-        node.mine_block().expect("mine");
-    }
+    let (store, node) = node_with_two_names();
     let root = node_key(&state_root(&node.lock().chain.tip().header));
     let good = store
         .get(Column::StateNodes, &root)
