@@ -218,7 +218,7 @@ pub enum TreeError {
     TooDeep,
     /// The store failed.
     #[error("state-tree store: {0}")]
-    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Store(Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn load<S: NodeStore>(store: &S, at: &NodeRef) -> Result<Node, TreeError> {

@@ -167,11 +167,13 @@ pub enum ChainError {
     /// The block's parent is invalid.
     #[error("invalid block: its parent {0} is invalid")]
     InvalidParent(Hash),
-    /// The state tree could not be read.
-    #[error("state tree: {0}")]
+    /// The state tree could not be read. (Transparent: the tree's and the
+    /// store's messages say what failed, and a prefix here printed them
+    /// twice in an error chain, once in ours and once as the source.)
+    #[error(transparent)]
     Tree(#[from] TreeError),
     /// The store failed.
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// A block or height that is not stored.
     #[error("{0} not found")]

@@ -348,6 +348,10 @@ fn a_database_of_another_schema_is_refused_with_advice() {
             && msg.contains("data directory"),
         "{msg}"
     );
+    // Said once: as the binary prints it (anyhow, with its sources), the
+    // message does not repeat itself.
+    let chain = format!("{:#}", anyhow::Error::new(e).context("open the chain"));
+    assert_eq!(chain.matches("reads schema 3").count(), 1, "{chain}");
 }
 
 /// A corrupted state node shows up as a storage error, and the block that
